@@ -1,0 +1,15 @@
+"""SAE architectures: one file each, registered by name (see ``saelab.registry``)."""
+
+from saelab.architectures import (  # noqa: F401  (registers every architecture)
+    batchtopk,
+    gated,
+    jumprelu,
+    matryoshka,
+    ordered,
+    panneal,
+    relu,
+    topk,
+)
+from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
+
+__all__ = ["SAE", "LossOutput", "SAEConfig", "StepContext"]

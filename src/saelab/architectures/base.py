@@ -1,0 +1,179 @@
+"""The interface every SAE architecture implements.
+
+An architecture is one file in this folder: a config dataclass (subclass of :class:`SAEConfig`)
+and a module (subclass of :class:`SAE`) decorated with :func:`register`. The trainer, the
+checkpoint format, the evaluators and the CLI only talk to this interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from saelab.config import ConfigError, option
+
+
+@dataclass
+class SAEConfig:
+    """Options shared by every architecture."""
+
+    d_in: int = option(0, "input width (activation dimension); taken from the data if 0")
+    d_sae: int = option(0, "number of latents; 0 means d_in * expansion")
+    expansion: int = option(8, "latents per input dimension, used when d_sae is 0")
+    lr: float | None = option(None, "learning rate for this SAE (overrides the trainer's)")
+    adam_beta1: float | None = option(None, "Adam beta1 for this SAE (overrides the trainer's)")
+    model_name: str = option("", "model the activations came from (metadata)")
+    hook_name: str = option("", "hook the activations came from (metadata)")
+
+    def resolved(self, d_in: int | None = None) -> SAEConfig:
+        """A copy with d_in and d_sae filled in and checked."""
+        d = self.d_in or (d_in or 0)
+        if d <= 0:
+            raise ConfigError("d_in is unknown: set d_in or train on data so it can be read")
+        if d_in is not None and self.d_in and self.d_in != d_in:
+            raise ConfigError(
+                f"the SAE expects inputs of width d_in={self.d_in} but the data has width {d_in}; "
+                "set d_in to the data's width or use the matching data file"
+            )
+        m = self.d_sae or d * self.expansion
+        out = dataclasses.replace(self, d_in=d, d_sae=m)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Raise ConfigError for inconsistent options (subclasses extend)."""
+        if self.d_sae <= 0:
+            raise ConfigError(f"d_sae must be positive, got {self.d_sae}")
+
+
+@dataclass
+class StepContext:
+    """What the trainer tells an SAE about the current step."""
+
+    step: int
+    total_steps: int
+    sparsity_scale: float = 1.0  # sparsity-coefficient warm-up factor in [0, 1]
+    dead_mask_M: Tensor | None = None  # latents that have not fired for `dead_after_tokens`
+
+
+@dataclass
+class LossOutput:
+    """A training loss: the total to backpropagate plus named parts for logging."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+    fired_M: Tensor  # bool: which latents fired at least once in this batch
+    l0: Tensor  # mean number of active latents per row
+    recon_BD: Tensor | None = None  # detached reconstruction (for logging metrics)
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class SAE(nn.Module, ABC):
+    """Base SAE: x̂ = f(x) @ W_dec + b_dec with f(x) from the architecture's encoder.
+
+    Parameters are ``W_enc`` (d_in × d_sae), ``b_enc`` (d_sae), ``W_dec`` (d_sae × d_in, rows are
+    the decoder directions) and ``b_dec`` (d_in), named as SAEBench expects.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[SAEConfig]]
+    #: whether the trainer keeps decoder rows at unit norm (and removes the parallel gradient)
+    unit_norm_decoder: ClassVar[bool] = True
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        if cfg.d_in <= 0 or cfg.d_sae <= 0:
+            cfg = cfg.resolved()
+        self.cfg = cfg
+        d, m = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d, m))
+        self.b_enc = nn.Parameter(torch.zeros(m))
+        self.W_dec = nn.Parameter(torch.empty(m, d))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.reset_parameters(torch.Generator().manual_seed(0))
+
+    # ------------------------------------------------------------------ initialisation
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Random unit-norm decoder rows; encoder = decoder transpose; zero biases."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    # ------------------------------------------------------------------ inference interface
+
+    def pre_acts(self, acts_BD: Tensor) -> Tensor:
+        """Encoder pre-activations (x − b_dec) @ W_enc + b_enc."""
+        return (acts_BD - self.b_dec) @ self.W_enc + self.b_enc
+
+    @abstractmethod
+    def encode(self, acts_BD: Tensor) -> Tensor:
+        """Dense codes (B × d_sae) for raw activations, as used at inference."""
+
+    def decode(self, codes_BM: Tensor) -> Tensor:
+        """Reconstruction codes @ W_dec + b_dec."""
+        return codes_BM @ self.W_dec + self.b_dec
+
+    def forward(self, acts_BD: Tensor) -> Tensor:
+        return self.decode(self.encode(acts_BD))
+
+    # ------------------------------------------------------------------ training interface
+
+    @abstractmethod
+    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        """The loss to minimise on one batch, with its named parts."""
+
+    def decoder_norms(self) -> Tensor:
+        return self.W_dec.norm(dim=1)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on ``scale * x`` work on raw ``x`` with identical codes.
+
+        pre = (s·x − b)·W + c = (x − b/s)·(s·W) + c, and x̂_raw = x̂/s = f·(W_dec/s) + b_dec/s.
+        Subclasses with other input-side weights (Gated) override this.
+        """
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    def extra_state_for_checkpoint(self) -> dict[str, float]:
+        """Python-side state that must survive a resume (most state lives in buffers)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, float]) -> None:
+        pass
+
+
+def recon_loss(acts_BD: Tensor, recon_BD: Tensor) -> Tensor:
+    """Mean over rows of the squared error summed over the input dimension."""
+    return (acts_BD - recon_BD).pow(2).sum(dim=-1).mean()
+
+
+def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor) -> Tensor:
+    """AuxK-style loss ‖e − ê‖² divided by the variance of e (scale-free)."""
+    err = (residual_BD - aux_recon_BD).pow(2).sum(-1).mean()
+    var = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return err / var
+
+
+def linear_warmup(step: int, warmup_steps: int) -> float:
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def default_k_aux(d_in: int, d_sae: int) -> int:
+    return max(1, min(d_sae, d_in // 2))
+
+
+def safe_log(x: float) -> float:
+    return math.log(max(x, 1e-30))

@@ -1,0 +1,83 @@
+"""BatchTopK SAE (Bussmann, Leask, Nanda 2024): keep the B·k largest pre-activations of the
+whole batch, so each row's L0 varies while the batch mean is k. At inference it is a JumpReLU
+with one global threshold θ, learned during training and saved with the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
+from saelab.architectures.topk import TopKConfig, TopKFamilySAE
+from saelab.config import ConfigError, option
+from saelab.registry import register
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_beta: float = option(0.999, "EMA factor of the inference threshold θ")
+    threshold_start_step: int = option(
+        1000, "step from which θ is tracked (early batches are unrepresentative)"
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.threshold_beta < 1:
+            raise ConfigError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
+
+
+def batch_topk_codes(pre_BM: Tensor, k: int) -> Tensor:
+    """Dense codes keeping the B·k largest rectified pre-activations of the whole batch."""
+    flat = torch.relu(pre_BM).flatten()
+    n = min(flat.numel(), k * pre_BM.shape[0])
+    vals, idx = flat.topk(n, sorted=False)
+    return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre_BM)
+
+
+@register("batchtopk")
+class BatchTopKSAE(TopKFamilySAE):
+    """Training: BatchTopK selection + AuxK. Inference: f = pre ⊙ 1[pre > θ] with the learned θ,
+    where θ is an EMA of the smallest selected positive activation per batch.
+    """
+
+    config_class: type[SAEConfig] = BatchTopKConfig
+    cfg: BatchTopKConfig
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        # θ < 0 means "not learned yet"; encode() then falls back to the batch selection.
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def encode(self, acts_BD: Tensor) -> Tensor:
+        pre = self.pre_acts(acts_BD)
+        if float(self.threshold) < 0:
+            return batch_topk_codes(pre, self.cfg.k)
+        return pre * (pre > self.threshold)
+
+    def select(self, pre_BM: Tensor, ctx: StepContext) -> Tensor:
+        codes = batch_topk_codes(pre_BM, self.cfg.k_at(ctx.step, ctx.total_steps))
+        if self.training:
+            self.update_threshold(codes, ctx.step)
+        return codes
+
+    @torch.no_grad()
+    def update_threshold(self, codes_BM: Tensor, step: int) -> None:
+        positive = codes_BM[codes_BM > 0]
+        if positive.numel() == 0 or step < self.cfg.threshold_start_step:
+            return
+        batch_min = positive.min()
+        if float(self.threshold) < 0:
+            self.threshold.copy_(batch_min)
+        else:
+            beta = self.cfg.threshold_beta
+            self.threshold.mul_(beta).add_((1 - beta) * batch_min)
+
+    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        pre = self.pre_acts(acts_BD)
+        codes = self.select(pre, ctx)
+        recon = self.decode(codes)
+        mse = recon_loss(acts_BD, recon)
+        return self.finish_loss(acts_BD, pre, codes, recon, mse, ctx, {"mse": mse})

@@ -1,0 +1,109 @@
+"""TopK SAE (Gao et al. 2024) with the AuxK loss that revives dead latents.
+
+This module also holds what the TopK family (BatchTopK, Matryoshka, Ordered) shares: the AuxK
+loss and the optional k schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.architectures.base import (
+    SAE,
+    LossOutput,
+    SAEConfig,
+    StepContext,
+    default_k_aux,
+    normalised_aux_loss,
+    recon_loss,
+)
+from saelab.config import ConfigError, option
+from saelab.registry import register
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    k: int = option(32, "active latents per row")
+    k_aux: int = option(0, "latents in the AuxK reconstruction of the residual; 0 = d_in // 2")
+    aux_coefficient: float = option(1 / 32, "weight α of the AuxK loss (0 turns it off)")
+    k_start: int = option(0, "if > 0, k falls linearly from k_start to k during k_warmup")
+    k_warmup: float = option(0.0, "fraction of training over which k falls from k_start to k")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.k <= self.d_sae:
+            raise ConfigError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+        if self.k_start and not self.k <= self.k_start <= self.d_sae:
+            raise ConfigError(f"k_start must be in [k, d_sae], got {self.k_start}")
+        if self.aux_coefficient < 0:
+            raise ConfigError("aux_coefficient must be >= 0")
+
+    def k_at(self, step: int, total_steps: int) -> int:
+        """k for this step under the optional linear k warm-up."""
+        if not self.k_start or self.k_warmup <= 0:
+            return self.k
+        frac = min(1.0, step / max(1.0, self.k_warmup * total_steps))
+        return round(self.k_start + (self.k - self.k_start) * frac)
+
+
+def topk_codes(pre_BM: Tensor, k: int) -> Tensor:
+    """Dense codes keeping each row's k largest pre-activations, rectified."""
+    vals, idx = pre_BM.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre_BM).scatter(-1, idx, torch.relu(vals))
+
+
+class TopKFamilySAE(SAE):
+    """Shared parts of SAEs whose codes come from a top-k selection."""
+
+    cfg: TopKConfig
+
+    def aux_loss(self, pre_BM: Tensor, residual_BD: Tensor, ctx: StepContext) -> Tensor | None:
+        """AuxK: reconstruct the (detached) residual from the top k_aux dead latents."""
+        dead = ctx.dead_mask_M
+        if dead is None or self.cfg.aux_coefficient == 0 or not bool(dead.any()):
+            return None
+        k_aux = min(self.cfg.k_aux or default_k_aux(self.cfg.d_in, self.cfg.d_sae), int(dead.sum()))
+        masked = pre_BM.masked_fill(~dead, float("-inf"))
+        aux_codes = topk_codes(masked, k_aux)
+        return normalised_aux_loss(residual_BD, aux_codes @ self.W_dec)
+
+    def finish_loss(
+        self, acts_BD: Tensor, pre_BM: Tensor, codes_BM: Tensor, recon_BD: Tensor,
+        main_loss: Tensor, ctx: StepContext, parts: dict[str, Tensor],
+    ) -> LossOutput:
+        aux = self.aux_loss(pre_BM, (acts_BD - recon_BD).detach(), ctx)
+        total = main_loss
+        if aux is not None:
+            total = total + self.cfg.aux_coefficient * aux
+            parts["auxk"] = aux
+        active = codes_BM != 0
+        return LossOutput(
+            total=total,
+            parts=parts,
+            fired_M=active.any(0),
+            l0=active.sum(-1).float().mean(),
+            recon_BD=recon_BD.detach(),
+        )
+
+
+@register("topk")
+class TopKSAE(TopKFamilySAE):
+    """f = ReLU(TopK_k((x − b_dec)·W_enc + b_enc)); loss = ‖x − x̂‖² + α·AuxK."""
+
+    config_class: type[SAEConfig] = TopKConfig
+
+    def encode(self, acts_BD: Tensor) -> Tensor:
+        return topk_codes(self.pre_acts(acts_BD), self.cfg.k)
+
+    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        pre = self.pre_acts(acts_BD)
+        codes = topk_codes(pre, self.cfg.k_at(ctx.step, ctx.total_steps))
+        recon = self.decode(codes)
+        mse = recon_loss(acts_BD, recon)
+        return self.finish_loss(acts_BD, pre, codes, recon, mse, ctx, {"mse": mse})
+
+
+__all__ = ["SAE", "TopKConfig", "TopKFamilySAE", "TopKSAE", "topk_codes"]

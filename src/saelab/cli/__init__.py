@@ -1,0 +1,47 @@
+"""The ``saelab`` command: one module per subcommand, each with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from saelab.config import ConfigError
+
+
+def _commands() -> list[ModuleType]:
+    from saelab.cli import architectures_cmd, demo_cmd, eval_cmd, toy_cmd, train_cmd
+
+    return [train_cmd, eval_cmd, toy_cmd, demo_cmd, architectures_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saelab",
+        description="Sparse autoencoders on neural-network activations: train, evaluate, "
+        "measure against ground truth.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _commands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return int(args.run(args, extra, parser) or 0)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"saelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

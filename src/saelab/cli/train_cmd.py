@@ -1,0 +1,90 @@
+"""``saelab train``: train one SAE (flags) or a sweep (config file), resumably."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from saelab.config import add_arguments, args_to_dict, load_file
+from saelab.data.arrays import ArrayFileSource
+from saelab.registry import architectures, get_architecture
+from saelab.run_config import DataConfig, RunConfig, load_run_config
+from saelab.training.config import TrainConfig
+from saelab.training.trainer import Trainer
+
+EPILOG = """examples:
+  saelab train --data acts.npy --arch topk --k 32 --expansion 16 --total-tokens 5000000 --out runs/topk
+  saelab train --config sweep.toml          (several SAEs on one stream; see README)
+  saelab train --arch jumprelu --help       (options of one architecture)
+Rerunning the same command resumes from the newest checkpoint in --out."""
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train SAEs on activations", description=__doc__,
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       add_help=False)
+    p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    p.add_argument("--config", help="run file (.toml or .json) with [data], [train], [saes.NAME]")
+    p.add_argument("--out", help="output folder (default: runs/saelab)")
+    p.add_argument("--data", dest="data_path", help="activation file (.npy or .safetensors)")
+    add_arguments(p.add_argument_group("data options"), DataConfig, prefix="data_", skip=("path",))
+    p.add_argument("--arch", choices=sorted(architectures()), help="architecture of a single SAE")
+    p.add_argument("--name", help="name of that SAE (default: the architecture name)")
+    p.add_argument("--fresh", action="store_true",
+                   help="refuse to resume: fail if --out already has checkpoints")
+    add_arguments(p.add_argument_group("training options"), TrainConfig)
+    p.set_defaults(run=run, _parser=p)
+
+
+def _arch_parser(arch: str) -> argparse.ArgumentParser:
+    cls = get_architecture(arch)
+    p = argparse.ArgumentParser(prog=f"saelab train --arch {arch}", add_help=False)
+    add_arguments(p.add_argument_group(f"{arch} options ({cls.__doc__ or ''}".strip()[:70] + ")"),
+                  cls.config_class, prefix="sae_", skip=("lr", "adam_beta1"), flag_prefix="")
+    return p
+
+
+def build_run_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
+    data: dict[str, Any] = load_file(args.config) if args.config else {}
+    if args.out:
+        data["out"] = args.out
+    data_section = dict(data.get("data", {}))
+    data_section.update(args_to_dict(args, DataConfig, prefix="data_"))
+    data["data"] = data_section
+    train_section = dict(data.get("train", {}))
+    train_section.update(args_to_dict(args, TrainConfig))
+    data["train"] = train_section
+    if args.arch:
+        arch_args = _arch_parser(args.arch).parse_args(extra)
+        opts = {"architecture": args.arch,
+                **args_to_dict(arch_args, get_architecture(args.arch).config_class, prefix="sae_")}
+        data.setdefault("saes", {})[args.name or args.arch] = opts
+    elif extra:
+        raise ValueError(f"unrecognized arguments {extra}; architecture options need --arch")
+    return load_run_config(data)
+
+
+def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
+    if args.help:
+        args._parser.print_help()
+        if args.arch:
+            print()
+            _arch_parser(args.arch).print_help()
+        else:
+            print("\narchitectures: " + ", ".join(sorted(architectures())))
+        return 0
+    cfg = build_run_config(args, extra)
+    if not cfg.data.path:
+        raise ValueError("no activations given: pass --data FILE or set [data] path in --config")
+    source = ArrayFileSource(cfg.data.path, shuffle=cfg.data.shuffle, seed=cfg.train.seed,
+                             key=cfg.data.key or None, check=cfg.data.check_finite)
+    trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out, run_config=cfg.to_dict())
+    print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
+          f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps -> {cfg.out}",
+          file=sys.stderr)
+    final = trainer.fit(resume=not args.fresh)
+    summary = {name: str(trainer.out_dir / "final" / name) for name in final}
+    print(json.dumps({"saved": summary}, indent=2))
+    return 0

@@ -1,0 +1,43 @@
+"""What the trainer needs from any activation source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+class DataError(ValueError):
+    """Activation data is unusable (wrong width, NaN/inf, corrupt or missing file)."""
+
+
+@runtime_checkable
+class ActivationSource(Protocol):
+    """A stream of activation batches.
+
+    ``batches(batch_size, start_batch)`` must be deterministic: batch i is the same whether the
+    stream starts at 0 or resumes at i. That is what makes a resumed run bit-identical.
+    """
+
+    @property
+    def d_in(self) -> int: ...
+
+    def batches(self, batch_size: int, start_batch: int = 0) -> Iterator[Tensor]: ...
+
+    def sample(self, n: int) -> Tensor:
+        """Up to n rows for initialisation (geometric median, input scale)."""
+        ...
+
+
+def check_finite(batch: Tensor, where: str) -> None:
+    """Raise DataError if a batch has NaN or infinite values, naming where."""
+    if not torch.isfinite(batch).all():
+        bad = (~torch.isfinite(batch)).nonzero()
+        row, col = (int(v) for v in bad[0])
+        n_bad = int(bad.shape[0])
+        raise DataError(
+            f"{where}: {n_bad} NaN/infinite value(s), first at row {row}, column {col}; "
+            "clean the activations (or filter those rows) before training"
+        )

@@ -1,0 +1,94 @@
+"""Core evaluation of a saved SAE on an activation file: reconstruction, sparsity, density."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from saelab.architectures.base import SAE
+from saelab.config import option
+from saelab.data.arrays import open_array
+from saelab.data.base import DataError, check_finite
+from saelab.io import atomic_write_json
+from saelab.metrics.core import CoreMetrics, CoreMetricsAccumulator
+
+
+@dataclass
+class CoreEvalConfig:
+    max_rows: int = option(200_000, "evaluate on at most this many rows (0 = all)")
+    batch_size: int = option(4096, "rows per forward pass")
+    dense_threshold: float = option(0.1, "firing density above which a latent counts as dense")
+
+
+@dataclass
+class CoreEvalResult:
+    sae_path: str
+    data_path: str
+    metrics: CoreMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sae": self.sae_path, "data": self.data_path,
+                "metrics": self.metrics.to_dict(include_density=True)}
+
+    def write(self, path: Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+
+@torch.no_grad()
+def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
+                      where: str = "data") -> CoreMetrics:
+    """Stream rows through the SAE (in order; the metrics are order-free) and accumulate."""
+    if array.shape[1] != sae.cfg.d_in:
+        raise DataError(f"{where} has width {array.shape[1]} but the SAE expects d_in="
+                        f"{sae.cfg.d_in}; evaluate on activations from the SAE's hook")
+    sae.eval()
+    n = array.shape[0] if cfg.max_rows <= 0 else min(cfg.max_rows, array.shape[0])
+    acc = CoreMetricsAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
+    for start in range(0, n, cfg.batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(array[start:min(n, start + cfg.batch_size)],
+                                                  dtype=np.float32))
+        check_finite(x, f"{where} rows {start}..{start + x.shape[0]}")
+        codes = sae.encode(x)
+        acc.update(x, sae.decode(codes), codes)
+    return acc.compute()
+
+
+def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig) -> CoreEvalResult:
+    metrics = evaluate_on_array(sae, open_array(data_path), cfg, where=data_path)
+    return CoreEvalResult(sae_path, data_path, metrics)
+
+
+def density_histogram(result: CoreEvalResult, path: Path) -> Path:
+    """Plot log10 firing density per latent (dead latents counted separately)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    density = result.metrics.latent_density_M.numpy()
+    alive = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if alive.size:
+        ax.hist(np.log10(alive), bins=50, color="#3b6ea5")
+    n_dead = int((density == 0).sum())
+    ax.set_xlabel("log10 firing density")
+    ax.set_ylabel("latents")
+    ax.set_title(f"latent firing density ({n_dead} dead of {density.size})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summary_table(rows: list[tuple[str, float]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = []
+    for k, v in rows:
+        text = f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) and not float(v).is_integer() else str(v)
+        lines.append(f"{k.ljust(width)}  {text}")
+    return "\n".join(lines)

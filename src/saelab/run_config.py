@@ -1,0 +1,61 @@
+"""The config tree of a training run: data + trainer options + named SAEs.
+
+A run file (TOML or JSON) looks like::
+
+    out = "runs/example"
+    [data]
+    path = "acts.npy"
+    [train]
+    total_tokens = 2_000_000
+    [saes.topk32]
+    architecture = "topk"
+    k = 32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saelab.architectures.base import SAEConfig
+from saelab.config import ConfigError, from_dict, option, to_dict
+from saelab.registry import config_from_dict
+from saelab.training.config import TrainConfig
+
+
+@dataclass
+class DataConfig:
+    path: str = option("", "activations: a .npy or .safetensors file (rows × width)")
+    key: str = option("", "tensor name inside a .safetensors file with several tensors")
+    shuffle: bool = option(True, "reshuffle rows every epoch")
+    check_finite: bool = option(True, "scan the whole file for NaN/inf before training")
+
+
+@dataclass
+class RunConfig:
+    out: str = option("runs/saelab", "output folder (checkpoints, logs, final SAEs)")
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    saes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def sae_configs(self) -> dict[str, SAEConfig]:
+        if not self.saes:
+            raise ConfigError("the run has no SAEs: add a [saes.NAME] table or pass --arch")
+        return {name: config_from_dict(dict(opts), where=f"saes.{name}")
+                for name, opts in self.saes.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def load_run_config(data: dict[str, Any]) -> RunConfig:
+    cfg = from_dict(RunConfig, data)
+    cfg.sae_configs()  # validate architecture options early
+    return cfg
+
+
+def run_config_from_file(path: str | Path) -> RunConfig:
+    from saelab.config import load_file
+
+    return load_run_config(load_file(path))

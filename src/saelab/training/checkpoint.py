@@ -1,0 +1,106 @@
+"""Resumable training checkpoints: weights, optimiser state, dead-latent counters, RNG, step.
+
+Layout: ``<out>/checkpoints/step_<N>/`` holding ``trainer.json`` and, per SAE, ``<name>.sae``,
+``<name>.optim`` and ``<name>.track`` safetensors files. Each checkpoint folder appears in one
+atomic rename, so the newest folder is always complete. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from saelab.architectures.base import SAE
+from saelab.io import CheckpointError, atomic_write_dir, load_state_checked
+
+STATE_FILE = "trainer.json"
+
+
+@dataclass
+class SlotState:
+    """Per-SAE training state besides the module's own parameters and buffers."""
+
+    optimizer: torch.optim.Optimizer
+    tokens_since_fired_M: torch.Tensor
+
+
+def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[Any]]:
+    sd = opt.state_dict()
+    tensors = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{pid}.{key}"] = t.detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
+
+
+def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                        groups: list[Any]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def write_checkpoint(
+    root: Path, step: int, meta: dict[str, Any], saes: dict[str, SAE], slots: dict[str, SlotState],
+    keep: int,
+) -> Path:
+    path = root / f"step_{step:09d}"
+
+    def fill(tmp: Path) -> None:
+        groups = {}
+        for name, sae in saes.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
+                      str(tmp / f"{name}.sae.safetensors"))
+            flat, groups[name] = optimizer_to_flat(slots[name].optimizer)
+            save_file(flat, str(tmp / f"{name}.optim.safetensors"))
+            save_file({"tokens_since_fired": slots[name].tokens_since_fired_M.contiguous()},
+                      str(tmp / f"{name}.track.safetensors"))
+        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        doc = {**meta, "step": step, "optimizer_param_groups": groups}
+        (tmp / STATE_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+
+    atomic_write_dir(path, fill)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.exists():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).exists())
+
+
+def read_checkpoint(
+    path: Path, saes: dict[str, SAE], slots: dict[str, SlotState]
+) -> dict[str, Any]:
+    """Restore weights and optimiser state in place; returns the trainer metadata."""
+    try:
+        meta = json.loads((path / STATE_FILE).read_text())
+        for name, sae in saes.items():
+            sae_file = path / f"{name}.sae.safetensors"
+            if not sae_file.exists():
+                raise CheckpointError(f"checkpoint {path} has no weights for SAE {name!r}; "
+                                      "the run's SAE list changed since it was written")
+            load_state_checked(sae, load_file(str(sae_file)), str(sae_file))
+            optimizer_from_flat(slots[name].optimizer,
+                                load_file(str(path / f"{name}.optim.safetensors")),
+                                meta["optimizer_param_groups"][name])
+            track = load_file(str(path / f"{name}.track.safetensors"))
+            slots[name].tokens_since_fired_M.copy_(track["tokens_since_fired"])
+        torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to resume "
+                              "from the previous one") from err
+    return meta

@@ -1,0 +1,263 @@
+"""One trainer for every architecture; several SAEs share each batch of the stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
+from saelab.config import ConfigError, to_dict
+from saelab.data.base import ActivationSource, check_finite
+from saelab.io import atomic_write_json, save
+from saelab.registry import build
+from saelab.training.checkpoint import (
+    SlotState,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
+from saelab.training.config import TrainConfig
+from saelab.training.init import geometric_median, input_scale
+from saelab.training.logging import MetricsLog, Progress
+
+
+class TrainingError(RuntimeError):
+    """Training stopped: non-finite input or loss. The message names the step and the cause."""
+
+
+@torch.no_grad()
+def remove_parallel_gradient(W_dec_MD: torch.nn.Parameter) -> None:
+    """Drop the gradient component along each (unit) decoder row, so the step stays tangent to
+    the unit sphere and the renormalisation after it changes little."""
+    if W_dec_MD.grad is None:
+        return
+    rows = W_dec_MD / W_dec_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    parallel = (W_dec_MD.grad * rows).sum(1, keepdim=True)
+    W_dec_MD.grad.sub_(parallel * rows)
+
+
+@torch.no_grad()
+def normalise_decoder(W_dec_MD: torch.nn.Parameter) -> None:
+    W_dec_MD.div_(W_dec_MD.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def batch_explained_variance(acts_BD: Tensor, recon_BD: Tensor) -> float:
+    """EV on one batch (for the training log; evaluation uses saelab.metrics)."""
+    err = (acts_BD - recon_BD).pow(2).sum(-1).mean()
+    var = (acts_BD - acts_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return float(1 - err / var)
+
+
+class Trainer:
+    """Train named SAEs on one activation stream, resumably.
+
+    ``out_dir`` receives ``run.json``, ``metrics.jsonl``, ``checkpoints/`` and, at the end,
+    ``final/<name>/`` (cfg.json + sae.safetensors, input normalisation folded in).
+    """
+
+    def __init__(self, sae_configs: dict[str, SAEConfig], train: TrainConfig,
+                 source: ActivationSource, out_dir: str | Path,
+                 run_config: dict[str, Any] | None = None) -> None:
+        if not sae_configs:
+            raise ConfigError("nothing to train: give at least one SAE config")
+        train.validate()
+        self.train_cfg = train
+        self.source = source
+        self.out_dir = Path(out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.saes: dict[str, SAE] = {}
+        self.slots: dict[str, SlotState] = {}
+        for name, cfg in sae_configs.items():
+            if not name or "/" in name or name.startswith("."):
+                raise ConfigError(f"bad SAE name {name!r}: use a plain folder name")
+            sae = build(cfg.resolved(source.d_in))
+            self.saes[name] = sae
+            opt = torch.optim.Adam(
+                sae.parameters(),
+                lr=cfg.lr or train.lr,
+                betas=(train.adam_beta1 if cfg.adam_beta1 is None else cfg.adam_beta1,
+                       train.adam_beta2),
+                eps=train.adam_eps,
+            )
+            self.slots[name] = SlotState(opt, torch.zeros(sae.cfg.d_sae, dtype=torch.int64))
+        self.run_config = run_config or {
+            "train": to_dict(train),
+            "saes": {n: {"architecture": s.name, **to_dict(s.cfg)} for n, s in self.saes.items()},
+        }
+        self.step = 0
+        self.scale = 1.0
+
+    # ------------------------------------------------------------------ set-up and resume
+
+    def _initialise(self) -> None:
+        cfg = self.train_cfg
+        sample = self.source.sample(cfg.init_samples)
+        check_finite(sample, "initialisation sample")
+        self.scale = input_scale(sample) if cfg.normalize_inputs else 1.0
+        sample = sample * self.scale
+        median = geometric_median(sample) if cfg.geometric_median_init else None
+        for i, sae in enumerate(self.saes.values()):
+            sae.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + i))
+            if median is not None:
+                with torch.no_grad():
+                    sae.b_dec.copy_(median)
+
+    def _check_run_config(self) -> None:
+        path = self.out_dir / "run.json"
+        if not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(self.run_config)):
+            diffs = _diff_keys(saved, json.loads(json.dumps(self.run_config)))
+            raise ConfigError(
+                f"{self.out_dir} holds a run with a different config (differs at {diffs[:8]}); "
+                "resume with the same config, or use a new output folder"
+            )
+
+    def _resume(self) -> bool:
+        ckpts = list_checkpoints(self.ckpt_root)
+        if not ckpts:
+            return False
+        meta = read_checkpoint(ckpts[-1], self.saes, self.slots)
+        self.step = int(meta["step"])
+        self.scale = float(meta["input_scale"])
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = True) -> dict[str, SAE]:
+        """Train to ``total_tokens`` (resuming from the newest checkpoint if there is one) and
+        return the SAEs, normalisation folded in and saved under ``final/``."""
+        cfg = self.train_cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_run_config()
+        resumed = resume and self._resume()
+        if not resumed:
+            if list_checkpoints(self.ckpt_root):
+                raise ConfigError(f"{self.ckpt_root} already has checkpoints; resume, or use a "
+                                  "new output folder")
+            self._initialise()
+        atomic_write_json(self.out_dir / "run.json", self.run_config)
+        log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config)
+        total = cfg.total_steps
+        progress = Progress(total, cfg.batch_size, self.step, cfg.progress)
+        for sae in self.saes.values():
+            sae.train()
+        try:
+            batches = self.source.batches(cfg.batch_size, start_batch=self.step)
+            while self.step < total:
+                batch = next(batches)
+                if batch.shape != (cfg.batch_size, self.source.d_in):
+                    raise TrainingError(f"step {self.step}: batch has shape {tuple(batch.shape)}, "
+                                        f"expected ({cfg.batch_size}, {self.source.d_in})")
+                try:
+                    check_finite(batch, f"step {self.step}: input batch")
+                except ValueError as err:
+                    raise TrainingError(f"{err}. {self._last_good()}") from err
+                acts = batch * self.scale if self.scale != 1.0 else batch
+                outputs = {name: self._sae_step(name, acts) for name in self.saes}
+                self.step += 1
+                if self.step % cfg.log_every == 0 or self.step == total:
+                    self._log(log, acts, outputs, progress)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                progress.update(self.step)
+            progress.update(self.step, force=True)
+        finally:
+            progress.close()
+            log.close()
+        if not cfg.checkpoint_every or self.step % cfg.checkpoint_every != 0:
+            self.checkpoint()
+        return self.finalise()
+
+    def _sae_step(self, name: str, acts_BD: Tensor) -> LossOutput:
+        sae, slot, cfg = self.saes[name], self.slots[name], self.train_cfg
+        dead = slot.tokens_since_fired_M >= cfg.dead_after_tokens
+        ctx = StepContext(self.step, cfg.total_steps, cfg.sparsity_scale(self.step), dead)
+        slot.optimizer.zero_grad(set_to_none=True)
+        out = sae.training_loss(acts_BD, ctx)
+        if not torch.isfinite(out.total):
+            parts = {k: float(v.detach()) for k, v in out.parts.items()}
+            raise TrainingError(
+                f"step {self.step}: loss of SAE {name!r} is {float(out.total.detach())} (parts {parts}); "
+                f"lower the learning rate or check the data. {self._last_good()}"
+            )
+        out.total.backward()
+        if sae.unit_norm_decoder:
+            remove_parallel_gradient(sae.W_dec)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        base_lr = sae.cfg.lr or cfg.lr
+        for group in slot.optimizer.param_groups:
+            group["lr"] = base_lr * cfg.lr_scale(self.step)
+        slot.optimizer.step()
+        if sae.unit_norm_decoder:
+            normalise_decoder(sae.W_dec)
+        fired = out.fired_M.to(slot.tokens_since_fired_M.device)
+        slot.tokens_since_fired_M += acts_BD.shape[0]
+        slot.tokens_since_fired_M[fired] = 0
+        return out
+
+    def _last_good(self) -> str:
+        ckpts = list_checkpoints(self.ckpt_root)
+        if ckpts:
+            return f"The last good checkpoint is kept at {ckpts[-1]}."
+        return "No checkpoint had been written yet."
+
+    def _log(self, log: MetricsLog, acts: Tensor, outputs: dict[str, LossOutput],
+             progress: Progress) -> None:
+        tps = progress.tokens_per_second(self.step)
+        for name, out in outputs.items():
+            slot = self.slots[name]
+            record: dict[str, Any] = {
+                "step": self.step,
+                "tokens": self.step * self.train_cfg.batch_size,
+                "sae": name,
+                "loss": float(out.total.detach()),
+                "l0": float(out.l0),
+                "dead_share": float((slot.tokens_since_fired_M >= self.train_cfg.dead_after_tokens)
+                                    .float().mean()),
+                "lr": slot.optimizer.param_groups[0]["lr"],
+                "tokens_per_s": tps,
+                "time": time.time(),
+            }
+            record.update({k: float(v.detach()) for k, v in out.parts.items()})
+            record.update(out.extras)
+            if out.recon_BD is not None:
+                record["explained_variance"] = batch_explained_variance(acts, out.recon_BD)
+            log.write(record)
+
+    # ------------------------------------------------------------------ outputs
+
+    def checkpoint(self) -> Path:
+        meta = {"input_scale": self.scale, "tokens": self.step * self.train_cfg.batch_size}
+        return write_checkpoint(self.ckpt_root, self.step, meta, self.saes, self.slots,
+                                self.train_cfg.keep_checkpoints)
+
+    def finalise(self) -> dict[str, SAE]:
+        """Fold the input scale into copies of the SAEs and save them under final/."""
+        final: dict[str, SAE] = {}
+        for name, sae in self.saes.items():
+            out = build(dataclasses.replace(sae.cfg))
+            out.load_state_dict(sae.state_dict())
+            if self.scale != 1.0:
+                out.fold_input_scale(self.scale)
+            out.eval()
+            save(out, self.out_dir / "final" / name)
+            final[name] = out
+        return final
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [prefix or "(root)"]
