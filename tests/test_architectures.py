@@ -19,12 +19,12 @@ def test_registry_has_every_architecture():
 
 
 def test_unknown_architecture_names_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown architecture 'nope'.*topk"):
+    with pytest.raises(ConfigError, match=r"unknown architecture 'nope'.*topk"):
         get_architecture("nope")
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(ConfigError, match="unknown option.*'kk'"):
+    with pytest.raises(ConfigError, match=r"unknown option.*'kk'"):
         config_from_dict({"architecture": "topk", "kk": 3})
 
 
@@ -134,7 +134,7 @@ def test_architecture_mismatch_lists_tensors(tmp_path):
     path = save(sae, tmp_path / "g")
     cfg_text = (path / "cfg.json").read_text()
     (path / "cfg.json").write_text(cfg_text.replace('"gated"', '"relu"'))
-    with pytest.raises(CheckpointError, match="unexpected tensors.*r_mag"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensors.*r_mag"):
         load(path)
 
 

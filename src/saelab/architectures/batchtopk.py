@@ -43,8 +43,9 @@ class BatchTopKSAE(TopKFamilySAE):
     where θ is an EMA of the smallest selected positive activation per batch.
     """
 
-    config_class: type[SAEConfig] = BatchTopKConfig
+    config_class = BatchTopKConfig
     cfg: BatchTopKConfig
+    threshold: Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

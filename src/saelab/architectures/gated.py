@@ -5,6 +5,7 @@ their magnitude. W_mag = exp(r_mag) ⊙ W_gate, so only r_mag and b_mag are extr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ class GatedSAE(SAE):
     reconstruction gradients reach the gate.
     """
 
-    config_class: type[SAEConfig] = GatedConfig
+    config_class: ClassVar[type[SAEConfig]] = GatedConfig
     cfg: GatedConfig
 
     def __init__(self, cfg: SAEConfig) -> None:

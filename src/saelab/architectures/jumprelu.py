@@ -76,7 +76,7 @@ class JumpReLUSAE(SAE):
     moves in a normal run — the "threshold never moves" failure reported for peers.
     """
 
-    config_class: type[SAEConfig] = JumpReLUConfig
+    config_class = JumpReLUConfig
     cfg: JumpReLUConfig
 
     def __init__(self, cfg: SAEConfig) -> None:

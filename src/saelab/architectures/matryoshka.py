@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
+from saelab.architectures.base import LossOutput, StepContext, recon_loss
 from saelab.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saelab.config import ConfigError, option
 from saelab.registry import register
@@ -46,7 +46,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     """Loss = (1/n)·Σ_i ‖x − (f_{1:m_i}·W_dec[1:m_i] + b_dec)‖² + α·AuxK, computed with
     cumulative partial reconstructions (one pass over the groups)."""
 
-    config_class: type[SAEConfig] = MatryoshkaConfig
+    config_class = MatryoshkaConfig
     cfg: MatryoshkaConfig
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:

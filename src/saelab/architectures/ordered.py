@@ -76,8 +76,9 @@ def ordered_prefix_loss(
 class OrderedSAE(TopKFamilySAE):
     """TopK codes trained with the exact nested (ordered) loss over every prefix, + AuxK."""
 
-    config_class: type[SAEConfig] = OrderedConfig
+    config_class = OrderedConfig
     cfg: OrderedConfig
+    cdf: Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)

@@ -51,6 +51,12 @@ class PAnnealer(nn.Module):
     ``queue_length`` batches, where L_p = mean_batch Σ f^p.
     """
 
+    p: Tensor
+    coefficient: Tensor
+    n_done: Tensor
+    queue: Tensor
+    queue_count: Tensor
+
     def __init__(self, opts: PAnnealOptions, coefficient: float) -> None:
         super().__init__()
         self.opts = opts
@@ -64,7 +70,7 @@ class PAnnealer(nn.Module):
         o = self.opts
         start = int(o.anneal_start * total_steps)
         steps = torch.linspace(start, total_steps, o.n_updates + 1)[:-1].round().long().tolist()
-        ps = torch.linspace(o.p_start, o.p_end, o.n_updates + 1)[1:].tolist()
+        ps = torch.linspace(o.p_start, o.p_end, o.n_updates + 1, dtype=torch.float64)[1:].tolist()
         return steps, ps
 
     def penalty(self, acts_BM: Tensor, weights_M: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
@@ -116,7 +122,7 @@ class GatedPAnnealConfig(GatedConfig, PAnnealOptions):
 class PAnnealSAE(ReLUSAE):
     """Standard ReLU SAE with the annealed Lp^p penalty in place of L1."""
 
-    config_class: type[SAEConfig] = PAnnealConfig
+    config_class = PAnnealConfig
     cfg: PAnnealConfig
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -131,7 +137,7 @@ class PAnnealSAE(ReLUSAE):
 class GatedPAnnealSAE(GatedSAE):
     """Gated SAE with the annealed Lp^p penalty on the rectified gate pre-activations."""
 
-    config_class: type[SAEConfig] = GatedPAnnealConfig
+    config_class = GatedPAnnealConfig
     cfg: GatedPAnnealConfig
 
     def __init__(self, cfg: SAEConfig) -> None:

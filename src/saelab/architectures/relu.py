@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -26,7 +27,7 @@ class ReLUConfig(SAEConfig):
 class ReLUSAE(SAE):
     """f = ReLU((x − b_dec)·W_enc + b_enc); loss = ‖x − x̂‖² + λ·Σ_i f_i‖d_i‖."""
 
-    config_class = ReLUConfig
+    config_class: ClassVar[type[SAEConfig]] = ReLUConfig
     cfg: ReLUConfig
 
     def encode(self, acts_BD: Tensor) -> Tensor:

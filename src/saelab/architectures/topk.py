@@ -93,7 +93,7 @@ class TopKFamilySAE(SAE):
 class TopKSAE(TopKFamilySAE):
     """f = ReLU(TopK_k((x − b_dec)·W_enc + b_enc)); loss = ‖x − x̂‖² + α·AuxK."""
 
-    config_class: type[SAEConfig] = TopKConfig
+    config_class = TopKConfig
 
     def encode(self, acts_BD: Tensor) -> Tensor:
         return topk_codes(self.pre_acts(acts_BD), self.cfg.k)

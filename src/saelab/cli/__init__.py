@@ -19,12 +19,16 @@ def _commands() -> list[ModuleType]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="saelab",
+        allow_abbrev=False,
         description="Sparse autoencoders on neural-network activations: train, evaluate, "
         "measure against ground truth.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _commands():
         module.add_parser(sub)
+    for subparser in sub.choices.values():
+        # `--k 6` must never be read as an abbreviation of `--keep-checkpoints 6`.
+        subparser.allow_abbrev = False
     return parser
 
 

@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> None:
 
 def _arch_parser(arch: str) -> argparse.ArgumentParser:
     cls = get_architecture(arch)
-    p = argparse.ArgumentParser(prog=f"saelab train --arch {arch}", add_help=False)
+    p = argparse.ArgumentParser(prog=f"saelab train --arch {arch}", add_help=False,
+                                allow_abbrev=False)
     add_arguments(p.add_argument_group(f"{arch} options ({cls.__doc__ or ''}".strip()[:70] + ")"),
                   cls.config_class, prefix="sae_", skip=("lr", "adam_beta1"), flag_prefix="")
     return p

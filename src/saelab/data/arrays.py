@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.data.base import DataError, check_finite
+from saelab.data.base import DataError
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 

@@ -50,8 +50,7 @@ def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
     n = array.shape[0] if cfg.max_rows <= 0 else min(cfg.max_rows, array.shape[0])
     acc = CoreMetricsAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
     for start in range(0, n, cfg.batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(array[start:min(n, start + cfg.batch_size)],
-                                                  dtype=np.float32))
+        x = torch.from_numpy(np.array(array[start:min(n, start + cfg.batch_size)], dtype=np.float32))
         check_finite(x, f"{where} rows {start}..{start + x.shape[0]}")
         codes = sae.encode(x)
         acc.update(x, sae.decode(codes), codes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,9 @@ from saelab.toy.generator import ToyConfig, ToyModel
 from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
 
-PRESETS = {"chanin_large": ToyConfig.chanin_large, "osae": ToyConfig.osae,
+PRESETS: dict[str, Callable[..., ToyConfig]] = {"chanin_large": ToyConfig.chanin_large, "osae": ToyConfig.osae,
            "chanin_small": ToyConfig.chanin_small}
 
-# Settings that land near the true L0 of each preset (chosen by the sweeps in
-# benchmarks/toy_recovery.py; the L1-type coefficients are the candidates of a small sweep).
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka", "ordered")
 
 
 @dataclass
@@ -116,11 +114,11 @@ def candidate_settings(arch: str, true_l0: float, d_sae: int, steps: int) -> lis
 
 
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
-    "relu": (1.0, 2.0, 4.0, 8.0),
-    "panneal": (1.0, 2.0, 4.0, 8.0),
-    "gated": (0.5, 1.0, 2.0, 4.0),
-    "gated_panneal": (0.5, 1.0, 2.0, 4.0),
-    "jumprelu": (0.1, 0.3, 1.0, 3.0),
+    "relu": (0.25, 0.5, 1.0, 2.0),
+    "panneal": (0.25, 0.5, 1.0, 2.0),
+    "gated": (1.0, 2.0, 4.0),
+    "gated_panneal": (1.0, 2.0, 4.0),
+    "jumprelu": (3.0, 10.0, 30.0),
 }
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 from saelab.architectures.base import SAE
 from saelab.io import atomic_write_bytes
 from saelab.metrics.matching import match_directions
