@@ -133,6 +133,14 @@ class SAE(nn.Module, ABC):
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         """The loss to minimise on one batch, with its named parts."""
 
+    def matmul_flops_per_token(self) -> float:
+        """Matrix-multiply FLOPs one training row costs (for the logged peak share).
+
+        Dense default: encoder and decoder forward (2·d·m each) plus the backward products
+        for W_enc, the codes and W_dec (2·d·m each). Architectures with sparse paths override.
+        """
+        return 10.0 * self.cfg.d_in * self.cfg.d_sae
+
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=1)
 

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, load_file
-from saelab.data.arrays import ArrayFileSource
+from saelab.data.open import open_source
 from saelab.registry import architectures, get_architecture
 from saelab.run_config import DataConfig, RunConfig, load_run_config
 from saelab.training.config import TrainConfig
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     cfg = build_run_config(args, extra)
     if not cfg.data.path:
         raise ValueError("no activations given: pass --data FILE or set [data] path in --config")
-    source = ArrayFileSource(cfg.data.path, shuffle=cfg.data.shuffle, seed=cfg.train.seed,
-                             key=cfg.data.key or None, check=cfg.data.check_finite)
+    source = open_source(cfg.data, cfg.train.seed)
     trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out, run_config=cfg.to_dict())
     print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
           f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps -> {cfg.out}",

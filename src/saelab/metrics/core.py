@@ -212,6 +212,13 @@ def _as_float64(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(torch.float64)
 
 
+def explained_variance(acts_ND: torch.Tensor, recon_ND: torch.Tensor) -> float:
+    """EV of one set of tokens, the same formula as CoreMetrics.explained_variance (for logs)."""
+    x_ND, xhat_ND = _as_float64(acts_ND), _as_float64(recon_ND)
+    sum_sq_dev = float((x_ND - x_ND.mean(dim=0)).pow(2).sum())
+    return _explained_variance(float((x_ND - xhat_ND).pow(2).sum()), sum_sq_dev)
+
+
 def _explained_variance(sum_sq_err: float, sum_sq_dev: float) -> float:
     """EV = 1 − Σ‖x − x̂‖² / Σ‖x − E x‖² (the N's cancel); NaN when the data has no variance."""
     if sum_sq_dev == 0.0:

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 Where = Literal["output", "input"]
@@ -123,7 +122,7 @@ def _input_tensor(args: tuple[Any, ...], kwargs: dict[str, Any], hook: HookPoint
                     "hidden_states keyword; hook its output instead")
 
 
-class _StopForward(Exception):  # noqa: N818 - control flow, never an error the user sees
+class _StopForward(Exception):
     """Raised from the last needed hook to end the forward pass early."""
 
 

@@ -28,6 +28,7 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     log_every: int = option(50, "log metrics every N steps")
     progress: bool = option(True, "print a progress line (tokens/s, ETA) to stderr")
+    measure_peak: bool = option(True, "measure this machine's matmul FLOP/s at start and log the share of it reached")
     tensorboard: bool = option(False, "also log to TensorBoard under <out>/tensorboard")
     wandb_project: str = option("", "also log to this Weights & Biases project")
 

@@ -57,7 +57,10 @@ class Progress:
     """A one-line progress report on stderr, at most every ``interval`` seconds."""
 
     def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
-                 enabled: bool = True, interval: float = 2.0) -> None:
+                 enabled: bool = True, interval: float = 2.0, flops_per_token: float = 0.0,
+                 peak_flops: float = 0.0) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
         self.total = total_steps
         self.batch = batch_size
         self.enabled = enabled
@@ -80,6 +83,8 @@ class Progress:
         tps = self.tokens_per_second(step)
         remaining = (self.total - step) * self.batch / max(tps, 1e-9)
         pct = 100.0 * step / max(1, self.total)
+        if self.peak_flops > 0 and self.flops_per_token > 0:
+            extra = f"| {tps * self.flops_per_token / self.peak_flops:.0%} of matmul peak {extra}"
         line = (f"\rstep {step}/{self.total} ({pct:5.1f}%) | {tps:,.0f} tokens/s | "
                 f"ETA {_fmt(remaining)} {extra}")
         sys.stderr.write(line[:160].ljust(100))

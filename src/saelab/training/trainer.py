@@ -15,6 +15,7 @@ from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
 from saelab.io import atomic_write_json, save
+from saelab.metrics.core import explained_variance
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
@@ -25,6 +26,7 @@ from saelab.training.checkpoint import (
 from saelab.training.config import TrainConfig
 from saelab.training.init import geometric_median, input_scale
 from saelab.training.logging import MetricsLog, Progress
+from saelab.training.throughput import measure_matmul_peak
 
 
 class TrainingError(RuntimeError):
@@ -45,13 +47,6 @@ def remove_parallel_gradient(W_dec_MD: torch.nn.Parameter) -> None:
 @torch.no_grad()
 def normalise_decoder(W_dec_MD: torch.nn.Parameter) -> None:
     W_dec_MD.div_(W_dec_MD.norm(dim=1, keepdim=True).clamp_min(1e-12))
-
-
-def batch_explained_variance(acts_BD: Tensor, recon_BD: Tensor) -> float:
-    """EV on one batch (for the training log; evaluation uses saelab.metrics)."""
-    err = (acts_BD - recon_BD).pow(2).sum(-1).mean()
-    var = (acts_BD - acts_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return float(1 - err / var)
 
 
 class Trainer:
@@ -146,7 +141,10 @@ class Trainer:
         atomic_write_json(self.out_dir / "run.json", self.run_config)
         log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config)
         total = cfg.total_steps
-        progress = Progress(total, cfg.batch_size, self.step, cfg.progress)
+        self.peak_flops = measure_matmul_peak() if cfg.measure_peak else 0.0
+        progress = Progress(total, cfg.batch_size, self.step, cfg.progress,
+                            flops_per_token=sum(s.matmul_flops_per_token() for s in self.saes.values()),
+                            peak_flops=self.peak_flops)
         for sae in self.saes.values():
             sae.train()
         try:
@@ -213,6 +211,7 @@ class Trainer:
     def _log(self, log: MetricsLog, acts: Tensor, outputs: dict[str, LossOutput],
              progress: Progress) -> None:
         tps = progress.tokens_per_second(self.step)
+        flops = sum(sae.matmul_flops_per_token() for sae in self.saes.values()) * tps
         for name, out in outputs.items():
             slot = self.slots[name]
             record: dict[str, Any] = {
@@ -225,12 +224,14 @@ class Trainer:
                                     .float().mean()),
                 "lr": slot.optimizer.param_groups[0]["lr"],
                 "tokens_per_s": tps,
+                "matmul_flops_per_s": flops,
+                "matmul_peak_share": flops / self.peak_flops if self.peak_flops else float("nan"),
                 "time": time.time(),
             }
             record.update({k: float(v.detach()) for k, v in out.parts.items()})
             record.update(out.extras)
             if out.recon_BD is not None:
-                record["explained_variance"] = batch_explained_variance(acts, out.recon_BD)
+                record["explained_variance"] = explained_variance(acts, out.recon_BD)
             log.write(record)
 
     # ------------------------------------------------------------------ outputs

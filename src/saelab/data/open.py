@@ -1,0 +1,30 @@
+"""Open the activation source a training run's ``[data] path`` names: a file or a cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from saelab.cache.format import is_cache_dir
+from saelab.cache.source import CacheSource
+from saelab.data.arrays import ArrayFileSource
+from saelab.data.base import DataError
+from saelab.run_config import DataConfig
+
+
+def open_source(data: DataConfig, seed: int) -> ArrayFileSource | CacheSource:
+    """ArrayFileSource for a .npy/.safetensors file, CacheSource for an activation cache folder.
+
+    For a cache, ``check_finite`` turns on the sha256 check of every shard (the cache writer
+    already refused non-finite rows, so a checksum match means the rows are finite).
+    """
+    path = Path(data.path)
+    if path.is_dir():
+        if not is_cache_dir(path):
+            raise DataError(f"{path} is a folder but not an activation cache (no manifest.json); "
+                            "pass a .npy/.safetensors file or a folder made by saelab cache")
+        if data.key:
+            raise DataError(f"data key {data.key!r} applies to .safetensors files, not to the "
+                            f"cache folder {path}; remove it")
+        return CacheSource(path, seed=seed, shuffle=data.shuffle, verify=data.check_finite)
+    return ArrayFileSource(path, shuffle=data.shuffle, seed=seed, key=data.key or None,
+                           check=data.check_finite)

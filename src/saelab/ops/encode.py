@@ -1,0 +1,333 @@
+"""Fused encoder + selection (TopK, BatchTopK, thresholds) with a sparse backward.
+
+The dense pre-activation matrix is computed chunk by chunk into a reused workspace and only the
+selected entries leave the loop, so peak extra memory is one chunk (~64 MB) and all backward
+work is O(nnz·D). AuxK candidates among dead latents come from the same chunks: no second
+matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from saelab.ops.codes import SparseCodes
+from saelab.ops.kernels import row_topk, workspace
+from saelab.ops.sparse import sparse_preacts
+
+_CHUNK_BYTES = 64 * 2**20  # pre-activation chunk size; smaller chunks slow the matmul down
+
+AuxSpec = tuple[Tensor, int]  # (dead_mask_M bool, k_aux)
+
+
+class Encoded(NamedTuple):
+    """Result of a fused encode: the main codes and, if requested, the AuxK codes."""
+
+    codes: SparseCodes
+    aux: SparseCodes | None
+
+
+class _Entries(NamedTuple):
+    rows_N: Tensor
+    idx_N: Tensor
+    vals_N: Tensor
+
+
+class _Preacts:
+    """Dense pre-activations ``(x − b_dec) @ W_enc + b_enc`` produced in row chunks (no grad)."""
+
+    def __init__(
+        self,
+        x_BD: Tensor,
+        W_enc_DM: Tensor,
+        b_enc_M: Tensor,
+        b_dec_D: Tensor,
+        matmul_dtype: torch.dtype | None,
+        chunk_rows: int | None,
+    ) -> None:
+        dtype = matmul_dtype or W_enc_DM.dtype
+        with torch.no_grad():
+            xc_BD = x_BD.to(W_enc_DM.dtype) - b_dec_D.detach()
+            self.xc_BD = xc_BD.to(dtype)
+            self.W_DM = W_enc_DM.detach().to(dtype)
+            self.b_M = b_enc_M.detach().to(dtype)
+        self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.chunk_rows = chunk_rows or max(1, _CHUNK_BYTES // (elem * self.n_latents))
+
+    def chunks(self, rows: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
+        """Yield (start, pre_RM) for all rows, or for the given subset of rows.
+
+        ``pre_RM`` lives in a shared workspace: it is only valid until the next chunk.
+        """
+        xc_BD = self.xc_BD if rows is None else self.xc_BD[rows]
+        n, R, M = xc_BD.shape[0], self.chunk_rows, self.n_latents
+        buf = workspace(min(R, n) * M, self.W_DM.dtype, self.W_DM.device)
+        for s in range(0, n, R):
+            r = min(R, n - s)
+            pre_RM = buf[: r * M].view(r, M)
+            torch.addmm(self.b_M, xc_BD[s : s + r], self.W_DM, out=pre_RM)
+            yield s, pre_RM
+
+
+class _AuxSelector:
+    """Per-row top-k_aux among dead latents, applied to a pre-activation chunk."""
+
+    def __init__(self, aux: AuxSpec, n_latents: int) -> None:
+        dead_mask_M, k_aux = aux
+        self.dead_mask_M = dead_mask_M.bool()
+        self.dead_idx = self.dead_mask_M.nonzero().squeeze(1)
+        self.k = min(int(k_aux), self.dead_idx.numel())
+        # Few dead latents: gather their columns. Many: mask the live ones in place instead.
+        self.gather = self.dead_idx.numel() * 8 <= n_latents
+
+    def __call__(self, pre_RM: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-k_aux over dead columns. May overwrite ``pre_RM``: call it last on a chunk."""
+        if self.gather:
+            vals_Rk, pos_Rk = pre_RM.index_select(1, self.dead_idx).topk(self.k, 1, sorted=False)
+            return vals_Rk, self.dead_idx[pos_Rk]
+        pre_RM.masked_fill_(~self.dead_mask_M, float("-inf"))
+        return row_topk(pre_RM, self.k)
+
+
+def _fixed_k_entries(vals_BK: Tensor, idx_BK: Tensor) -> _Entries:
+    rows_N = torch.arange(vals_BK.shape[0], device=vals_BK.device).repeat_interleave(
+        vals_BK.shape[1]
+    )
+    return _Entries(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1))
+
+
+def _select_per_row(
+    pre: _Preacts, k: int, aux_sel: _AuxSelector | None
+) -> tuple[_Entries, _Entries | None]:
+    """Per-row top-k (and top-k_aux among dead) over all chunks."""
+    B, W = pre.n_rows, pre.W_DM
+    vals_BK = W.new_empty(B, k)
+    idx_BK = torch.empty(B, k, dtype=torch.long, device=W.device)
+    k_aux = aux_sel.k if aux_sel is not None else 0
+    aux_vals_BK = W.new_empty(B, k_aux)
+    aux_idx_BK = torch.empty(B, k_aux, dtype=torch.long, device=W.device)
+    for s, pre_RM in pre.chunks():
+        r = pre_RM.shape[0]
+        vals_BK[s : s + r], idx_BK[s : s + r] = row_topk(pre_RM, k)
+        if aux_sel is not None and k_aux > 0:
+            aux_vals_BK[s : s + r], aux_idx_BK[s : s + r] = aux_sel(pre_RM)
+    main = _fixed_k_entries(vals_BK, idx_BK)
+    return main, _fixed_k_entries(aux_vals_BK, aux_idx_BK) if aux_sel is not None else None
+
+
+def _row_candidates(pre: _Preacts, c: int, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-row top-c candidates for the given rows (all rows if None)."""
+    n = pre.n_rows if rows is None else rows.numel()
+    vals_RC = pre.W_DM.new_empty(n, c)
+    idx_RC = torch.empty(n, c, dtype=torch.long, device=pre.W_DM.device)
+    for s, pre_RM in pre.chunks(rows):
+        r = pre_RM.shape[0]
+        vals_RC[s : s + r], idx_RC[s : s + r] = row_topk(pre_RM, c)
+    return vals_RC, idx_RC
+
+
+def _global_topk(
+    cand: _Entries,
+    width_B: Tensor,
+    total: int,
+    n_latents: int,
+    refill: Callable[[Tensor, int], _Entries],
+) -> _Entries:
+    """Top ``total`` entries over per-row candidate lists, exact.
+
+    A row whose candidates were *all* taken may hold more winners beyond its list: refill it
+    with a 4× longer list (recomputing its pre-activations) and select again.
+    """
+    while True:
+        keep = cand.vals_N.topk(min(total, cand.vals_N.numel()), sorted=False).indices
+        taken_B = torch.bincount(cand.rows_N[keep], minlength=width_B.numel())
+        saturated_B = (taken_B == width_B) & (width_B < n_latents)
+        if not bool(saturated_B.any()):
+            return _Entries(cand.rows_N[keep], cand.idx_N[keep], cand.vals_N[keep])
+        rows_S = saturated_B.nonzero().squeeze(1)
+        c = min(n_latents, 4 * int(width_B[rows_S].max()))
+        new = refill(rows_S, c)
+        stay_N = ~saturated_B[cand.rows_N]
+        cand = _Entries(*(torch.cat([a[stay_N], b]) for a, b in zip(cand, new, strict=True)))
+        width_B[rows_S] = c
+
+
+def _select_batch(
+    pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | None
+) -> tuple[_Entries, _Entries | None]:
+    """BatchTopK: top B·k entries of the whole batch (plus per-row aux among dead)."""
+    B, M = pre.n_rows, pre.n_latents
+    c = min(M, max(n_cand, 1))
+    vals_BC = pre.W_DM.new_empty(B, c)
+    idx_BC = torch.empty(B, c, dtype=torch.long, device=pre.W_DM.device)
+    k_aux = aux_sel.k if aux_sel is not None else 0
+    aux_vals_BK = pre.W_DM.new_empty(B, k_aux)
+    aux_idx_BK = torch.empty(B, k_aux, dtype=torch.long, device=pre.W_DM.device)
+    for s, pre_RM in pre.chunks():
+        r = pre_RM.shape[0]
+        vals_BC[s : s + r], idx_BC[s : s + r] = row_topk(pre_RM, c)
+        if aux_sel is not None and k_aux > 0:
+            aux_vals_BK[s : s + r], aux_idx_BK[s : s + r] = aux_sel(pre_RM)
+
+    def refill(rows_S: Tensor, width: int) -> _Entries:
+        v_SC, i_SC = _row_candidates(pre, width, rows_S)
+        return _Entries(rows_S.repeat_interleave(width), i_SC.reshape(-1), v_SC.reshape(-1))
+
+    width_B = torch.full((B,), c, dtype=torch.long, device=pre.W_DM.device)
+    chosen = _global_topk(_fixed_k_entries(vals_BC, idx_BC), width_B, B * k, M, refill)
+    # ReLU would zero non-positive winners anyway; dropping them keeps the codes truly sparse.
+    pos_N = chosen.vals_N > 0
+    order_N = torch.argsort(chosen.rows_N[pos_N].int())
+    main = _Entries(*(t[pos_N][order_N] for t in chosen))
+    aux = _fixed_k_entries(aux_vals_BK, aux_idx_BK) if aux_sel is not None else None
+    return main, aux
+
+
+def _activate(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    parts: list[_Entries],
+    exact: bool,
+) -> list[Tensor]:
+    """Differentiable ReLU(pre-activation) values for each selected entry list, in one call."""
+    rows_N = torch.cat([p.rows_N for p in parts])
+    idx_N = torch.cat([p.idx_N for p in parts])
+    known_N = None if exact else torch.cat([p.vals_N for p in parts])
+    pre_N = sparse_preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, rows_N, idx_N, known_N)
+    return list(torch.relu(pre_N).split([p.idx_N.numel() for p in parts]))
+
+
+def _needs_exact(W_enc_DM: Tensor, matmul_dtype: torch.dtype | None, exact: bool) -> bool:
+    return exact and matmul_dtype is not None and matmul_dtype != W_enc_DM.dtype
+
+
+def topk_encode(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    k: int,
+    *,
+    matmul_dtype: torch.dtype | None = None,
+    aux: AuxSpec | None = None,
+    exact_values: bool = True,
+    chunk_rows: int | None = None,
+) -> Encoded:
+    """TopK encoder: per row keep the k largest pre-activations, then ReLU.
+
+    Args:
+        x_BD: inputs (no grad needed; gradient to x is supported).
+        W_enc_DM, b_enc_M, b_dec_D: encoder weights; pre = (x − b_dec) @ W_enc + b_enc.
+        k: latents kept per row.
+        matmul_dtype: run the dense encoder product in this dtype (e.g. bfloat16). Selection uses
+            those pre-activations.
+        aux: ``(dead_mask_M, k_aux)``: also return per-row top-k_aux among dead latents
+            (ReLU'd) for the AuxK loss, from the same pre-activation chunks.
+        exact_values: with a reduced ``matmul_dtype``, recompute the kept values in W_enc's
+            dtype by gathered dot products (cost O(nnz·D)).
+        chunk_rows: rows per pre-activation chunk (default: ~64 MB chunks).
+
+    Returns:
+        ``Encoded(codes, aux)`` with fixed-k ``SparseCodes``; values carry autograd history
+        into W_enc, b_enc, b_dec (and x) with an O(nnz·D) backward.
+    """
+    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
+    M = pre.n_latents
+    k = min(k, M)
+    aux_sel = _AuxSelector(aux, M) if aux is not None else None
+    with torch.no_grad():
+        main, aux_entries = _select_per_row(pre, k, aux_sel)
+    parts = [main] if aux_entries is None else [main, aux_entries]
+    exact = _needs_exact(W_enc_DM, matmul_dtype, exact_values)
+    values = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, parts, exact)
+    B = pre.n_rows
+    codes = SparseCodes.from_fixed_k(values[0].view(B, k), main.idx_N.view(B, k), M)
+    aux_codes = None
+    if aux_entries is not None:
+        k_aux = aux_sel.k if aux_sel is not None else 0
+        aux_codes = SparseCodes.from_fixed_k(
+            values[1].view(B, k_aux), aux_entries.idx_N.view(B, k_aux), M
+        )
+    return Encoded(codes, aux_codes)
+
+
+def batch_topk_encode(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    k: int,
+    *,
+    matmul_dtype: torch.dtype | None = None,
+    aux: AuxSpec | None = None,
+    exact_values: bool = True,
+    candidates: int | None = None,
+    chunk_rows: int | None = None,
+) -> Encoded:
+    """BatchTopK encoder: keep the B·k largest pre-activations of the whole batch, then ReLU.
+
+    Rows get variable counts, so ``codes`` is CSR (non-positive winners, which ReLU would zero,
+    are dropped). Selection is exact: each row contributes its top ``candidates`` (default 4k)
+    and rows whose whole list wins are re-expanded. Other arguments as in :func:`topk_encode`;
+    ``aux`` is per-row top-k_aux among dead latents, as for TopK.
+    """
+    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
+    B, M = pre.n_rows, pre.n_latents
+    aux_sel = _AuxSelector(aux, M) if aux is not None else None
+    with torch.no_grad():
+        main, aux_entries = _select_batch(pre, k, candidates or 4 * k, aux_sel)
+    parts = [main] if aux_entries is None else [main, aux_entries]
+    exact = _needs_exact(W_enc_DM, matmul_dtype, exact_values)
+    values = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, parts, exact)
+    codes = SparseCodes.from_rows(main.rows_N, main.idx_N, values[0], B, M)
+    aux_codes = None
+    if aux_entries is not None:
+        k_aux = aux_sel.k if aux_sel is not None else 0
+        aux_codes = SparseCodes.from_fixed_k(
+            values[1].view(B, k_aux), aux_entries.idx_N.view(B, k_aux), M
+        )
+    return Encoded(codes, aux_codes)
+
+
+def threshold_encode(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    threshold: float | Tensor,
+    *,
+    matmul_dtype: torch.dtype | None = None,
+    chunk_rows: int | None = None,
+) -> SparseCodes:
+    """Threshold (JumpReLU-style) encoder: keep pre-activations above ``max(threshold, 0)``.
+
+    ``threshold`` is a global float (BatchTopK inference) or a per-latent (M,) tensor
+    (JumpReLU). Kept values are the pre-activations themselves. If grad is enabled and the
+    weights require it, the values are differentiable with the usual sparse backward (no
+    gradient flows to ``threshold``).
+    """
+    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
+    if isinstance(threshold, Tensor):
+        thr: float | Tensor = threshold.detach().clamp_min(0).to(pre.W_DM.dtype)
+    else:
+        thr = max(float(threshold), 0.0)
+    rows, cols, vals = [], [], []
+    with torch.no_grad():
+        for s, pre_RM in pre.chunks():
+            r_N, c_N = (pre_RM > thr).nonzero(as_tuple=True)
+            rows.append(r_N + s)
+            cols.append(c_N)
+            vals.append(pre_RM[r_N, c_N])
+    entries = _Entries(torch.cat(rows), torch.cat(cols), torch.cat(vals))
+    exact = _needs_exact(W_enc_DM, matmul_dtype, True)
+    if torch.is_grad_enabled() or exact:
+        (values_N,) = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, [entries], exact)
+    else:
+        values_N = entries.vals_N.to(W_enc_DM.dtype)
+    return SparseCodes.from_rows(entries.rows_N, entries.idx_N, values_N, pre.n_rows, pre.n_latents)

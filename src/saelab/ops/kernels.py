@@ -1,0 +1,104 @@
+"""Low-level sparse primitives built from fast ATen kernels (no custom C++).
+
+Measured on a 2-core AVX2 CPU at B=4096, M=16384, D=768, k=32 (nnz=131k):
+``index_add_`` of gathered rows takes ~2.4 s, while ``embedding_bag`` over entries sorted by
+latent does the same sum in ~70 ms; gather + multiply + sum for per-entry dot products takes
+~400 ms, while the embedding-bag per-sample-weight backward kernel takes ~70 ms. Large fresh
+allocations page-fault (~330 ms per 256 MB), hence the reusable workspace.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_PSW_BACKWARD = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+_GROUP = 32  # group width for the two-stage row top-k
+_DOT_CHUNK = 8192  # entries per chunk in the fallback dot-product path
+
+
+class _Workspace(threading.local):
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+_WORKSPACE = _Workspace()
+
+
+def workspace(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A reusable flat scratch buffer of at least ``numel`` elements (per thread/device/dtype).
+
+    Contents are garbage; callers must overwrite before reading. Avoids re-faulting big
+    pre-activation chunks on every step.
+    """
+    key = (device, dtype)
+    buf = _WORKSPACE.buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        _WORKSPACE.buffers[key] = buf
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free this thread's scratch buffers."""
+    _WORKSPACE.buffers.clear()
+
+
+def rowwise_dots(A_RD: Tensor, rows_N: Tensor, W_MD: Tensor, idx_N: Tensor) -> Tensor:
+    """``out[n] = <A[rows[n]], W[idx[n]]>`` without materialising the gathered (N, D) rows."""
+    rows_N, idx_N = rows_N.long().contiguous(), idx_N.long().contiguous()
+    if _PSW_BACKWARD is not None and idx_N.numel() > 0:
+        # The per-sample-weights backward of embedding_bag is exactly this gather-dot; it reads
+        # bag ids from offset2bag, so entries need not be grouped. Offsets are unused there.
+        offsets = idx_N.new_zeros(1)
+        return _PSW_BACKWARD(A_RD.contiguous(), W_MD, idx_N, offsets, rows_N, 0, -1)
+    out_N = A_RD.new_empty(idx_N.numel())
+    for s in range(0, idx_N.numel(), _DOT_CHUNK):
+        sl = slice(s, s + _DOT_CHUNK)
+        out_N[sl] = (A_RD[rows_N[sl]] * W_MD[idx_N[sl]]).sum(-1)
+    return out_N
+
+
+def segment_weighted_sum(
+    table_TD: Tensor, lookup_N: Tensor, key_N: Tensor, weights_N: Tensor, n_out: int
+) -> Tensor:
+    """``out[j] = Σ_{n: key[n]=j} weights[n] · table[lookup[n]]`` → (n_out, D), dense.
+
+    Sorts entries by key once, then one embedding_bag pass (each output row is a bag).
+    """
+    if key_N.numel() == 0:
+        return table_TD.new_zeros(n_out, table_TD.shape[1])
+    sort_key = key_N.int() if n_out < 2**31 else key_N
+    order_N = torch.argsort(sort_key)  # unstable is fine: sums are order-independent
+    offsets = key_N.new_zeros(n_out + 1)
+    torch.cumsum(torch.bincount(key_N, minlength=n_out), 0, out=offsets[1:])
+    return F.embedding_bag(
+        lookup_N[order_N],
+        table_TD,
+        offsets,
+        mode="sum",
+        per_sample_weights=weights_N[order_N].to(table_TD.dtype),
+        include_last_offset=True,
+    )
+
+
+def row_topk(pre_RM: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact per-row top-k (unsorted) → (values_Rk, indices_Rk).
+
+    Two stages when M is large: take the max of each group of 32 columns, keep the k groups
+    with the largest maxima (every top-k element lies in one of them), then top-k over those
+    k·32 candidates. ~3× faster than ``torch.topk`` on CPU at M=16384, k=32.
+    """
+    R, M = pre_RM.shape
+    if k == 0 or M % _GROUP != 0 or 4 * k * _GROUP > M or not pre_RM.is_contiguous():
+        vals_Rk, idx_Rk = pre_RM.topk(k, dim=1, sorted=False)
+        return vals_Rk, idx_Rk
+    groups_RGS = pre_RM.view(R, M // _GROUP, _GROUP)
+    gidx_Rk = groups_RGS.amax(dim=2).topk(k, dim=1, sorted=False).indices
+    cand_RC = groups_RGS.gather(1, gidx_Rk[:, :, None].expand(R, k, _GROUP)).view(R, -1)
+    vals_Rk, pos_Rk = cand_RC.topk(k, dim=1, sorted=False)
+    idx_Rk = gidx_Rk.gather(1, pos_Rk // _GROUP) * _GROUP + pos_Rk % _GROUP
+    return vals_Rk, idx_Rk
