@@ -194,3 +194,12 @@ def test_dead_latents_are_tracked(tmp_path):
     since = trainer.slots["topk"].tokens_since_fired_M
     assert since.min() == 0  # some latent fired in the last batch
     assert since.max() <= 64 * 20
+
+
+def test_tensorboard_logging_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    data = make_acts(tmp_path / "acts.npy")
+    Trainer(sae_configs(["topk"]), train_cfg(tensorboard=True, total_tokens=64 * 10),
+            ArrayFileSource(data), tmp_path / "run").fit()
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100

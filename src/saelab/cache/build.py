@@ -8,13 +8,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from saelab.cache.format import CacheManifest, CacheError
+from saelab.cache.format import CacheError, CacheManifest
 from saelab.cache.writer import CacheWriter, WriterSettings
 from saelab.config import ConfigError, option
 from saelab.models.hf import token_forward
@@ -156,7 +157,7 @@ def _scatter(model: nn.Module, forward: Callable[[Tensor], Any], batches: Iterat
         if number < resume_at:
             continue  # already cached: the batches are deterministic, so skip by count
         with torch.no_grad():
-            acts = capture(model, points, lambda t=tokens_BS: forward(t.to(cfg.device)))
+            acts = capture(model, points, partial(forward, tokens_BS.to(cfg.device)))
         for point, writer in writers.items():
             if writer.batches_done > number:
                 continue  # this hook committed the batch before the crash; others had not

@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.cache.format import CacheManifest, CacheError, check_shapes, read_manifest, verify_checksums
+from saelab.cache.format import (
+    CacheError,
+    CacheManifest,
+    check_shapes,
+    read_manifest,
+    verify_checksums,
+)
 
 
 class CacheSource:

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saelab.toy.generator import ToyConfig, ToyModel
 from saelab.toy.recovery import format_table, run_recovery
 from saelab.toy.report import write_report
@@ -27,6 +29,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    torch.set_num_threads(1)  # toy matrices are tiny: extra threads only add overhead
     start = time.perf_counter()
     toy = ToyModel(ToyConfig.chanin_large())
     out = Path(args.out)

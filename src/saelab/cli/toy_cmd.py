@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from saelab.registry import architectures
 from saelab.toy.generator import ToyModel
 from saelab.toy.recovery import PRESETS, format_table, run_recovery
@@ -38,6 +40,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    torch.set_num_threads(1)  # toy matrices are tiny: extra threads only add overhead
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = sorted(set(archs) - set(architectures()))
     if unknown:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,16 +137,28 @@ def capture(model: nn.Module, hooks: Sequence[HookPoint | str],
     if not points:
         raise HookError("capture needs at least one hook point")
     captured: dict[HookPoint, Tensor] = {}
-    with _reading_hooks(model, points, captured, stop_early):
-        try:
-            forward()
-        except _StopForward:
-            pass
+    with _reading_hooks(model, points, captured, stop_early), suppress(_StopForward):
+        forward()
+    _check_all_ran(points, captured)
+    return captured
+
+
+def capture_with_output(model: nn.Module, hooks: Sequence[HookPoint | str],
+                        forward: Callable[[], Any]) -> tuple[Any, dict[HookPoint, Tensor]]:
+    """Run the whole ``forward()`` and return its output and the tensor at every hook."""
+    points = [HookPoint.parse(h) for h in hooks]
+    captured: dict[HookPoint, Tensor] = {}
+    with _reading_hooks(model, points, captured, stop_early=False):
+        output = forward()
+    _check_all_ran(points, captured)
+    return output, captured
+
+
+def _check_all_ran(points: list[HookPoint], captured: dict[HookPoint, Tensor]) -> None:
     missing = [str(p) for p in points if p not in captured]
     if missing:
         raise HookError(f"hooks {missing} never ran during the forward pass; is the module used "
                         "by this model's forward?")
-    return captured
 
 
 @contextmanager

@@ -86,7 +86,7 @@ def pack_contexts(documents: Iterable[str], tokenizer: Any, cfg: TextConfig) -> 
     stream: list[int] = []
     docs = iter(documents)
     while chunk := list(itertools.islice(docs, _TOKENIZE_CHUNK)):
-        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]:
             stream.extend(ids)
             if sep is not None:
                 stream.append(sep)

@@ -90,7 +90,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up and resume
 
-    def _initialise(self) -> None:
+    def initialise(self) -> None:
+        """Data-dependent set-up: input scale, seeded weights, geometric-median b_dec."""
         cfg = self.train_cfg
         sample = self.source.sample(cfg.init_samples)
         check_finite(sample, "initialisation sample")
@@ -137,7 +138,7 @@ class Trainer:
             if list_checkpoints(self.ckpt_root):
                 raise ConfigError(f"{self.ckpt_root} already has checkpoints; resume, or use a "
                                   "new output folder")
-            self._initialise()
+            self.initialise()
         atomic_write_json(self.out_dir / "run.json", self.run_config)
         log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config)
         total = cfg.total_steps
@@ -151,16 +152,7 @@ class Trainer:
             batches = self.source.batches(cfg.batch_size, start_batch=self.step)
             while self.step < total:
                 batch = next(batches)
-                if batch.shape != (cfg.batch_size, self.source.d_in):
-                    raise TrainingError(f"step {self.step}: batch has shape {tuple(batch.shape)}, "
-                                        f"expected ({cfg.batch_size}, {self.source.d_in})")
-                try:
-                    check_finite(batch, f"step {self.step}: input batch")
-                except ValueError as err:
-                    raise TrainingError(f"{err}. {self._last_good()}") from err
-                acts = batch * self.scale if self.scale != 1.0 else batch
-                outputs = {name: self._sae_step(name, acts) for name in self.saes}
-                self.step += 1
+                acts, outputs = self.train_step(batch)
                 if self.step % cfg.log_every == 0 or self.step == total:
                     self._log(log, acts, outputs, progress)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -173,6 +165,21 @@ class Trainer:
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every != 0:
             self.checkpoint()
         return self.finalise()
+
+    def train_step(self, batch_BD: Tensor) -> tuple[Tensor, dict[str, LossOutput]]:
+        """One optimiser step of every SAE on one raw batch; returns the scaled batch and the
+        losses. Checks the batch's shape and values first."""
+        if batch_BD.shape != (self.train_cfg.batch_size, self.source.d_in):
+            raise TrainingError(f"step {self.step}: batch has shape {tuple(batch_BD.shape)}, "
+                                f"expected ({self.train_cfg.batch_size}, {self.source.d_in})")
+        try:
+            check_finite(batch_BD, f"step {self.step}: input batch")
+        except ValueError as err:
+            raise TrainingError(f"{err}. {self._last_good()}") from err
+        acts = batch_BD * self.scale if self.scale != 1.0 else batch_BD
+        outputs = {name: self._sae_step(name, acts) for name in self.saes}
+        self.step += 1
+        return acts, outputs
 
     def _sae_step(self, name: str, acts_BD: Tensor) -> LossOutput:
         sae, slot, cfg = self.saes[name], self.slots[name], self.train_cfg
