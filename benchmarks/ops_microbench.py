@@ -15,12 +15,19 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from saelab.ops import SparseCodes, batch_topk_encode, sparse_decode, topk_encode
+from saelab.ops import (
+    SparseCodes,
+    batch_topk_encode,
+    sparse_decode,
+    topk_encode,
+    tune_cpu_allocator,
+)
 from saelab.ops.encode import _Preacts
 from saelab.ops.kernels import row_topk
 from saelab.ops.reference import dense_aux_topk, dense_batch_topk, dense_preacts, dense_topk
@@ -29,15 +36,24 @@ AUX_ALPHA = 1 / 32
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    """Median wall-clock seconds of ``fn`` over ``repeats`` runs after ``warmup`` runs.
+
+    Also records the median process CPU seconds in ``CPU_TIMES`` (keyed by call order), which
+    is steadier than wall time when other jobs share the cores.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    LAST_CPU[0] = statistics.median(cpus)
+    return statistics.median(walls)
+
+
+LAST_CPU = [0.0]  # CPU seconds of the latest median_time call
 
 
 class Setup:
@@ -84,9 +100,7 @@ def dense_step(s: Setup, batch: bool, dtype: torch.dtype | None) -> None:
 
 def sparse_encode(s: Setup, batch: bool, dtype: torch.dtype | None) -> tuple[SparseCodes, Any]:
     encode = batch_topk_encode if batch else topk_encode
-    return encode(
-        s.x, s.W_enc, s.b_enc, s.b_dec, s.k, matmul_dtype=dtype, aux=(s.dead, s.k_aux)
-    )
+    return encode(s.x, s.W_enc, s.b_enc, s.b_dec, s.k, matmul_dtype=dtype, aux=(s.dead, s.k_aux))
 
 
 def sparse_step(s: Setup, batch: bool, dtype: torch.dtype | None) -> None:
@@ -106,7 +120,7 @@ def sparse_breakdown(s: Setup, batch: bool, dtype: torch.dtype | None, reps: int
 
     def matmul_and_topk() -> None:
         for _, pre_RM in pre.chunks():
-            row_topk(pre_RM, 4 * s.k if batch else s.k)
+            row_topk(pre_RM, 2 * s.k if batch else s.k)
 
     with torch.no_grad():
         t_mm = median_time(matmul_only, reps)
@@ -117,6 +131,7 @@ def sparse_breakdown(s: Setup, batch: bool, dtype: torch.dtype | None, reps: int
             lambda: (sparse_decode(codes, s.W_dec, s.b_dec), sparse_decode(aux, s.W_dec)), reps
         )
     t_step = median_time(lambda: sparse_step(s, batch, dtype), reps)
+    cpu_step = LAST_CPU[0]
     return {
         "matmul_s": t_mm,
         "row_topk_s": t_mm_topk - t_mm,
@@ -124,6 +139,7 @@ def sparse_breakdown(s: Setup, batch: bool, dtype: torch.dtype | None, reps: int
         "decode_fwd_s": t_decode,
         "backward_s": t_step - t_encode - t_decode,
         "step_s": t_step,
+        "step_cpu_s": cpu_step,
     }
 
 
@@ -148,8 +164,12 @@ def main() -> None:
     ap.add_argument("--no-bf16", action="store_true", help="skip all bf16 measurements")
     ap.add_argument("--dense-bf16", action="store_true", help="also time the dense bf16 step")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
+    ap.add_argument(
+        "--default-allocator", action="store_true", help="skip tune_cpu_allocator() (glibc)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tuned = not args.default_allocator and tune_cpu_allocator()
     s = Setup(args.batch, args.d, args.m, args.k, args.k_aux, args.dead_frac)
     reps = args.repeats
     dtypes: list[tuple[str, torch.dtype | None]] = [("fp32", None)]
@@ -159,6 +179,7 @@ def main() -> None:
         "shape": {"B": args.batch, "d": args.d, "m": args.m, "k": args.k, "k_aux": args.k_aux},
         "n_dead": int(s.dead.sum()),
         "threads": args.threads,
+        "allocator_tuned": tuned,
         "repeats": reps,
         "matmul_gflops": {name: matmul_gflops(s, dt or torch.float32, reps) for name, dt in dtypes},
     }
@@ -171,8 +192,9 @@ def main() -> None:
             entry["tokens_per_s"] = args.batch / entry["step_s"]
             run_dense = not args.no_dense and (dt is None or args.dense_bf16)
             if run_dense:
-                t_dense = median_time(lambda b=batch, d=dt: dense_step(s, b, d), reps)
+                t_dense = median_time(partial(dense_step, s, batch, dt), reps)
                 entry["dense_step_s"] = t_dense
+                entry["dense_step_cpu_s"] = LAST_CPU[0]
                 entry["dense_tokens_per_s"] = args.batch / t_dense
                 entry["speedup_vs_dense"] = t_dense / entry["step_s"]
             result[f"{arch}_{name}"] = entry

@@ -54,11 +54,11 @@ def test_architectures_lists_options(capsys):
 
 
 def test_toy_command_writes_report(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "saelab.cli", "toy", "--archs", "topk,relu",
-                           "--steps", "150", "--no-progress", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "saelab.cli", "toy", "--archs", "topk,batchtopk",
+                           "--steps", "80", "--no-progress", "--out", str(tmp_path)],
                           capture_output=True, text=True, check=True,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert "| topk |" in proc.stdout
     assert (tmp_path / "report.html").read_text().startswith("<!doctype html>")
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert {r["name"] for r in rows} == {"topk", "relu"}
+    assert {r["name"] for r in rows} == {"topk", "batchtopk"}

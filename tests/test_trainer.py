@@ -86,13 +86,14 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_killed_cli_run_resumes_bit_identical(tmp_path):
-    data = make_acts(tmp_path / "acts.npy", n=8192)
+    # Steps big enough (~ms) that the run is still going when the first checkpoint appears.
+    data = make_acts(tmp_path / "acts.npy", n=8192, d=64)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cmd(out):
         return [sys.executable, "-m", "saelab.cli", "train", "--data", str(data), "--arch", "topk",
-                "--k", "4", "--d-sae", "48", "--total-tokens", str(64 * 3000), "--batch-size", "64",
-                "--checkpoint-every", "100", "--log-every", "100", "--no-progress",
+                "--k", "8", "--d-sae", "512", "--total-tokens", str(256 * 800), "--batch-size",
+                "256", "--checkpoint-every", "100", "--log-every", "100", "--no-progress",
                 "--init-samples", "512", "--out", str(out)]
 
     full = tmp_path / "full"

@@ -13,6 +13,7 @@ from torch import Tensor
 from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
 from saelab.architectures.topk import TopKConfig, TopKFamilySAE
 from saelab.config import ConfigError, option
+from saelab.ops import SparseCodes, batch_topk_encode, sparse_decode
 from saelab.registry import register
 
 
@@ -59,24 +60,41 @@ class BatchTopKSAE(TopKFamilySAE):
         return pre * (pre > self.threshold)
 
     def select(self, pre_BM: Tensor, ctx: StepContext) -> Tensor:
+        """Dense reference selection (and threshold update)."""
         codes = batch_topk_codes(pre_BM, self.cfg.k_at(ctx.step, ctx.total_steps))
         if self.training:
-            self.update_threshold(codes, ctx.step)
+            self.update_threshold(codes[codes > 0], ctx.step)
         return codes
 
+    def select_sparse(self, acts_BD: Tensor, ctx: StepContext) -> tuple[SparseCodes, SparseCodes | None]:
+        """Sparse-path selection (and threshold update) with the AuxK codes."""
+        enc = batch_topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
+                                self.cfg.k_at(ctx.step, ctx.total_steps),
+                                matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+        if self.training:
+            values = enc.codes.values.detach()
+            self.update_threshold(values[values > 0], ctx.step)
+        return enc.codes, enc.aux
+
     @torch.no_grad()
-    def update_threshold(self, codes_BM: Tensor, step: int) -> None:
-        positive = codes_BM[codes_BM > 0]
-        if positive.numel() == 0 or step < self.cfg.threshold_start_step:
+    def update_threshold(self, positive_values: Tensor, step: int) -> None:
+        """θ ← EMA of the smallest selected positive activation of the batch."""
+        if positive_values.numel() == 0 or step < self.cfg.threshold_start_step:
             return
-        batch_min = positive.min()
+        batch_min = positive_values.min()
         if float(self.threshold) < 0:
             self.threshold.copy_(batch_min)
         else:
             beta = self.cfg.threshold_beta
             self.threshold.mul_(beta).add_((1 - beta) * batch_min)
 
-    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+    def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        codes, aux = self.select_sparse(acts_BD, ctx)
+        recon = sparse_decode(codes, self.W_dec, self.b_dec)
+        mse = recon_loss(acts_BD, recon)
+        return self.finish_sparse_loss(acts_BD, codes, aux, recon, mse, {"mse": mse})
+
+    def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)
         codes = self.select(pre, ctx)
         recon = self.decode(codes)

@@ -12,6 +12,7 @@ from torch import Tensor
 from saelab.architectures.base import LossOutput, StepContext, recon_loss
 from saelab.architectures.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saelab.config import ConfigError, option
+from saelab.ops import grouped_decode
 from saelab.registry import register
 
 
@@ -49,7 +50,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_class = MatryoshkaConfig
     cfg: MatryoshkaConfig
 
-    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+    def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)
         codes = self.select(pre, ctx)
         ends = self.cfg.prefix_ends()
@@ -65,3 +66,14 @@ class MatryoshkaSAE(BatchTopKSAE):
         mse = recon_loss(acts_BD, recon)
         parts = {"mse": mse.detach(), "prefix_mse": prefix_loss}
         return self.finish_loss(acts_BD, pre, codes, recon, prefix_loss, ctx, parts)
+
+    def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        codes, aux = self.select_sparse(acts_BD, ctx)
+        ends = self.cfg.prefix_ends()
+        partials_BGD = grouped_decode(codes, self.W_dec, ends)
+        prefix_recon_BGD = partials_BGD.cumsum(1) + self.b_dec
+        per_prefix = (acts_BD[:, None, :] - prefix_recon_BGD).pow(2).sum(-1).mean(0)
+        prefix_loss = per_prefix.mean()
+        recon = prefix_recon_BGD[:, -1]
+        parts = {"mse": per_prefix[-1].detach(), "prefix_mse": prefix_loss}
+        return self.finish_sparse_loss(acts_BD, codes, aux, recon, prefix_loss, parts)

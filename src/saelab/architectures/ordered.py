@@ -16,6 +16,7 @@ from torch import Tensor
 from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
 from saelab.architectures.topk import TopKConfig, TopKFamilySAE, topk_codes
 from saelab.config import ConfigError, option
+from saelab.ops import sparse_decode, topk_encode
 from saelab.registry import register
 
 
@@ -88,9 +89,20 @@ class OrderedSAE(TopKFamilySAE):
     def encode(self, acts_BD: Tensor) -> Tensor:
         return topk_codes(self.pre_acts(acts_BD), self.cfg.k)
 
-    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
-        pre = self.pre_acts(acts_BD)
+    def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        enc = topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
+                          self.cfg.k_at(ctx.step, ctx.total_steps),
+                          matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+        codes = enc.codes
+        recon = sparse_decode(codes, self.W_dec, self.b_dec)
+        nested = ordered_prefix_loss(acts_BD, codes.indices_BK, codes.values_BK, self.W_dec,
+                                     self.b_dec, self.cdf)
+        parts = {"mse": recon_loss(acts_BD, recon).detach(), "ordered_mse": nested}
+        return self.finish_sparse_loss(acts_BD, codes, enc.aux, recon, nested, parts)
+
+    def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         k = self.cfg.k_at(ctx.step, ctx.total_steps)
+        pre = self.pre_acts(acts_BD)
         vals, idx = pre.topk(k, dim=-1, sorted=False)
         vals = torch.relu(vals)
         codes = torch.zeros_like(pre).scatter(-1, idx, vals)

@@ -6,7 +6,9 @@ loss and the optional k schedule.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -21,7 +23,10 @@ from saelab.architectures.base import (
     recon_loss,
 )
 from saelab.config import ConfigError, option
+from saelab.ops import SparseCodes, sparse_decode, topk_encode
 from saelab.registry import register
+
+MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -31,6 +36,12 @@ class TopKConfig(SAEConfig):
     aux_coefficient: float = option(1 / 32, "weight α of the AuxK loss (0 turns it off)")
     k_start: int = option(0, "if > 0, k falls linearly from k_start to k during k_warmup")
     k_warmup: float = option(0.0, "fraction of training over which k falls from k_start to k")
+    sparse_kernels: bool = option(
+        True, "train through the sparse path (decoder and backward cost O(batch·k·d)); "
+        "false = the dense reference path")
+    matmul_dtype: Literal["float32", "bfloat16"] = option(
+        "float32", "dtype of the encoder matrix multiply (sparse path); weights and optimiser "
+        "state stay float32")
 
     def validate(self) -> None:
         super().validate()
@@ -40,6 +51,8 @@ class TopKConfig(SAEConfig):
             raise ConfigError(f"k_start must be in [k, d_sae], got {self.k_start}")
         if self.aux_coefficient < 0:
             raise ConfigError("aux_coefficient must be >= 0")
+        if self.matmul_dtype != "float32" and not self.sparse_kernels:
+            raise ConfigError("matmul_dtype other than float32 needs sparse_kernels = true")
 
     def k_at(self, step: int, total_steps: int) -> int:
         """k for this step under the optional linear k warm-up."""
@@ -59,6 +72,57 @@ class TopKFamilySAE(SAE):
     """Shared parts of SAEs whose codes come from a top-k selection."""
 
     cfg: TopKConfig
+
+    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        if self.cfg.sparse_kernels:
+            return self.sparse_loss(acts_BD, ctx)
+        return self.dense_loss(acts_BD, ctx)
+
+    @abstractmethod
+    def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        """The training loss through the sparse kernels (saelab.ops)."""
+
+    @abstractmethod
+    def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        """The same loss computed densely: the reference the sparse path is tested against."""
+
+    def matmul_flops_per_token(self) -> float:
+        if not self.cfg.sparse_kernels:
+            return super().matmul_flops_per_token()
+        d, m, k = self.cfg.d_in, self.cfg.d_sae, self.cfg.k
+        # dense encoder product + sparse decode, its backward and the sparse encoder backward
+        return 2.0 * d * m + 8.0 * k * d
+
+    def aux_spec(self, ctx: StepContext) -> tuple[Tensor, int] | None:
+        """(dead mask, k_aux) when the AuxK loss applies this step."""
+        dead = ctx.dead_mask_M
+        if dead is None or self.cfg.aux_coefficient == 0 or not bool(dead.any()):
+            return None
+        k_aux = self.cfg.k_aux or default_k_aux(self.cfg.d_in, self.cfg.d_sae)
+        return dead, min(k_aux, int(dead.sum()))
+
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        return MATMUL_DTYPES[self.cfg.matmul_dtype]
+
+    def finish_sparse_loss(
+        self, acts_BD: Tensor, codes: SparseCodes, aux_codes: SparseCodes | None,
+        recon_BD: Tensor, main_loss: Tensor, parts: dict[str, Tensor],
+    ) -> LossOutput:
+        """Add AuxK (from codes selected with the main ones) and package the output."""
+        total = main_loss
+        if aux_codes is not None:
+            residual = (acts_BD - recon_BD).detach()
+            aux = normalised_aux_loss(residual, sparse_decode(aux_codes, self.W_dec))
+            total = total + self.cfg.aux_coefficient * aux
+            parts["auxk"] = aux
+        return LossOutput(
+            total=total,
+            parts=parts,
+            fired_M=codes.fired_mask(),
+            l0=codes.l0_per_row().float().mean(),
+            recon_BD=recon_BD.detach(),
+        )
 
     def aux_loss(self, pre_BM: Tensor, residual_BD: Tensor, ctx: StepContext) -> Tensor | None:
         """AuxK: reconstruct the (detached) residual from the top k_aux dead latents."""
@@ -98,7 +162,15 @@ class TopKSAE(TopKFamilySAE):
     def encode(self, acts_BD: Tensor) -> Tensor:
         return topk_codes(self.pre_acts(acts_BD), self.cfg.k)
 
-    def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+    def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        enc = topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
+                          self.cfg.k_at(ctx.step, ctx.total_steps),
+                          matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+        recon = sparse_decode(enc.codes, self.W_dec, self.b_dec)
+        mse = recon_loss(acts_BD, recon)
+        return self.finish_sparse_loss(acts_BD, enc.codes, enc.aux, recon, mse, {"mse": mse})
+
+    def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)
         codes = topk_codes(pre, self.cfg.k_at(ctx.step, ctx.total_steps))
         recon = self.decode(codes)

@@ -40,6 +40,8 @@ class CacheConfig:
     dtype: Literal["float32", "float16"] = option("float32", "storage dtype of the activations")
     memory_limit_mb: int = option(2048, "memory budget of the shuffle (sizes its buckets)")
     seed: int = option(0, "seed of the shuffle")
+    commit_every_s: float = option(2.0, "record resumable progress at most this often (seconds; "
+                                   "0 = after every context batch)")
     device: str = option("cpu", "device the model runs on")
 
     def validate(self) -> None:
@@ -106,7 +108,8 @@ def build_cache(model: nn.Module, tokenizer: Any, sources: Sequence[str | Path],
     folders = cache_folders(out, points)
     exclude = special_ids(tokenizer) if text.exclude_special else []
     writers = {p: CacheWriter(folders[p], _settings(p, widths[p], max_contexts, cfg, text,
-                                                    model_name, tokenizer, sources, exclude))
+                                                    model_name, tokenizer, sources, exclude),
+                              commit_every_s=cfg.commit_every_s)
                for p in points}
     pending = {p: w for p, w in writers.items() if w.scattering}
     if pending:

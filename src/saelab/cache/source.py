@@ -61,6 +61,10 @@ class CacheSource:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the cache as float32 (may span shards)."""
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        if stop <= self._starts[first + 1]:  # within one shard: one slice, one conversion
+            lo = start - int(self._starts[first])
+            return np.array(self._acts[first][lo:lo + stop - start], dtype=np.float32)
         return self._gather(self._acts, np.arange(start, stop)).astype(np.float32, copy=False)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -80,10 +84,7 @@ class CacheSource:
         for shard in np.unique(shard_of):
             picked = shard_of == shard
             local = rows[picked] - self._starts[shard]
-            if local.size and local[-1] - local[0] == local.size - 1 and np.all(np.diff(local) == 1):
-                out[picked] = arrays[shard][local[0]:local[-1] + 1]  # contiguous: one slice
-            else:
-                out[picked] = arrays[shard][local]
+            out[picked] = arrays[shard][local]
         return out
 
     # ------------------------------------------------------------------ ActivationSource
@@ -106,9 +107,9 @@ class CacheSource:
             for j in range(pos, per_epoch):
                 lo, hi = j * batch_size, (j + 1) * batch_size
                 rows = self.read_rows(lo, hi) if order is None else self.take(np.sort(order[lo:hi]))
-                yield torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+                yield torch.from_numpy(rows)
             i = (epoch + 1) * per_epoch
 
     def sample(self, n: int) -> Tensor:
         """The first n rows: the cache is uniformly shuffled, so they are a uniform sample."""
-        return torch.from_numpy(self.read_rows(0, min(n, self.n_rows)).copy())
+        return torch.from_numpy(self.read_rows(0, min(n, self.n_rows)))

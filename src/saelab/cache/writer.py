@@ -4,9 +4,9 @@ Two streaming passes (a scatter shuffle):
 
 1. **Scatter.** Every incoming row gets an independent, uniformly random bucket id in
    ``[0, n_buckets)`` and is appended to that bucket's file. Bucket count is chosen so one
-   bucket fits in half of ``memory_limit_mb``. After each context batch all files are flushed
-   (and fsynced) and ``progress.json`` is replaced atomically with the batch count and every
-   file's length.
+   bucket fits in half of ``memory_limit_mb``. Every ``commit_every_s`` seconds (and at the
+   end), after a complete context batch, all files are flushed and fsynced and
+   ``progress.json`` is replaced atomically with the batch count and every file's length.
 2. **Permute.** Each bucket is loaded, permuted uniformly, and written as one final shard
    (``acts_NNNNN.npy`` + ``index_NNNNN.npy``); then the bucket is deleted.
 
@@ -16,9 +16,9 @@ with probability 1 / (N! / Π n_b!); each bucket is then ordered by a uniform pe
 probability 1 / n_b!. So every ordering of the concatenated shards has probability
 (Π n_b! / N!) · Π (1 / n_b!) = 1 / N!, whatever the bucket sizes came out as.
 
-Resume: rows are committed per context batch. On restart every file is truncated back to the
-length recorded in ``progress.json`` (dropping a half-written batch) and the caller continues
-from ``batches_done``. Bucket ids come from a generator seeded by (seed, batch number), so a
+Resume: rows are committed in whole context batches. On restart every file is truncated back
+to the length recorded in ``progress.json`` (dropping batches written after the last commit,
+and any half-written one) and the caller continues from ``batches_done``. Bucket ids come from a generator seeded by (seed, batch number), so a
 resumed cache is byte-identical to an uninterrupted one. Pass 2 records each finished shard;
 redoing a bucket rewrites an identical shard, so pass 2 is idempotent.
 """
@@ -98,7 +98,8 @@ class CacheWriter:
     on a finished cache, :attr:`complete` is True and nothing needs doing.
     """
 
-    def __init__(self, folder: str | Path, settings: WriterSettings) -> None:
+    def __init__(self, folder: str | Path, settings: WriterSettings,
+                 commit_every_s: float = 2.0) -> None:
         if settings.dtype not in DTYPES:
             raise CacheError(f"cache dtype {settings.dtype!r} is not one of {list(DTYPES)}")
         if settings.memory_limit_mb < 16:
@@ -106,6 +107,8 @@ class CacheWriter:
                              "least 16")
         self.folder = Path(folder)
         self.settings = settings
+        self.commit_every_s = commit_every_s  # 0 = commit after every batch
+        self._last_commit = time.monotonic()
         self.work = self.folder / WORK_DIR
         self.complete = (self.folder / MANIFEST).exists()
         self._files: dict[int, tuple[BinaryIO, BinaryIO]] = {}
@@ -199,22 +202,29 @@ class CacheWriter:
         bucket_N = np.random.default_rng([self.settings.seed, batch_number]).integers(
             self.progress.n_buckets, size=rows.shape[0])
         order = np.argsort(bucket_N, kind="stable")
+        rows, index = rows[order], index[order]  # one gather; each bucket is then a slice
         counts = np.bincount(bucket_N, minlength=self.progress.n_buckets)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         for b in np.flatnonzero(counts):
-            picked = order[bounds[b]:bounds[b + 1]]
             acts_fh, index_fh = self._bucket_files(int(b))
-            acts_fh.write(np.ascontiguousarray(rows[picked]).tobytes())
-            index_fh.write(np.ascontiguousarray(index[picked]).tobytes())
-        self._tokens().write(np.ascontiguousarray(tokens, dtype=np.int32).tobytes())
-        self._sync_files()
+            acts_fh.write(rows[bounds[b]:bounds[b + 1]].data)
+            index_fh.write(index[bounds[b]:bounds[b + 1]].data)
+        self._tokens().write(np.ascontiguousarray(tokens, dtype=np.int32).data)
         p = self.progress
         p.batches_done += 1
         p.contexts_done += tokens.shape[0]
         p.rows_done += rows.shape[0]
         p.bucket_rows = [r + int(c) for r, c in zip(p.bucket_rows, counts, strict=True)]
         p.scatter_seconds += time.perf_counter() - start
-        self._commit(p)
+        if time.monotonic() - self._last_commit >= self.commit_every_s:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every batch added so far durable and record it in ``progress.json``."""
+        if self.scattering:
+            self._sync_files()
+            self._commit(self.progress)
+            self._last_commit = time.monotonic()
 
     def _check_batch(self, batch_number: int, acts: np.ndarray, index: np.ndarray,
                      tokens: np.ndarray) -> None:
@@ -234,7 +244,8 @@ class CacheWriter:
         if not np.isfinite(acts).all():
             raise CacheError(f"{where} has NaN/infinite activations; the model produced them — "
                              "check its dtype (float16 overflow?) and inputs")
-        if s.dtype == "float16" and np.abs(acts).max(initial=0) > np.finfo(np.float16).max:
+        if s.dtype == "float16" and acts.dtype != np.float16 and acts.size and max(
+                -float(acts.min()), float(acts.max())) > np.finfo(np.float16).max:
             raise CacheError(f"{where} has activations beyond float16 range; cache as float32")
 
     def _bucket_paths(self, b: int) -> tuple[Path, Path]:
@@ -255,7 +266,8 @@ class CacheWriter:
         return self._tokens_file
 
     def _sync_files(self) -> None:
-        # fsync before the progress commit: a committed batch is on disk even after a power cut
+        # fsync before the progress commit: a committed batch is on disk even after a power cut.
+        # (A SIGKILL alone would not need it: the kernel keeps written data.)
         handles = [fh for pair in self._files.values() for fh in pair]
         for fh in [*handles, self._tokens()]:
             fh.flush()
@@ -279,6 +291,7 @@ class CacheWriter:
         """Shuffle every bucket into its final shard and write the manifest (idempotent)."""
         if self.complete:
             return read_manifest(self.folder)
+        self.commit()
         self._close_files()
         p = self.progress
         if p.rows_done == 0:
@@ -351,7 +364,7 @@ class _HashingWriter:
 
         self.fh, self.digest = fh, hashlib.sha256()
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.digest.update(data)
         return self.fh.write(data)
 
@@ -366,7 +379,7 @@ def _write_npy_rows(path: Path, array: np.ndarray, order: np.ndarray) -> str:
                   "shape": (len(order), *array.shape[1:])}
         np.lib.format.write_array_header_1_0(out, header)  # type: ignore[arg-type]
         for start in range(0, len(order), chunk):
-            out.write(np.ascontiguousarray(array[order[start:start + chunk]]).tobytes())
+            out.write(array[order[start:start + chunk]].data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

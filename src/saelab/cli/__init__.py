@@ -11,9 +11,19 @@ from saelab.config import ConfigError
 
 
 def _commands() -> list[ModuleType]:
-    from saelab.cli import architectures_cmd, demo_cmd, eval_cmd, toy_cmd, train_cmd
+    from saelab.cli import (
+        architectures_cmd,
+        boardgame_cmd,
+        cache_cmd,
+        demo_cmd,
+        eval_cmd,
+        eval_model_cmd,
+        toy_cmd,
+        train_cmd,
+    )
 
-    return [train_cmd, eval_cmd, toy_cmd, demo_cmd, architectures_cmd]
+    return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, toy_cmd, boardgame_cmd, demo_cmd,
+            architectures_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,8 @@ layers never run.
 from __future__ import annotations
 
 import difflib
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -122,6 +124,22 @@ def _input_tensor(args: tuple[Any, ...], kwargs: dict[str, Any], hook: HookPoint
                     "hidden_states keyword; hook its output instead")
 
 
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock held while saelab hooks are on ``model``.
+
+    Module hooks are shared by every thread, so two threads capturing from one model at once
+    would see (and stop) each other's passes; capture and splice hold this lock instead.
+    """
+    with _LOCKS_GUARD:
+        if model not in _LOCKS:
+            _LOCKS[model] = threading.RLock()
+        return _LOCKS[model]
+
+
 class _StopForward(Exception):
     """Raised from the last needed hook to end the forward pass early."""
 
@@ -137,7 +155,8 @@ def capture(model: nn.Module, hooks: Sequence[HookPoint | str],
     if not points:
         raise HookError("capture needs at least one hook point")
     captured: dict[HookPoint, Tensor] = {}
-    with _reading_hooks(model, points, captured, stop_early), suppress(_StopForward):
+    with model_lock(model), _reading_hooks(model, points, captured, stop_early), \
+            suppress(_StopForward):
         forward()
     _check_all_ran(points, captured)
     return captured
@@ -148,7 +167,7 @@ def capture_with_output(model: nn.Module, hooks: Sequence[HookPoint | str],
     """Run the whole ``forward()`` and return its output and the tensor at every hook."""
     points = [HookPoint.parse(h) for h in hooks]
     captured: dict[HookPoint, Tensor] = {}
-    with _reading_hooks(model, points, captured, stop_early=False):
+    with model_lock(model), _reading_hooks(model, points, captured, stop_early=False):
         output = forward()
     _check_all_ran(points, captured)
     return output, captured
@@ -165,8 +184,11 @@ def _check_all_ran(points: list[HookPoint], captured: dict[HookPoint, Tensor]) -
 def _reading_hooks(model: nn.Module, points: list[HookPoint], captured: dict[HookPoint, Tensor],
                    stop_early: bool) -> Iterator[None]:
     handles = []
+    owner = threading.get_ident()
 
     def record(point: HookPoint, tensor: Tensor) -> None:
+        if threading.get_ident() != owner:
+            return  # another thread's forward pass through the same model
         if point not in captured:
             captured[point] = tensor.detach()
         if stop_early and len(captured) == len(set(points)):
@@ -195,25 +217,33 @@ def splice(model: nn.Module, hook: HookPoint | str,
 
     For an output hook the module's output is replaced (tuple structure kept); for an input
     hook the module's first input (positional, or the ``hidden_states`` keyword) is replaced.
+    Only forward passes of the calling thread are changed.
     """
     point = HookPoint.parse(hook)
     module = resolve_module(model, point.path)
-    if point.where == "output":
-        def on_output(_m: nn.Module, _a: Any, out: Any) -> Any:
-            return replace_tensor(out, point, edit(select_tensor(out, point)))
-        handle = module.register_forward_hook(on_output)
-    else:
-        def on_input(_m: nn.Module, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            new = edit(_input_tensor(args, kwargs, point))
-            if args:
-                return (replace_tensor(args[0], point, new), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": new}
-        handle = module.register_forward_pre_hook(on_input, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+    owner = threading.get_ident()
+
+    def on_output(_m: nn.Module, _a: Any, out: Any) -> Any:
+        if threading.get_ident() != owner:
+            return None
+        return replace_tensor(out, point, edit(select_tensor(out, point)))
+
+    def on_input(_m: nn.Module, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if threading.get_ident() != owner:
+            return None
+        new = edit(_input_tensor(args, kwargs, point))
+        if args:
+            return (replace_tensor(args[0], point, new), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+
+    with model_lock(model):
+        handle = (module.register_forward_hook(on_output) if point.where == "output"
+                  else module.register_forward_pre_hook(on_input, with_kwargs=True))
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 def check_width(hook: HookPoint | str, width: int, sae_d_in: int, sae_name: str = "the SAE") -> None:

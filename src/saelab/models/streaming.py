@@ -158,13 +158,13 @@ class _SharedPass:
     """
 
     def __init__(self, model_pass: ModelPass, max_queued_chunks: int,
-                 stall_timeout_s: float) -> None:
+                 start_timeout_s: float) -> None:
         self._producer = model_pass.rows()
         self._queues: dict[HookPoint, deque[Tensor]] = {h: deque() for h in model_pass.hooks}
         self._consumers: dict[HookPoint, threading.Thread | None] = dict.fromkeys(model_pass.hooks)
         self._closed: set[HookPoint] = set()
         self._max = max_queued_chunks
-        self._stall_timeout_s = stall_timeout_s
+        self._start_timeout_s = start_timeout_s
         self._cond = threading.Condition()
 
     def chunks(self, hook: HookPoint) -> Iterator[Tensor]:
@@ -191,8 +191,13 @@ class _SharedPass:
         return hook not in self._closed and (consumer is None or consumer.is_alive())
 
     def _fill(self, hook: HookPoint) -> None:
-        """Wait until ``hook`` has a chunk, running the model when no other queue is full."""
-        deadline = time.monotonic() + self._stall_timeout_s
+        """Wait until ``hook`` has a chunk, running the model when no other queue is full.
+
+        A consumer with rows never waits, so a waiting consumer only ever waits for one that
+        is draining its queue — or for one that has not started yet, which is given
+        ``start_timeout_s`` to start.
+        """
+        deadline = time.monotonic() + self._start_timeout_s
         while not self._queues[hook]:
             blocked = [h for h in self._queues if h != hook and self._listening(h)
                        and len(self._queues[h]) >= self._max]
@@ -206,11 +211,13 @@ class _SharedPass:
                 raise DataError(f"hook {blocked[0]}'s source is {self._max} chunks behind and is "
                                 "read by this same thread; consume the sources of one shared "
                                 "pass together (zip them, or use fit_together)")
-            if time.monotonic() > deadline:
-                raise DataError(f"waited {self._stall_timeout_s:.0f} s for the source of hook "
-                                f"{blocked[0]} to "
-                                "take its rows; every source of a shared pass must be consumed")
-            self._cond.wait(timeout=1.0)  # another thread drains its queue; re-check liveness
+            unstarted = [h for h in blocked if self._consumers[h] is None]
+            if unstarted and time.monotonic() > deadline:
+                raise DataError(f"the source of hook {unstarted[0]} has not started reading after "
+                                f"{self._start_timeout_s:.0f} s and {self._max} chunks wait for "
+                                "it; consume the sources of one shared pass together (zip them, "
+                                "or use fit_together)")
+            self._cond.wait(timeout=0.5)  # another thread drains its queue; re-check liveness
 
 
 def model_sources(model: nn.Module, tokenizer: Any, sources: Sequence[str | Path],
@@ -218,7 +225,7 @@ def model_sources(model: nn.Module, tokenizer: Any, sources: Sequence[str | Path
                   batch_contexts: int = 8, shuffle_buffer_rows: int = 32768, seed: int = 0,
                   device: str = "cpu", forward: Callable[[Tensor], Any] | None = None,
                   max_queued_chunks: int = 64,
-                  stall_timeout_s: float = 300.0) -> dict[str, ModelSource]:
+                  start_timeout_s: float = 300.0) -> dict[str, ModelSource]:
     """One :class:`ModelSource` per hook, all fed by one model forward pass per context batch.
 
     Consume them together (see the module docstring); for a single hook this is the same as a
@@ -226,7 +233,7 @@ def model_sources(model: nn.Module, tokenizer: Any, sources: Sequence[str | Path
     """
     model_pass = ModelPass(model, tokenizer, sources, hooks, text, batch_contexts=batch_contexts,
                            device=device, forward=forward)
-    shared = (_SharedPass(model_pass, max_queued_chunks, stall_timeout_s)
+    shared = (_SharedPass(model_pass, max_queued_chunks, start_timeout_s)
               if len(model_pass.hooks) > 1 else None)
     return {h.name: ModelSource(model_pass, h, shuffle_buffer_rows=shuffle_buffer_rows,
                                 seed=seed, shared=shared) for h in model_pass.hooks}

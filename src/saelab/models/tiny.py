@@ -42,3 +42,31 @@ def build_tiny_gpt2(folder: str | Path, *, n_layer: int = 2, d_model: int = 32, 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+class TinyTokenModel(torch.nn.Module):
+    """A plain-PyTorch token model (no transformers): embedding, residual MLP blocks, logits.
+
+    Each position only sees its own token, so it is trivially causal; its module paths are
+    ``embed``, ``blocks.0`` … ``blocks.{n-1}`` and ``unembed``. Used to show that any
+    ``nn.Module`` taking token ids works with hooks, caches and model evaluation.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 32, n_blocks: int = 2,
+                 d_mlp: int | None = None, seed: int = 0) -> None:
+        super().__init__()
+        d_mlp = d_mlp or 2 * d_model
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.embed = torch.nn.Embedding(vocab_size, d_model)
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(d_model, d_mlp), torch.nn.GELU(),
+                                    torch.nn.Linear(d_mlp, d_model))
+                for _ in range(n_blocks))
+            self.unembed = torch.nn.Linear(d_model, vocab_size)
+
+    def forward(self, tokens_BS: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens_BS)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.unembed(x)

@@ -16,14 +16,15 @@ from saelab.ops.encode import (
     threshold_encode,
     topk_encode,
 )
-from saelab.ops.kernels import release_workspace, row_topk
-from saelab.ops.sparse import grouped_decode, sparse_decode, sparse_preacts
+from saelab.ops.kernels import release_workspace, row_topk, tune_cpu_allocator
+from saelab.ops.sparse import block_preacts, grouped_decode, sparse_decode, sparse_preacts
 
 __all__ = [
     "AuxSpec",
     "Encoded",
     "SparseCodes",
     "batch_topk_encode",
+    "block_preacts",
     "grouped_decode",
     "release_workspace",
     "row_topk",
@@ -31,4 +32,5 @@ __all__ = [
     "sparse_preacts",
     "threshold_encode",
     "topk_encode",
+    "tune_cpu_allocator",
 ]

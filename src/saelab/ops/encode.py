@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from saelab.ops.codes import SparseCodes
-from saelab.ops.kernels import row_topk, workspace
-from saelab.ops.sparse import sparse_preacts
+from saelab.ops.kernels import BLOCK_FILL, row_topk, workspace
+from saelab.ops.sparse import block_preacts, sparse_preacts
 
 _CHUNK_BYTES = 64 * 2**20  # pre-activation chunk size; smaller chunks slow the matmul down
 
@@ -28,6 +28,13 @@ class Encoded(NamedTuple):
 
     codes: SparseCodes
     aux: SparseCodes | None
+
+
+class _Params(NamedTuple):
+    x_BD: Tensor
+    W_enc_DM: Tensor
+    b_enc_M: Tensor
+    b_dec_D: Tensor
 
 
 class _Entries(NamedTuple):
@@ -78,60 +85,70 @@ class _Preacts:
 
 
 class _AuxSelector:
-    """Per-row top-k_aux among dead latents, applied to a pre-activation chunk."""
+    """Per-row top-k_aux among dead latents, collected chunk by chunk (AuxK loss).
 
-    def __init__(self, aux: AuxSpec, n_latents: int) -> None:
+    Three strategies: when k_aux fills ≥ BLOCK_FILL of the dead set, keep the whole (B, n_dead)
+    pre-activation block and use GEMMs in the backward; otherwise emit sparse entries, gathering
+    the dead columns when few or masking the live ones in place when many.
+    """
+
+    def __init__(self, aux: AuxSpec, pre: _Preacts) -> None:
         dead_mask_M, k_aux = aux
-        self.dead_mask_M = dead_mask_M.bool()
+        self.dead_mask_M = dead_mask_M.to(device=pre.W_DM.device, dtype=torch.bool)
         self.dead_idx = self.dead_mask_M.nonzero().squeeze(1)
-        self.k = min(int(k_aux), self.dead_idx.numel())
-        # Few dead latents: gather their columns. Many: mask the live ones in place instead.
-        self.gather = self.dead_idx.numel() * 8 <= n_latents
+        n_dead, B = self.dead_idx.numel(), pre.n_rows
+        self.k = min(int(k_aux), n_dead)
+        self.block = self.k > 0 and self.k >= BLOCK_FILL * n_dead
+        self.gather = self.block or n_dead * 8 <= pre.n_latents
+        self.vals_BK = pre.W_DM.new_empty(B, self.k)
+        self.idx_BK = torch.empty(B, self.k, dtype=torch.long, device=pre.W_DM.device)
+        self.block_BU = pre.W_DM.new_empty(B, n_dead) if self.block else None
 
-    def __call__(self, pre_RM: Tensor) -> tuple[Tensor, Tensor]:
-        """Top-k_aux over dead columns. May overwrite ``pre_RM``: call it last on a chunk."""
+    def observe(self, s: int, pre_RM: Tensor) -> None:
+        """Select on one chunk. May overwrite ``pre_RM``: call it last on a chunk."""
+        if self.k == 0:
+            return
+        r = pre_RM.shape[0]
         if self.gather:
-            vals_Rk, pos_Rk = pre_RM.index_select(1, self.dead_idx).topk(self.k, 1, sorted=False)
-            return vals_Rk, self.dead_idx[pos_Rk]
+            sub_RU = pre_RM.index_select(1, self.dead_idx)
+            if self.block_BU is not None:
+                self.block_BU[s : s + r] = sub_RU
+            vals, pos = sub_RU.topk(self.k, dim=1, sorted=False)
+            self.vals_BK[s : s + r] = vals
+            # Block mode keeps positions within the block; entry modes keep latent ids.
+            self.idx_BK[s : s + r] = pos if self.block_BU is not None else self.dead_idx[pos]
+            return
         pre_RM.masked_fill_(~self.dead_mask_M, float("-inf"))
-        return row_topk(pre_RM, self.k)
+        self.vals_BK[s : s + r], self.idx_BK[s : s + r] = row_topk(pre_RM, self.k)
+
+    def entries(self) -> _Entries | None:
+        """Sparse entries to activate with the main codes (None in block mode)."""
+        return None if self.block else _fixed_k_entries(self.vals_BK, self.idx_BK)
+
+    def block_codes(self, params: _Params, exact: bool) -> SparseCodes:
+        """Block mode: codes whose values flow through a (B, n_dead) block pre-activation."""
+        known_BU = None if exact else self.block_BU
+        pre_BU = block_preacts(*params, self.dead_idx, known_BU)
+        vals_BK = torch.relu(pre_BU.gather(1, self.idx_BK))
+        return SparseCodes.from_fixed_k(vals_BK, self.dead_idx[self.idx_BK], len(self.dead_mask_M))
 
 
 def _fixed_k_entries(vals_BK: Tensor, idx_BK: Tensor) -> _Entries:
-    rows_N = torch.arange(vals_BK.shape[0], device=vals_BK.device).repeat_interleave(
-        vals_BK.shape[1]
-    )
+    B, K = vals_BK.shape
+    rows_N = torch.arange(B, device=vals_BK.device).repeat_interleave(K)
     return _Entries(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1))
 
 
-def _select_per_row(
-    pre: _Preacts, k: int, aux_sel: _AuxSelector | None
-) -> tuple[_Entries, _Entries | None]:
-    """Per-row top-k (and top-k_aux among dead) over all chunks."""
-    B, W = pre.n_rows, pre.W_DM
-    vals_BK = W.new_empty(B, k)
-    idx_BK = torch.empty(B, k, dtype=torch.long, device=W.device)
-    k_aux = aux_sel.k if aux_sel is not None else 0
-    aux_vals_BK = W.new_empty(B, k_aux)
-    aux_idx_BK = torch.empty(B, k_aux, dtype=torch.long, device=W.device)
+def _select_per_row(pre: _Preacts, k: int, aux_sel: _AuxSelector | None) -> _Entries:
+    """Per-row top-k over all chunks (aux selection rides along on the same chunks)."""
+    vals_BK = pre.W_DM.new_empty(pre.n_rows, k)
+    idx_BK = torch.empty(pre.n_rows, k, dtype=torch.long, device=pre.W_DM.device)
     for s, pre_RM in pre.chunks():
         r = pre_RM.shape[0]
         vals_BK[s : s + r], idx_BK[s : s + r] = row_topk(pre_RM, k)
-        if aux_sel is not None and k_aux > 0:
-            aux_vals_BK[s : s + r], aux_idx_BK[s : s + r] = aux_sel(pre_RM)
-    main = _fixed_k_entries(vals_BK, idx_BK)
-    return main, _fixed_k_entries(aux_vals_BK, aux_idx_BK) if aux_sel is not None else None
-
-
-def _row_candidates(pre: _Preacts, c: int, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-row top-c candidates for the given rows (all rows if None)."""
-    n = pre.n_rows if rows is None else rows.numel()
-    vals_RC = pre.W_DM.new_empty(n, c)
-    idx_RC = torch.empty(n, c, dtype=torch.long, device=pre.W_DM.device)
-    for s, pre_RM in pre.chunks(rows):
-        r = pre_RM.shape[0]
-        vals_RC[s : s + r], idx_RC[s : s + r] = row_topk(pre_RM, c)
-    return vals_RC, idx_RC
+        if aux_sel is not None:
+            aux_sel.observe(s, pre_RM)
+    return _fixed_k_entries(vals_BK, idx_BK)
 
 
 def _global_topk(
@@ -148,7 +165,7 @@ def _global_topk(
     """
     while True:
         keep = cand.vals_N.topk(min(total, cand.vals_N.numel()), sorted=False).indices
-        taken_B = torch.bincount(cand.rows_N[keep], minlength=width_B.numel())
+        taken_B = torch.zeros_like(width_B).index_add_(0, cand.rows_N[keep], torch.ones_like(keep))
         saturated_B = (taken_B == width_B) & (width_B < n_latents)
         if not bool(saturated_B.any()):
             return _Entries(cand.rows_N[keep], cand.idx_N[keep], cand.vals_N[keep])
@@ -160,51 +177,66 @@ def _global_topk(
         width_B[rows_S] = c
 
 
-def _select_batch(
-    pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | None
-) -> tuple[_Entries, _Entries | None]:
-    """BatchTopK: top B·k entries of the whole batch (plus per-row aux among dead)."""
+def _select_batch(pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | None) -> _Entries:
+    """BatchTopK: the B·k largest entries of the whole batch, grouped by row."""
     B, M = pre.n_rows, pre.n_latents
     c = min(M, max(n_cand, 1))
-    vals_BC = pre.W_DM.new_empty(B, c)
-    idx_BC = torch.empty(B, c, dtype=torch.long, device=pre.W_DM.device)
-    k_aux = aux_sel.k if aux_sel is not None else 0
-    aux_vals_BK = pre.W_DM.new_empty(B, k_aux)
-    aux_idx_BK = torch.empty(B, k_aux, dtype=torch.long, device=pre.W_DM.device)
-    for s, pre_RM in pre.chunks():
-        r = pre_RM.shape[0]
-        vals_BC[s : s + r], idx_BC[s : s + r] = row_topk(pre_RM, c)
-        if aux_sel is not None and k_aux > 0:
-            aux_vals_BK[s : s + r], aux_idx_BK[s : s + r] = aux_sel(pre_RM)
+    cand = _select_per_row(pre, c, aux_sel)
 
     def refill(rows_S: Tensor, width: int) -> _Entries:
-        v_SC, i_SC = _row_candidates(pre, width, rows_S)
+        v_SC = pre.W_DM.new_empty(rows_S.numel(), width)
+        i_SC = torch.empty(rows_S.numel(), width, dtype=torch.long, device=v_SC.device)
+        for s, pre_RM in pre.chunks(rows_S):
+            r = pre_RM.shape[0]
+            v_SC[s : s + r], i_SC[s : s + r] = row_topk(pre_RM, width)
         return _Entries(rows_S.repeat_interleave(width), i_SC.reshape(-1), v_SC.reshape(-1))
 
     width_B = torch.full((B,), c, dtype=torch.long, device=pre.W_DM.device)
-    chosen = _global_topk(_fixed_k_entries(vals_BC, idx_BC), width_B, B * k, M, refill)
+    chosen = _global_topk(cand, width_B, B * k, M, refill)
     # ReLU would zero non-positive winners anyway; dropping them keeps the codes truly sparse.
     pos_N = chosen.vals_N > 0
     order_N = torch.argsort(chosen.rows_N[pos_N].int())
-    main = _Entries(*(t[pos_N][order_N] for t in chosen))
-    aux = _fixed_k_entries(aux_vals_BK, aux_idx_BK) if aux_sel is not None else None
-    return main, aux
+    return _Entries(*(t[pos_N][order_N] for t in chosen))
 
 
-def _activate(
-    x_BD: Tensor,
-    W_enc_DM: Tensor,
-    b_enc_M: Tensor,
-    b_dec_D: Tensor,
-    parts: list[_Entries],
-    exact: bool,
-) -> list[Tensor]:
+def _activate(params: _Params, parts: list[_Entries], exact: bool) -> list[Tensor]:
     """Differentiable ReLU(pre-activation) values for each selected entry list, in one call."""
     rows_N = torch.cat([p.rows_N for p in parts])
     idx_N = torch.cat([p.idx_N for p in parts])
     known_N = None if exact else torch.cat([p.vals_N for p in parts])
-    pre_N = sparse_preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, rows_N, idx_N, known_N)
+    pre_N = sparse_preacts(*params, rows_N, idx_N, known_N)
     return list(torch.relu(pre_N).split([p.idx_N.numel() for p in parts]))
+
+
+def _encode(
+    params: _Params,
+    select: Callable[[_Preacts, _AuxSelector | None], _Entries],
+    fixed_k: int | None,
+    matmul_dtype: torch.dtype | None,
+    aux: AuxSpec | None,
+    exact_values: bool,
+    chunk_rows: int | None,
+) -> Encoded:
+    """Shared driver: chunked selection (no grad), then differentiable values."""
+    pre = _Preacts(*params, matmul_dtype, chunk_rows)
+    B, M = pre.n_rows, pre.n_latents
+    aux_sel = _AuxSelector(aux, pre) if aux is not None else None
+    with torch.no_grad():
+        main = select(pre, aux_sel)
+    aux_entries = aux_sel.entries() if aux_sel is not None else None
+    parts = [main] if aux_entries is None else [main, aux_entries]
+    exact = _needs_exact(params.W_enc_DM, matmul_dtype, exact_values)
+    values = _activate(params, parts, exact)
+    if fixed_k is not None:
+        codes = SparseCodes.from_fixed_k(values[0].view(B, fixed_k), main.idx_N.view(B, -1), M)
+    else:
+        codes = SparseCodes.from_rows(main.rows_N, main.idx_N, values[0], B, M)
+    if aux_sel is None:
+        return Encoded(codes, None)
+    if aux_entries is None:
+        return Encoded(codes, aux_sel.block_codes(params, exact))
+    vals_BK = values[1].view(B, aux_sel.k)
+    return Encoded(codes, SparseCodes.from_fixed_k(vals_BK, aux_entries.idx_N.view(B, -1), M))
 
 
 def _needs_exact(W_enc_DM: Tensor, matmul_dtype: torch.dtype | None, exact: bool) -> bool:
@@ -241,24 +273,13 @@ def topk_encode(
         ``Encoded(codes, aux)`` with fixed-k ``SparseCodes``; values carry autograd history
         into W_enc, b_enc, b_dec (and x) with an O(nnz·D) backward.
     """
-    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
-    M = pre.n_latents
-    k = min(k, M)
-    aux_sel = _AuxSelector(aux, M) if aux is not None else None
-    with torch.no_grad():
-        main, aux_entries = _select_per_row(pre, k, aux_sel)
-    parts = [main] if aux_entries is None else [main, aux_entries]
-    exact = _needs_exact(W_enc_DM, matmul_dtype, exact_values)
-    values = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, parts, exact)
-    B = pre.n_rows
-    codes = SparseCodes.from_fixed_k(values[0].view(B, k), main.idx_N.view(B, k), M)
-    aux_codes = None
-    if aux_entries is not None:
-        k_aux = aux_sel.k if aux_sel is not None else 0
-        aux_codes = SparseCodes.from_fixed_k(
-            values[1].view(B, k_aux), aux_entries.idx_N.view(B, k_aux), M
-        )
-    return Encoded(codes, aux_codes)
+    k = min(k, W_enc_DM.shape[1])
+    params = _Params(x_BD, W_enc_DM, b_enc_M, b_dec_D)
+
+    def select(pre: _Preacts, aux_sel: _AuxSelector | None) -> _Entries:
+        return _select_per_row(pre, k, aux_sel)
+
+    return _encode(params, select, k, matmul_dtype, aux, exact_values, chunk_rows)
 
 
 def batch_topk_encode(
@@ -277,26 +298,16 @@ def batch_topk_encode(
     """BatchTopK encoder: keep the B·k largest pre-activations of the whole batch, then ReLU.
 
     Rows get variable counts, so ``codes`` is CSR (non-positive winners, which ReLU would zero,
-    are dropped). Selection is exact: each row contributes its top ``candidates`` (default 4k)
+    are dropped). Selection is exact: each row contributes its top ``candidates`` (default 2k)
     and rows whose whole list wins are re-expanded. Other arguments as in :func:`topk_encode`;
     ``aux`` is per-row top-k_aux among dead latents, as for TopK.
     """
-    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
-    B, M = pre.n_rows, pre.n_latents
-    aux_sel = _AuxSelector(aux, M) if aux is not None else None
-    with torch.no_grad():
-        main, aux_entries = _select_batch(pre, k, candidates or 4 * k, aux_sel)
-    parts = [main] if aux_entries is None else [main, aux_entries]
-    exact = _needs_exact(W_enc_DM, matmul_dtype, exact_values)
-    values = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, parts, exact)
-    codes = SparseCodes.from_rows(main.rows_N, main.idx_N, values[0], B, M)
-    aux_codes = None
-    if aux_entries is not None:
-        k_aux = aux_sel.k if aux_sel is not None else 0
-        aux_codes = SparseCodes.from_fixed_k(
-            values[1].view(B, k_aux), aux_entries.idx_N.view(B, k_aux), M
-        )
-    return Encoded(codes, aux_codes)
+    params = _Params(x_BD, W_enc_DM, b_enc_M, b_dec_D)
+
+    def select(pre: _Preacts, aux_sel: _AuxSelector | None) -> _Entries:
+        return _select_batch(pre, k, candidates or 2 * k, aux_sel)
+
+    return _encode(params, select, None, matmul_dtype, aux, exact_values, chunk_rows)
 
 
 def threshold_encode(
@@ -316,7 +327,8 @@ def threshold_encode(
     weights require it, the values are differentiable with the usual sparse backward (no
     gradient flows to ``threshold``).
     """
-    pre = _Preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, matmul_dtype, chunk_rows)
+    params = _Params(x_BD, W_enc_DM, b_enc_M, b_dec_D)
+    pre = _Preacts(*params, matmul_dtype, chunk_rows)
     if isinstance(threshold, Tensor):
         thr: float | Tensor = threshold.detach().clamp_min(0).to(pre.W_DM.dtype)
     else:
@@ -331,7 +343,7 @@ def threshold_encode(
     entries = _Entries(torch.cat(rows), torch.cat(cols), torch.cat(vals))
     exact = _needs_exact(W_enc_DM, matmul_dtype, True)
     if torch.is_grad_enabled() or exact:
-        (values_N,) = _activate(x_BD, W_enc_DM, b_enc_M, b_dec_D, [entries], exact)
+        (values_N,) = _activate(params, [entries], exact)
     else:
         values_N = entries.vals_N.to(W_enc_DM.dtype)
     return SparseCodes.from_rows(entries.rows_N, entries.idx_N, values_N, pre.n_rows, pre.n_latents)

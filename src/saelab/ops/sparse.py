@@ -1,7 +1,8 @@
 """Differentiable sparse decode and sparse encoder pre-activations.
 
-Both are O(nnz·D) in forward and backward: nothing of size B×M (or B×K×D) is built.
-Weight gradients are dense (M×D) tensors, filled by one sorted embedding-bag pass.
+Forward and backward are O(nnz·D): nothing of size B×M (or B×K×D) is built. Weight gradients
+are dense (M×D) tensors filled by one sorted embedding-bag pass. Codes that densely fill a
+small block of latents (AuxK codes over the dead set) switch to small GEMMs instead.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from saelab.ops.codes import SparseCodes
-from saelab.ops.kernels import rowwise_dots, segment_weighted_sum
+from saelab.ops.kernels import block_support, rowwise_dots, segment_weighted_sum
 
 
 class _BagDecode(torch.autograd.Function):
@@ -26,8 +27,14 @@ class _BagDecode(torch.autograd.Function):
         ctx: Any, values_N: Tensor, W_MD: Tensor, idx_N: Tensor, offsets: Tensor, bag_N: Tensor
     ) -> Tensor:
         ctx.save_for_backward(values_N, W_MD, idx_N, bag_N)
+        # Detached inputs select embedding_bag's cheaper forward-only kernel.
         return F.embedding_bag(
-            idx_N, W_MD, offsets, mode="sum", per_sample_weights=values_N, include_last_offset=True
+            idx_N,
+            W_MD.detach(),
+            offsets,
+            mode="sum",
+            per_sample_weights=values_N.detach(),
+            include_last_offset=True,
         )
 
     @staticmethod
@@ -48,8 +55,16 @@ def sparse_decode(codes: SparseCodes, W_dec_MD: Tensor, b_dec_D: Tensor | None =
 
     Differentiable with respect to ``codes.values``, ``W_dec_MD`` and ``b_dec_D``.
     """
-    values_N = codes.values.to(W_dec_MD.dtype)
-    out_BD = _BagDecode.apply(values_N, W_dec_MD, codes.indices, codes.offsets, codes.row_ids())
+    B, M = codes.n_rows, codes.n_latents
+    values_N, rows_N = codes.values.to(W_dec_MD.dtype), codes.row_ids()
+    if codes.nnz == 0:
+        out_BD = values_N.new_zeros(B, W_dec_MD.shape[1])
+    elif (support := block_support(codes.indices, B, M)) is not None:
+        block_BU = values_N.new_zeros(B, support.latents_U.numel())
+        block_BU = block_BU.index_put((rows_N, support.col_N), values_N, accumulate=True)
+        out_BD = block_BU @ W_dec_MD.index_select(0, support.latents_U)
+    else:
+        out_BD = _BagDecode.apply(values_N, W_dec_MD, codes.indices, codes.offsets, rows_N)
     return out_BD if b_dec_D is None else out_BD + b_dec_D
 
 
@@ -112,7 +127,8 @@ class _SparsePreacts(torch.autograd.Function):
         g_x = g_W = g_be = g_bd = None
         if need_W:
             # dW_enc[:, j] = Σ_{n: idx=j} g_n (x_rows[n] − b_dec): per-latent sums of input rows.
-            g_W = segment_weighted_sum(xc_BD, rows_N, idx_N, grad_N, M).t()
+            # Returned in W_enc's own layout so autograd accumulates it without another copy.
+            g_W = segment_weighted_sum(xc_BD, rows_N, idx_N, grad_N, M).t().contiguous()
         if need_be or need_bd:
             g_be = grad_N.new_zeros(M).index_add_(0, idx_N, grad_N)
         if need_bd:
@@ -141,4 +157,61 @@ def sparse_preacts(
     out: Tensor = _SparsePreacts.apply(
         x_BD, W_enc_DM, b_enc_M, b_dec_D, rows_N.long(), idx_N.long(), known_N
     )
+    return out
+
+
+class _BlockPreacts(torch.autograd.Function):
+    """Pre-activations of a column block ``(x − b_dec) @ W_enc[:, U] + b_enc[U]`` → (B, |U|)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x_BD: Tensor,
+        W_enc_DM: Tensor,
+        b_enc_M: Tensor,
+        b_dec_D: Tensor,
+        latents_U: Tensor,
+        known_BU: Tensor | None,
+    ) -> Tensor:
+        xc_BD = x_BD.to(W_enc_DM.dtype) - b_dec_D
+        if known_BU is None:
+            pre_BU = torch.addmm(b_enc_M[latents_U], xc_BD, W_enc_DM[:, latents_U])
+        else:
+            pre_BU = known_BU.to(W_enc_DM.dtype, copy=True)
+        ctx.save_for_backward(xc_BD, W_enc_DM, latents_U)
+        return pre_BU
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_BU: Tensor) -> tuple[Tensor | None, ...]:
+        xc_BD, W_enc_DM, latents_U = ctx.saved_tensors
+        need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
+        grad_BU = grad_BU.to(W_enc_DM.dtype)
+        g_x = g_W = g_be = g_bd = None
+        if need_W:
+            g_W = torch.zeros_like(W_enc_DM).index_copy_(1, latents_U, xc_BD.t() @ grad_BU)
+        colsum_U = grad_BU.sum(0)
+        if need_be:
+            g_be = colsum_U.new_zeros(W_enc_DM.shape[1]).index_copy_(0, latents_U, colsum_U)
+        if need_bd:
+            g_bd = -(W_enc_DM[:, latents_U] @ colsum_U)
+        if need_x:
+            g_x = grad_BU @ W_enc_DM[:, latents_U].t()
+        return g_x, g_W, g_be, g_bd, None, None
+
+
+def block_preacts(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    latents_U: Tensor,
+    known_BU: Tensor | None = None,
+) -> Tensor:
+    """Pre-activations of the latent columns ``latents_U`` for every row → (B, |U|).
+
+    ``known_BU`` (from the selection pass) is returned as the forward value when given;
+    otherwise one (B, D) × (D, |U|) GEMM computes it. Backward costs O(B·|U|·D).
+    """
+    out: Tensor = _BlockPreacts.apply(x_BD, W_enc_DM, b_enc_M, b_dec_D, latents_U, known_BU)
     return out

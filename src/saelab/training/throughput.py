@@ -10,7 +10,7 @@ _PEAK_CACHE: dict[tuple[str, torch.dtype], float] = {}
 
 
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu",
-                        shape: tuple[int, int, int] = (2048, 768, 4096), repeats: int = 5) -> float:
+                        shape: tuple[int, int, int] = (1024, 768, 2048), repeats: int = 3) -> float:
     """FLOP/s of a dense (n×d)@(d×m) product in ``dtype`` on ``device`` — best of ``repeats``.
 
     Measured once per process and cached: it is the yardstick for the ``matmul_peak_share``

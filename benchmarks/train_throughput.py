@@ -1,0 +1,155 @@
+"""Training throughput of a TopK SAE, saelab side by side with SAELens and dictionary_learning.
+
+Installs the peers into a separate virtual environment (benchmarks/.peer-venv: PyPI `sae-lens`
+and `dictionary-learning`, torch 2.13.0) if it is missing, then in one invocation runs
+alternating rounds of saelab, SAELens and dictionary_learning — each in a fresh process, on the
+same in-memory activations (d=768, 16,384 latents, k=32, batch 4096, fp32, 2 threads) — and
+prints tokens/s and peak memory per library, the ratios, saelab's share of the measured fp32
+matmul peak and of the encoder-bound, bf16 against fp32, and a scaling table over latents and k.
+
+Usage: python benchmarks/train_throughput.py [--rounds 2] [--steps 5] [--skip-peers] [--quick]
+Prints a JSON document last (also written to benchmarks/results/train_throughput.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEER_VENV = HERE / ".peer-venv"
+PEER_PY = PEER_VENV / "bin" / "python"
+
+
+def ensure_peer_venv() -> None:
+    if PEER_PY.exists() and subprocess.run(
+            [str(PEER_PY), "-c", "import sae_lens, dictionary_learning"],
+            capture_output=True).returncode == 0:
+        return
+    print("installing SAELens and dictionary_learning into benchmarks/.peer-venv ...",
+          file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "-c",
+                    str(ROOT / "constraints.txt"), "torch==2.13.0", "sae-lens",
+                    "dictionary-learning"], check=True)
+
+
+def run_one(script: str, python: str, args: list[str], threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(HERE / "peers")}
+    proc = subprocess.run([python, str(HERE / "peers" / script), *args], capture_output=True,
+                          text=True, env=env, cwd=str(HERE / "peers"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def matmul_peak(dtype: torch.dtype, threads: int, n: int = 4096, d: int = 768, m: int = 16384) -> float:
+    torch.set_num_threads(threads)
+    a = torch.randn(n, d).to(dtype)
+    b = torch.randn(d, m).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(4))
+    return 2.0 * n * d * m / best
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per library")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-peers", action="store_true", help="saelab only")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smaller scaling table")
+    args = p.parse_args()
+    base = ["--d", "768", "--m", "16384", "--k", "32", "--batch", "4096",
+            "--steps", str(args.steps), "--threads", str(args.threads)]
+    peak32 = matmul_peak(torch.float32, args.threads)
+    peak16 = matmul_peak(torch.bfloat16, args.threads)
+    encoder_flops = 2 * 768 * 16384
+    bound = peak32 / encoder_flops
+    print(f"fp32 matmul peak {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s; "
+          f"encoder-only bound {bound:,.0f} tokens/s", file=sys.stderr)
+
+    runs: dict[str, list[dict]] = {"saelab": [], "saelab_bf16": []}
+    libs = [("saelab", "saelab_topk.py", sys.executable, [])]
+    if not args.skip_peers:
+        ensure_peer_venv()
+        runs["sae_lens"], runs["dictionary_learning"] = [], []
+        libs += [("sae_lens", "saelens_topk.py", str(PEER_PY), []),
+                 ("dictionary_learning", "dictlearn_topk.py", str(PEER_PY), [])]
+    libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
+    for r in range(args.rounds):
+        for name, script, python, extra in libs:
+            res = run_one(script, python, base + extra, args.threads)
+            runs[name].append(res)
+            print(f"round {r + 1}: {name:20s} {res['tokens_per_s']:8,.0f} tokens/s  "
+                  f"peak RSS {res['peak_rss_mb']:,.0f} MB", file=sys.stderr)
+
+    summary = {}
+    for name, results in runs.items():
+        tps = [x["tokens_per_s"] for x in results]
+        summary[name] = {"tokens_per_s": statistics.median(tps), "all_tokens_per_s": tps,
+                         "peak_rss_mb": max(x["peak_rss_mb"] for x in results)}
+    s = summary["saelab"]["tokens_per_s"]
+    ratios = {f"saelab_over_{n}": s / summary[n]["tokens_per_s"]
+              for n in ("sae_lens", "dictionary_learning") if n in summary}
+    ratios["bf16_over_fp32"] = summary["saelab_bf16"]["tokens_per_s"] / s
+    result = {
+        "machine": {"threads": args.threads, "fp32_matmul_gflops": peak32 / 1e9,
+                    "bf16_matmul_gflops": peak16 / 1e9, "encoder_bound_tokens_per_s": bound},
+        "libraries": summary, "ratios": ratios,
+        "saelab_share_of_encoder_bound": s / bound,
+        "saelab_share_of_fp32_peak_encoder_flops": s * encoder_flops / peak32,
+    }
+    print("\n| library | tokens/s | peak RSS MB |\n|---|---|---|")
+    for name, row in summary.items():
+        print(f"| {name} | {row['tokens_per_s']:,.0f} | {row['peak_rss_mb']:,.0f} |")
+    print("\nratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
+    print(f"saelab fp32 = {result['saelab_share_of_encoder_bound']:.0%} of the encoder-only bound "
+          f"({bound:,.0f} tokens/s at {peak32 / 1e9:.0f} GFLOP/s)")
+
+    if not args.skip_scaling:
+        ms = [4096, 16384] if args.quick else [4096, 16384, 65536]
+        ks = [16, 64] if args.quick else [16, 64, 256]
+        table = []
+        print("\n| latents | k | tokens/s | step ms | encoder matmul ms | rest ms | peak RSS MB |")
+        print("|---|---|---|---|---|---|---|")
+        for m in ms:
+            for k in ks:
+                res = run_one("saelab_topk.py", sys.executable,
+                              ["--d", "768", "--m", str(m), "--k", str(k), "--batch", "4096",
+                               "--steps", "3", "--warmup", "1", "--threads", str(args.threads)],
+                              args.threads)
+                enc_ms = 2 * 4096 * 768 * m / peak32 * 1e3
+                step_ms = res["median_step_s"] * 1e3
+                row = {"m": m, "k": k, "tokens_per_s": res["tokens_per_s"], "step_ms": step_ms,
+                       "encoder_matmul_ms_at_peak": enc_ms, "rest_ms": step_ms - enc_ms,
+                       "peak_rss_mb": res["peak_rss_mb"]}
+                table.append(row)
+                print(f"| {m} | {k} | {row['tokens_per_s']:,.0f} | {step_ms:.0f} | {enc_ms:.0f} | "
+                      f"{row['rest_ms']:.0f} | {row['peak_rss_mb']:,.0f} |")
+        result["scaling"] = table
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "train_throughput.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

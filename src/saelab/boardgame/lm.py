@@ -1,0 +1,435 @@
+"""GPT-2 language models of Othello and chess games: training, loading, legal-move accuracy,
+residual-stream activations.
+
+Models are Hugging Face ``GPT2LMHeadModel`` built from a ``GPT2Config`` (no download). A trained
+model folder holds ``config.json`` + ``model.safetensors`` (``save_pretrained``) and
+``training.json``: the game, the exact settings, the command that reproduces it and what was
+measured. The random-initialised control of a model is the same config with weights drawn from
+``torch.manual_seed(seed)`` (built on the fly, never shipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from saelab.boardgame import chess_games, othello
+from saelab.config import ConfigError, option, to_dict
+from saelab.io import atomic_write_bytes, atomic_write_json
+
+Game = Literal["othello", "chess"]
+GAMES: tuple[Game, ...] = ("othello", "chess")
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+METADATA_NAME = "training.json"
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LMTrainConfig:
+    """Settings of one game-LM training run (all recorded next to the weights)."""
+
+    game: str = option("othello", "which game: othello or chess")
+    n_layer: int = option(4, "transformer blocks")
+    d_model: int = option(128, "residual stream width")
+    n_head: int = option(4, "attention heads")
+    train_games: int = option(30_000, "games generated for training (seeded)")
+    epochs: int = option(1, "passes over the training games")
+    batch_size: int = option(64, "games per optimiser step")
+    lr: float = option(2e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
+    warmup_steps: int = option(100, "learning-rate warm-up steps")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    seed: int = option(0, "seed for weights, games and data order")
+    eval_games: int = option(500, "held-out games for the legal-move accuracy")
+    greedy_eval_games: int = option(30, "chess: held-out games whose moves are greedy-decoded")
+    max_chars: int = option(256, "chess: movetext length in characters")
+    greedy_prob: float = option(0.8, "chess: share of moves that take the most valuable capture")
+    legal_targets: bool = option(True, "othello: train towards the uniform distribution over "
+                                 "legal next moves (the expected next-token loss; less noise)")
+    threads: int = option(1, "torch threads while training (the machine may be shared)")
+
+    def validate(self) -> None:
+        if self.game not in GAMES:
+            raise ConfigError(f"unknown game {self.game!r}; choose one of {list(GAMES)}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.train_games < self.batch_size:
+            raise ConfigError("train_games must be at least batch_size")
+
+
+def context_length(game: str, max_chars: int = 256) -> int:
+    """Positions the model sees: 60 Othello moves or ``max_chars`` characters."""
+    return othello.MAX_MOVES if game == "othello" else max_chars
+
+
+def vocab_size(game: str) -> int:
+    return othello.VOCAB_SIZE if game == "othello" else chess_games.VOCAB_SIZE
+
+
+def build_model(cfg: LMTrainConfig) -> nn.Module:
+    """A freshly initialised GPT-2 for ``cfg`` (weights seeded by ``cfg.seed``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size(cfg.game),
+                        n_positions=context_length(cfg.game, cfg.max_chars),
+                        n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        return GPT2LMHeadModel(config)
+
+
+# ---------------------------------------------------------------------------- training data
+
+
+@dataclass
+class TrainingData:
+    """Input sequences ``(G, T-1)`` and what each next position is trained towards.
+
+    ``targets`` holds next-token ids (``IGNORE_INDEX`` past a game's end). For Othello with
+    ``legal_targets`` it is replaced by ``next_legal``: the bitboard of legal next moves, and the
+    loss is the cross-entropy to the *uniform distribution over legal moves*. Random games draw
+    the next move uniformly from exactly that set, so this is the expected value of the usual
+    next-token loss (same minimiser, same model of the game distribution) with far less
+    gradient noise.
+    """
+
+    inputs: Tensor
+    targets: Tensor | None = None
+    next_legal: np.ndarray | None = None  # (G, T-1) uint64
+
+    def loss(self, logits_BTV: Tensor, rows: Tensor) -> Tensor:
+        if self.next_legal is None:
+            assert self.targets is not None
+            return nn.functional.cross_entropy(logits_BTV.flatten(0, 1),
+                                               self.targets[rows].flatten(),
+                                               ignore_index=IGNORE_INDEX)
+        legal = torch.from_numpy(othello.unpack_bits(self.next_legal[rows.numpy()]))
+        legal_tokens = legal[..., list(othello.PLAYABLE_SQUARES)].float()  # token order 1..60
+        counts = legal_tokens.sum(-1, keepdim=True)
+        log_probs = logits_BTV[..., 1:].float().log_softmax(-1)  # the pad is never legal
+        per_position = -(legal_tokens * log_probs).sum(-1) / counts.clamp_min(1).squeeze(-1)
+        scored = counts.squeeze(-1) > 0  # the game goes on after this position
+        return per_position[scored].mean()
+
+
+def training_data(cfg: LMTrainConfig, n_games: int, seed: int) -> TrainingData:
+    """Seeded training games for ``cfg``: inputs are all positions but the last."""
+    if cfg.game == "othello":
+        games = othello.random_games(n_games, seed=seed)
+        tokens = torch.from_numpy(games.tokens())
+        if cfg.legal_targets:
+            has_next = games.moves[:, 1:] >= 0
+            next_legal = np.where(has_next, games.next_legal[:, :-1], np.uint64(0))
+            return TrainingData(tokens[:, :-1], next_legal=next_legal)
+        targets = tokens[:, 1:].clone()
+        targets[targets == othello.PAD_TOKEN] = IGNORE_INDEX
+        return TrainingData(tokens[:, :-1], targets)
+    texts = chess_games.texts_only(n_games, seed=seed, max_chars=cfg.max_chars,
+                                   greedy_prob=cfg.greedy_prob)
+    ids = torch.full((n_games, cfg.max_chars), chess_games.PAD_ID, dtype=torch.int64)
+    for g, text in enumerate(texts):
+        ids[g, :len(text)] = torch.from_numpy(chess_games.encode(text))
+    lengths = torch.tensor([len(t) for t in texts])
+    targets = ids[:, 1:].clone()
+    past_end = torch.arange(1, cfg.max_chars)[None, :] >= lengths[:, None]
+    targets[past_end] = IGNORE_INDEX
+    return TrainingData(ids[:, :-1], targets)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def held_out_seed(seed: int) -> int:
+    """Seed of the evaluation games: far from any training seed."""
+    return 1_000_003 + seed
+
+
+def train_lm(cfg: LMTrainConfig, out_dir: str | Path, command: str = "",
+             log_every: int = 50) -> dict[str, Any]:
+    """Train a game LM, evaluate legal-move accuracy on held-out games, save it to ``out_dir``.
+
+    Returns the metadata written to ``training.json``.
+    """
+    cfg.validate()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        start = time.time()
+        data = training_data(cfg, cfg.train_games, cfg.seed)
+        data_seconds = time.time() - start
+        model = build_model(cfg)
+        losses = _fit(model, cfg, data, log_every)
+        train_seconds = time.time() - start - data_seconds
+        model.eval()
+        accuracy = legal_move_accuracy(model, cfg.game, cfg.eval_games, held_out_seed(cfg.seed),
+                                       greedy_games=cfg.greedy_eval_games,
+                                       max_chars=cfg.max_chars, greedy_prob=cfg.greedy_prob)
+    finally:
+        torch.set_num_threads(old_threads)
+    meta = {
+        "game": cfg.game,
+        "settings": to_dict(cfg),
+        "command": command or reproduce_command(cfg),
+        "final_loss": float(np.mean(losses[-20:])),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "legal_move_accuracy": accuracy,
+        "versions": _versions(),
+    }
+    save_model(model, out_dir, meta)
+    return meta
+
+
+def _fit(model: nn.Module, cfg: LMTrainConfig, data: TrainingData, log_every: int
+         ) -> list[float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                            weight_decay=cfg.weight_decay)
+    inputs = data.inputs
+    steps_per_epoch = inputs.shape[0] // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    generator = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    model.train()
+    tick = time.time()
+    for step in range(total):
+        if step % steps_per_epoch == 0:
+            order = torch.randperm(inputs.shape[0], generator=generator)
+        rows = order[(step % steps_per_epoch) * cfg.batch_size:][:cfg.batch_size]
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_steps)
+        loss = data.loss(model(input_ids=inputs[rows]).logits, rows)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        if log_every and (step + 1) % log_every == 0:
+            rate = log_every / (time.time() - tick)
+            print(f"step {step + 1}/{total} loss {np.mean(losses[-log_every:]):.4f} "
+                  f"({rate:.2f} steps/s)", file=sys.stderr, flush=True)
+            tick = time.time()
+    return losses
+
+
+def reproduce_command(cfg: LMTrainConfig) -> str:
+    """The ``saelab boardgame train-lm`` command line that reproduces ``cfg``."""
+    defaults = LMTrainConfig(game=cfg.game)
+    flags = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}"
+             for f in dataclasses.fields(cfg)
+             if f.name != "game" and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    return " ".join(["saelab boardgame train-lm --game", cfg.game, "--out OUT", *flags])
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# ---------------------------------------------------------------------------- saving and loading
+
+
+def save_model(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """``save_pretrained`` plus ``training.json`` and a short README."""
+    out = Path(out_dir)
+    model.save_pretrained(out)  # type: ignore[operator]
+    atomic_write_json(out / METADATA_NAME, meta)
+    atomic_write_bytes(out / "README.md", _readme(meta).encode())
+    return out
+
+
+def _readme(meta: dict[str, Any]) -> str:
+    acc = meta.get("legal_move_accuracy", {})
+    lines = [f"# {meta['game']} GPT-2 (saelab)", "",
+             "Reproduce (seeded; a single torch thread gives the same weights on the same "
+             "torch build):", "", "```bash", meta["command"], "```", "",
+             f"Training: {meta.get('train_seconds')} s after {meta.get('data_seconds')} s of "
+             f"game generation; final loss {meta.get('final_loss', float('nan')):.4f}.", "",
+             "Legal-move accuracy on held-out games:", ""]
+    lines += [f"- {k}: {v}" for k, v in acc.items()]
+    lines += ["", "Full settings: `training.json`. Definitions: docs/boardgame.md.", ""]
+    return "\n".join(lines)
+
+
+def pretrained_path(game: str) -> Path:
+    """Folder of the shipped model for ``game``."""
+    if game not in GAMES:
+        raise ConfigError(f"unknown game {game!r}; choose one of {list(GAMES)}")
+    return PRETRAINED_DIR / game
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    meta_path = Path(path) / METADATA_NAME
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{path} has no {METADATA_NAME}; is it a game LM saved by "
+                                "`saelab boardgame train-lm`?")
+    data: dict[str, Any] = json.loads(meta_path.read_text())
+    return data
+
+
+def load_game_lm(game_or_path: str | Path, random_init: bool = False, seed: int = 0
+                 ) -> tuple[nn.Module, str]:
+    """Load a game LM (a game name means the shipped model) in eval mode; returns (model, game).
+
+    ``random_init=True`` gives the control: the same config with ``seed``-ed random weights.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    name = str(game_or_path)
+    path = pretrained_path(name) if name in GAMES else Path(name)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no model at {path}: give a game name ({', '.join(GAMES)}) or a "
+                                "folder written by `saelab boardgame train-lm`")
+    game = str(read_metadata(path)["game"])
+    model: nn.Module
+    if random_init:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(GPT2Config.from_pretrained(path))
+    else:
+        model = GPT2LMHeadModel.from_pretrained(path)
+    model.eval()
+    return model, game
+
+
+# ---------------------------------------------------------------------------- activations
+
+
+@torch.no_grad()
+def residual_stream(model: nn.Module, tokens_GT: Tensor, layer: int,
+                    batch_size: int = 256) -> Tensor:
+    """``(G, T, d_model)`` residual stream after block ``layer`` (0-based), via a forward hook
+    on ``transformer.h.{layer}`` (later blocks are skipped)."""
+    from saelab.models.hooks import capture
+
+    n_layer = int(model_config(model).n_layer)
+    if not 0 <= layer < n_layer:
+        raise ConfigError(f"layer {layer} is out of range: the model has blocks 0..{n_layer - 1}")
+    hook = f"transformer.h.{layer}"
+    chunks = []
+    for start in range(0, tokens_GT.shape[0], batch_size):
+        batch = tokens_GT[start:start + batch_size]
+        got = capture(model, [hook], functools.partial(model, input_ids=batch))
+        chunks.append(next(iter(got.values())))
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------- legal-move accuracy
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, tokens_GT: Tensor, batch_size: int = 256) -> Tensor:
+    return torch.cat([model(input_ids=tokens_GT[s:s + batch_size]).logits
+                      for s in range(0, tokens_GT.shape[0], batch_size)])
+
+
+def othello_legal_accuracy(model: nn.Module, games: othello.OthelloGames) -> float:
+    """Share of positions (every move but the last of each game) where the top-1 predicted
+    square is legal for the player who moves next. The pad token is never a prediction."""
+    tokens = torch.from_numpy(games.tokens())[:, :-1]
+    logits = _logits(model, tokens)[..., 1:]  # drop the pad logit
+    top_square = othello.tokens_to_squares(logits.argmax(-1).numpy() + 1)
+    legal = othello.unpack_bits(games.next_legal[:, :-1])
+    hit = np.take_along_axis(legal, top_square[..., None], axis=-1)[..., 0]
+    scored = games.moves[:, 1:] >= 0  # a next move exists
+    return float(hit[scored].mean())
+
+
+def chess_first_char_accuracy(model: nn.Module, games: chess_games.ChessGames) -> float:
+    """Share of move starts where the top-1 next character begins the SAN of a legal move."""
+    logits = _logits(model, torch.from_numpy(games.tokens))
+    top = logits.argmax(-1).numpy()
+    hits, total = 0, 0
+    for g, i in zip(*np.nonzero(games.move_start_mask()), strict=True):
+        board = chess_games.replay_prefix(games.texts[g][:i + 1])
+        starts = {board.san(m)[0] for m in board.legal_moves}
+        hits += chess_games.ALPHABET[top[g, i]] in starts
+        total += 1
+    return hits / max(total, 1)
+
+
+@torch.no_grad()
+def greedy_moves(model: nn.Module, prefixes: list[Tensor], max_new: int = 8) -> list[str]:
+    """Greedy-decode one move after each prefix: characters up to the next space or ``.``.
+
+    Prefixes are right-padded into one batch; in a causal model padding after a sequence's end
+    cannot change its logits, so no attention mask is needed.
+    """
+    decoded: list[list[int]] = [[] for _ in prefixes]
+    active = list(range(len(prefixes)))
+    stops = {chess_games.PAD_ID, chess_games.ALPHABET.index(".")}
+    for _ in range(max_new):
+        if not active:
+            break
+        seqs = [torch.cat([prefixes[j], torch.tensor(decoded[j], dtype=torch.int64)])
+                for j in active]
+        batch = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
+        logits = model(input_ids=batch).logits
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        next_ids = logits[torch.arange(len(seqs)), last].argmax(-1).tolist()
+        still = []
+        for j, nxt in zip(active, next_ids, strict=True):
+            if nxt in stops:
+                continue
+            decoded[j].append(nxt)
+            if len(prefixes[j]) + len(decoded[j]) < _n_positions(model):
+                still.append(j)
+        active = still
+    return [chess_games.decode(d) for d in decoded]
+
+
+def model_config(model: nn.Module) -> Any:
+    """The Hugging Face config of a game LM."""
+    return model.config
+
+
+def _n_positions(model: nn.Module) -> int:
+    return int(model_config(model).n_positions)
+
+
+def chess_greedy_accuracy(model: nn.Module, games: chess_games.ChessGames) -> float:
+    """Share of move starts where the greedily decoded move is exactly the SAN of a legal move
+    in the position (check marks included)."""
+    hits, total = 0, 0
+    starts = games.move_start_mask()
+    for g in range(games.n_games):
+        positions = np.flatnonzero(starts[g])
+        prefixes = [torch.from_numpy(games.tokens[g, :i + 1]) for i in positions]
+        for i, move in zip(positions, greedy_moves(model, prefixes), strict=True):
+            board = chess_games.replay_prefix(games.texts[g][:i + 1])
+            hits += move in {board.san(m) for m in board.legal_moves}
+            total += 1
+    return hits / max(total, 1)
+
+
+def legal_move_accuracy(model: nn.Module, game: str, n_games: int, seed: int,
+                        greedy_games: int = 30, max_chars: int = 256,
+                        greedy_prob: float = 0.8) -> dict[str, float]:
+    """Legal-move accuracies of ``model`` on ``n_games`` seeded held-out games (see
+    docs/boardgame.md for the definitions)."""
+    model.eval()
+    if game == "othello":
+        return {"top1_legal": othello_legal_accuracy(model, othello.random_games(n_games, seed))}
+    games = chess_games.random_games(n_games, seed, max_chars, greedy_prob)
+    few = chess_games.games_from_list(
+        list(chess_games.iter_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)),
+        max_chars)
+    return {"first_char_legal": chess_first_char_accuracy(model, games),
+            "greedy_move_legal": chess_greedy_accuracy(model, few)}

@@ -1,0 +1,125 @@
+"""Coverage, feature labels, board reconstruction and the probe baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import saelab
+from saelab.evals import boardgame as board_eval
+from saelab.evals.boardgame import BoardEvalConfig, Counts, SparseCodes
+
+
+def _sparse(codes_PM: torch.Tensor) -> SparseCodes:
+    r, c = codes_PM.nonzero(as_tuple=True)
+    return SparseCodes(r, c, codes_PM[r, c], codes_PM.shape[0], codes_PM.shape[1])
+
+
+def test_counts_match_a_hand_computation() -> None:
+    codes = torch.tensor([[1.0, 0.0], [0.5, 2.0], [0.0, 1.0], [0.2, 0.0]])
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=torch.bool)
+    sparse = _sparse(codes)
+    max_M = sparse.max_per_latent()
+    assert max_M.tolist() == [1.0, 2.0]
+    counts = Counts.of(sparse.firing(max_M, 0.0), labels)
+    # latent 0 fires at positions 0, 1, 3; latent 1 at 1, 2
+    assert counts.on_M.tolist() == [3.0, 2.0]
+    assert counts.tp_MC.tolist() == [[2.0, 1.0], [1.0, 2.0]]
+    assert counts.f1()[0, 0] == pytest.approx(2 * 2 / (3 + 2))
+    assert counts.f1()[1, 1] == pytest.approx(1.0)
+    high = Counts.of(sparse.firing(max_M, 0.4), labels)  # latent 0 above 0.4, latent 1 above 0.8
+    assert high.on_M.tolist() == [2.0, 2.0]
+    labels_MC = counts.feature_labels(min_precision=0.95, min_tp=2)
+    assert labels_MC.tolist() == [[False, False], [False, True]]
+
+
+def _planted(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels of 3 cells and codes where latent c copies cell c (plus 5 noise latents)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.rand(n, 3, generator=g) < 0.3
+    noise = torch.rand(n, 5, generator=g) * (torch.rand(n, 5, generator=g) < 0.3)
+    codes = torch.cat([labels.float() * (1 + torch.rand(n, 3, generator=g)), noise], dim=1)
+    return codes, labels
+
+
+def _score(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]
+           ) -> board_eval.PropertyScores:
+    cfg = BoardEvalConfig()
+    tr, te = _sparse(train[0]), _sparse(test[0])
+    max_M = tr.max_per_latent()
+    firing_train = {t: tr.firing(max_M, t) for t in cfg.fractions()}
+    firing_test = {t: te.firing(max_M, t) for t in cfg.fractions()}
+    return board_eval.score_property("p", firing_train, firing_test, train[1], test[1], cfg)
+
+
+def test_planted_latents_give_perfect_scores() -> None:
+    scores = _score(_planted(400, 0), _planted(400, 1))
+    assert scores.coverage_train == pytest.approx(1.0)
+    assert scores.coverage_test == pytest.approx(1.0)
+    assert scores.reconstruction_f1_test == pytest.approx(1.0)
+    assert scores.n_labelled_latents == 3 and scores.n_cells_scored == 3
+
+
+def test_choices_are_made_on_train_and_scored_on_test() -> None:
+    train = _planted(400, 0)
+    test_codes, test_labels = _planted(400, 1)
+    # on held-out games the planted latents no longer track their cells
+    shuffled = test_codes[:, :3][torch.randperm(400, generator=torch.Generator().manual_seed(2))]
+    scores = _score(train, (torch.cat([shuffled, test_codes[:, 3:]], 1), test_labels))
+    assert scores.coverage_train == pytest.approx(1.0)
+    assert scores.coverage_test < 0.6
+    assert scores.reconstruction_f1_train == pytest.approx(1.0)
+    assert scores.reconstruction_f1_test < 0.6
+
+
+def test_dead_latents_never_fire_on_test() -> None:
+    train_codes = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    test_codes = torch.tensor([[0.0, 5.0], [0.0, 5.0]])
+    max_M = _sparse(train_codes).max_per_latent()
+    assert _sparse(test_codes).firing(max_M, 0.0)._nnz() == 0
+
+
+def test_probe_learns_a_linear_property() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g)
+    labels = torch.stack([x[:, 0] > 0.3, x[:, 1] + x[:, 2] < 0], dim=1)
+    probe = board_eval.fit_probe(x[:2000], labels[:2000], steps=300)
+    scores = board_eval.probe_scores("p", probe, x[2000:], labels[2000:])
+    assert scores.accuracy > 0.97 and scores.micro_f1 > 0.95
+
+
+@pytest.fixture(scope="module")
+def tiny_othello_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from saelab.boardgame import lm
+
+    cfg = lm.LMTrainConfig(game="othello", n_layer=2, d_model=32, n_head=2)
+    folder = tmp_path_factory.mktemp("lm")
+    lm.save_model(lm.build_model(cfg), folder, {"game": "othello", "command": "test",
+                                                 "settings": {}})
+    return str(folder)
+
+
+def test_end_to_end_on_a_tiny_model(tiny_othello_lm: str, tmp_path) -> None:
+    cfg = BoardEvalConfig(game="othello", model=tiny_othello_lm, layer=1, train_games=12,
+                          test_games=12, probe_steps=20)
+    data = board_eval.collect_board_data(cfg)
+    assert data.train.acts_PD.shape == (12 * 59, 32)
+    assert data.train.labels["mine_theirs"].shape == (12 * 59, 128)
+    saes = {"topk": saelab.build(saelab.config_from_dict(
+        {"architecture": "topk", "k": 4, "d_in": 32, "d_sae": 64}))}
+    result = board_eval.run(saes, cfg, data)
+    scores = result.saes[0].scores
+    assert set(scores) == {"mine_theirs", "legal_moves"}
+    for s in scores.values():
+        assert 0 <= s.coverage_test <= 1 and 0 <= s.reconstruction_f1_test <= 1
+    assert result.saes[0].l0_test == pytest.approx(4.0)
+    assert set(result.probe or {}) == {"mine_theirs", "legal_moves"}
+    result.write(tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["saes"][0]["name"] == "topk"
+    assert board_eval.plot_comparison([result], tmp_path / "r.png").stat().st_size > 1000
+    wrong = {"w": saelab.build(saelab.config_from_dict(
+        {"architecture": "topk", "k": 4, "d_in": 16, "d_sae": 64}))}
+    with pytest.raises(ValueError, match="d_in=16"):
+        board_eval.run(wrong, cfg, data)
