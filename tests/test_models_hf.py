@@ -10,19 +10,20 @@ import torch
 
 pytest.importorskip("transformers")
 
-from saelab.evals.model import ModelEvalConfig  # noqa: E402
-from saelab.evals.model import run as eval_model  # noqa: E402
-from saelab.io import save  # noqa: E402
-from saelab.models import (  # noqa: E402
+from saelab.evals.model import ModelEvalConfig
+from saelab.evals.model import run as eval_model
+from saelab.io import save
+from saelab.models import (
     HookError,
     HookPoint,
     ModelLoadError,
     capture,
     load_hf_model,
+    resolve_module,
 )
-from saelab.models.tiny import build_tiny_gpt2  # noqa: E402
-from saelab.registry import build, config_from_dict  # noqa: E402
-from saelab.text import TextConfig, corpus_path, token_batches  # noqa: E402
+from saelab.models.tiny import build_tiny_gpt2
+from saelab.registry import build, config_from_dict
+from saelab.text import TextConfig, corpus_path, token_batches
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def test_gpt2_hooks_chain_and_stop_early(gpt2_dir: Path) -> None:
     lm = load_hf_model(gpt2_dir)
     tokens = torch.randint(4, 100, (2, 10))
     ran: list[str] = []
-    lm.model.transformer.h[2].register_forward_hook(lambda *_: ran.append("h.2"))
-    lm.model.lm_head.register_forward_hook(lambda *_: ran.append("lm_head"))
+    resolve_module(lm.model, "transformer.h.2").register_forward_hook(lambda *_: ran.append("h.2"))
+    resolve_module(lm.model, "lm_head").register_forward_hook(lambda *_: ran.append("lm_head"))
     with torch.no_grad():
         got = capture(lm.model, ["transformer.h.0", "transformer.h.1:input"],
                       lambda: lm.model(input_ids=tokens))

@@ -41,6 +41,11 @@ class Net(nn.Module):
             x, _extra = layer(x)
         return self.head(x)
 
+    def block(self, i: int) -> PairBlock:
+        layer = self.layers[i]
+        assert isinstance(layer, PairBlock)
+        return layer
+
 
 @pytest.fixture
 def net() -> Net:
@@ -51,8 +56,8 @@ def test_output_and_input_hooks_read_the_right_tensors(net: Net) -> None:
     x = torch.randn(4, 6)
     got = capture(net, ["layers.0", "layers.1:input", "layers.1:output:1"], lambda: net(x),
                   stop_early=False)
-    h0 = torch.tanh(net.layers[0].linear(x))
-    h1 = torch.tanh(net.layers[1].linear(h0))
+    h0 = torch.tanh(net.block(0).linear(x))
+    h1 = torch.tanh(net.block(1).linear(h0))
     assert torch.allclose(got[HookPoint("layers.0")], h0)  # tuple element 0 by default
     assert torch.allclose(got[HookPoint("layers.1", "input")], h0)  # input = previous output
     assert torch.allclose(got[HookPoint("layers.1", "output", 1)], h1 * 10)
@@ -105,7 +110,7 @@ def test_bad_tuple_index_is_named(net: Net) -> None:
 
 def test_splice_replaces_one_tuple_element_and_keeps_the_rest(net: Net) -> None:
     x = torch.randn(3, 6)
-    h0 = torch.tanh(net.layers[0].linear(x))
+    h0 = torch.tanh(net.block(0).linear(x))
     with splice(net, "layers.0", lambda h: torch.zeros_like(h)):
         spliced, got = capture_with_output(
             net, ["layers.0:output:0", "layers.0:output:1", "layers.1:input"], lambda: net(x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_rows_are_the_hooked_activations_at_counted_positions(model_and_tok) -> 
     expected = []
     for tokens_BS in itertools.islice(source.model_pass.token_batches(), 6):
         with torch.no_grad():
-            acts = capture(model, ["blocks.0"], lambda t=tokens_BS: model(t))[HookPoint("blocks.0")]
+            acts = capture(model, ["blocks.0"], partial(model, tokens_BS))[HookPoint("blocks.0")]
         expected.append(kept_rows(acts, tokens_BS, special_ids(tok))[0])
     assert torch.allclose(torch.cat(batches), torch.cat(expected)[:300])
 
@@ -64,7 +65,7 @@ def count_forwards(model: TinyTokenModel) -> list[int]:
 
 
 def test_one_model_pass_feeds_every_hook(model_and_tok) -> None:
-    model, tok = model_and_tok
+    _model, tok = model_and_tok
     fresh = TinyTokenModel(len(tok), d_model=24, n_blocks=2).eval()  # a model with its own counter
     calls = count_forwards(fresh)
     shared = model_sources(fresh, tok, [corpus_path()], HOOKS, TEXT, batch_contexts=4,

@@ -9,6 +9,7 @@ from torch import Tensor
 from saelab.ops import (
     SparseCodes,
     batch_topk_encode,
+    block_preacts,
     grouped_decode,
     row_topk,
     sparse_decode,
@@ -16,6 +17,8 @@ from saelab.ops import (
     threshold_encode,
     topk_encode,
 )
+from saelab.ops.encode import _AuxSelector, _Preacts
+from saelab.ops.kernels import block_support
 from saelab.ops.reference import (
     dense_aux_topk,
     dense_batch_topk,
@@ -23,10 +26,13 @@ from saelab.ops.reference import (
     dense_threshold,
     dense_topk,
 )
+from saelab.ops.sparse import encoder_preacts
 
 B, D, M, K = 64, 32, 256, 8
-K_AUX = 6
 ATOL = 1e-5
+# AuxK settings (dead every n-th latent, k_aux) hitting each selection strategy at M=256.
+AUX_MODES = {"block": (5, 6), "gather": (16, 1), "mask": (3, 4)}
+AuxArg = tuple[int, int] | None
 
 
 def make_params(
@@ -58,20 +64,20 @@ def loss_from(x: Tensor, x_hat: Tensor, aux_hat: Tensor | None) -> Tensor:
     return loss
 
 
-def sparse_loss(p: dict[str, Tensor], batch: bool, k: int, aux: bool, **kw: object) -> Tensor:
+def sparse_loss(p: dict[str, Tensor], batch: bool, k: int, aux: AuxArg, **kw: object) -> Tensor:
     encode = batch_topk_encode if batch else topk_encode
-    spec = (dead_mask(), K_AUX) if aux else None
+    spec = (dead_mask(aux[0]), aux[1]) if aux else None
     codes, aux_codes = encode(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], k, aux=spec, **kw)  # type: ignore[arg-type]
     x_hat = sparse_decode(codes, p["W_dec"], p["b_dec"])
     aux_hat = sparse_decode(aux_codes, p["W_dec"]) if aux_codes is not None else None
     return loss_from(p["x"], x_hat, aux_hat)
 
 
-def dense_loss(p: dict[str, Tensor], batch: bool, k: int, aux: bool) -> Tensor:
+def dense_loss(p: dict[str, Tensor], batch: bool, k: int, aux: AuxArg) -> Tensor:
     pre = dense_preacts(p["x"], p["W_enc"], p["b_enc"], p["b_dec"])
     codes = dense_batch_topk(pre, k) if batch else dense_topk(pre, k)
     x_hat = codes @ p["W_dec"] + p["b_dec"]
-    aux_hat = dense_aux_topk(pre, dead_mask(), K_AUX) @ p["W_dec"] if aux else None
+    aux_hat = dense_aux_topk(pre, dead_mask(aux[0]), aux[1]) @ p["W_dec"] if aux else None
     return loss_from(p["x"], x_hat, aux_hat)
 
 
@@ -140,14 +146,26 @@ def test_row_topk_matches_torch(rows: int, cols: int, k: int) -> None:
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
-@pytest.mark.parametrize("aux", [False, True], ids=["no_aux", "aux"])
-def test_encode_decode_matches_dense(batch: bool, aux: bool) -> None:
+@pytest.mark.parametrize("aux_mode", [None, *AUX_MODES])
+def test_encode_decode_matches_dense(batch: bool, aux_mode: str | None) -> None:
     p = make_params()
+    aux = AUX_MODES[aux_mode] if aux_mode else None
     # Small chunks exercise the chunk loop; few candidates exercise the BatchTopK refill.
     extra = {"chunk_rows": 16} | ({"candidates": K // 2} if batch else {})
-    assert_same_loss_and_grads(
-        sparse_loss(p, batch, K, aux, **extra), dense_loss(p, batch, K, aux), p
-    )
+    sparse = sparse_loss(p, batch, K, aux, **extra)
+    assert_same_loss_and_grads(sparse, dense_loss(p, batch, K, aux), p)
+
+
+@pytest.mark.parametrize(
+    ("mode", "block", "gather"),
+    [("block", True, True), ("gather", False, True), ("mask", False, False)],
+)
+def test_aux_strategy_choice(mode: str, block: bool, gather: bool) -> None:
+    every, k_aux = AUX_MODES[mode]
+    p = make_params()
+    pre = _Preacts(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], None, None)
+    sel = _AuxSelector((dead_mask(every), k_aux), pre)
+    assert (sel.block, sel.gather) == (block, gather)
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
@@ -175,17 +193,19 @@ def test_codes_and_value_grads_match_dense(batch: bool) -> None:
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
 def test_k_equals_m(batch: bool) -> None:
     p = make_params(seed=4)
-    assert_same_loss_and_grads(sparse_loss(p, batch, M, True), dense_loss(p, batch, M, True), p)
+    assert_same_loss_and_grads(
+        sparse_loss(p, batch, M, AUX_MODES["block"]), dense_loss(p, batch, M, AUX_MODES["block"]), p
+    )
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
 def test_all_negative_preacts(batch: bool) -> None:
     # b_enc so negative that every pre-activation is < 0: ReLU zeroes every kept value.
     p = make_params(seed=5, b_enc_shift=-100.0)
-    s, d = sparse_loss(p, batch, K, True), dense_loss(p, batch, K, True)
+    s, d = sparse_loss(p, batch, K, AUX_MODES["mask"]), dense_loss(p, batch, K, AUX_MODES["mask"])
     assert_same_loss_and_grads(s, d, p)
     encode = batch_topk_encode if batch else topk_encode
-    codes, aux = encode(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], K, aux=(dead_mask(), K_AUX))
+    codes, aux = encode(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], K, aux=(dead_mask(), 6))
     assert int(codes.l0_per_row().sum()) == 0 and not codes.fired_mask().any()
     assert aux is not None and int(aux.l0_per_row().sum()) == 0
 
@@ -195,14 +215,14 @@ def test_batch_topk_skewed_rows_need_refill() -> None:
     p = make_params(seed=6)
     with torch.no_grad():
         p["x"][:3] *= 50.0
-    s = sparse_loss(p, True, K, False, candidates=2)
-    assert_same_loss_and_grads(s, dense_loss(p, True, K, False), p)
+    s = sparse_loss(p, True, K, None, candidates=2)
+    assert_same_loss_and_grads(s, dense_loss(p, True, K, None), p)
 
 
 def test_aux_edge_cases() -> None:
     p = make_params(seed=7)
     args = (p["x"], p["W_enc"], p["b_enc"], p["b_dec"], K)
-    _, aux = topk_encode(*args, aux=(torch.zeros(M, dtype=torch.bool), K_AUX))
+    _, aux = topk_encode(*args, aux=(torch.zeros(M, dtype=torch.bool), 6))
     assert aux is not None and aux.k == 0 and aux.nnz == 0
     # More dead latents than M/8 uses the in-place masking path; k_aux > n_dead is capped.
     many = dead_mask(every=2)
@@ -227,6 +247,14 @@ def test_gradcheck_sparse_decode() -> None:
         return sparse_decode(SparseCodes.from_fixed_k(v, idx, 6), W_, b_)
 
     assert torch.autograd.gradcheck(fn, (values, W, b))
+    # Codes that densely fill few latents take the dense-block path.
+    dense_idx = torch.stack([torch.randperm(6, generator=gen)[:3] for _ in range(4)])
+    assert block_support(dense_idx.reshape(-1), 4, 6) is not None
+
+    def block(v: Tensor, W_: Tensor) -> Tensor:
+        return sparse_decode(SparseCodes.from_fixed_k(v, dense_idx, 6), W_)
+
+    assert torch.autograd.gradcheck(block, (values, W))
 
     def grouped(v: Tensor, W_: Tensor) -> Tensor:
         return grouped_decode(SparseCodes.from_fixed_k(v, idx, 6), W_, [2, 3, 6])
@@ -243,12 +271,23 @@ def test_gradcheck_sparse_preacts() -> None:
     rows = torch.tensor([0, 0, 1, 2, 3, 3, 3, 1])
     idx = torch.tensor([1, 6, 1, 0, 2, 6, 1, 1])
 
-    def fn(*args: Tensor) -> Tensor:
-        return sparse_preacts(*args, rows, idx)
+    block = torch.tensor([5, 2])
 
-    assert torch.autograd.gradcheck(fn, (x, W, b_enc, b_dec))
-    pre = dense_preacts(x, W, b_enc, b_dec)
-    torch.testing.assert_close(fn(x, W, b_enc, b_dec), pre[rows, idx])
+    def fn(x_: Tensor, W_: Tensor, be: Tensor, bd: Tensor) -> Tensor:
+        return sparse_preacts(x_, W_, be, bd, rows, idx)
+
+    def both(x_: Tensor, W_: Tensor, be: Tensor, bd: Tensor) -> tuple[Tensor, Tensor]:
+        return encoder_preacts(x_, W_, be, bd, rows, idx, None, block)
+
+    inputs = (x, W, b_enc, b_dec)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(both, inputs)
+    assert torch.autograd.gradcheck(
+        lambda x_, W_, be, bd: block_preacts(x_, W_, be, bd, block), inputs
+    )
+    pre = dense_preacts(*inputs)
+    torch.testing.assert_close(fn(*inputs), pre[rows, idx])
+    torch.testing.assert_close(both(*inputs)[1], pre[:, block])
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
@@ -292,9 +331,10 @@ def test_bf16_matmul_close_to_fp32(batch: bool) -> None:
     mse_ref = loss_from(p["x"], sparse_decode(ref, p["W_dec"], p["b_dec"]), None)
     for codes in (exact, rough):
         mse = loss_from(p["x"], sparse_decode(codes, p["W_dec"], p["b_dec"]), None)
-        assert abs(float(mse - mse_ref)) < 0.02 * float(mse_ref)
-    loss = sparse_loss(p, batch, K, True, matmul_dtype=torch.bfloat16)
-    for g, g_ref in zip(grads(loss, p), grads(sparse_loss(p, batch, K, True), p), strict=True):
+        assert abs((mse - mse_ref).item()) < 0.02 * mse_ref.item()
+    aux = AUX_MODES["block"]
+    loss = sparse_loss(p, batch, K, aux, matmul_dtype=torch.bfloat16)
+    for g, g_ref in zip(grads(loss, p), grads(sparse_loss(p, batch, K, aux), p), strict=True):
         assert g.dtype == torch.float32
         assert (g - g_ref).norm() <= 0.15 * g_ref.norm()
 

@@ -26,7 +26,7 @@ from saelab.training.config import TrainConfig
 
 @dataclass
 class DataConfig:
-    path: str = option("", "activations: a .npy or .safetensors file (rows × width)")
+    path: str = option("", "activations: a .npy or .safetensors file (rows × width) or a `saelab cache` folder")
     key: str = option("", "tensor name inside a .safetensors file with several tensors")
     shuffle: bool = option(True, "reshuffle rows every epoch")
     check_finite: bool = option(True, "scan the whole file for NaN/inf before training")

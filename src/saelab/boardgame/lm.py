@@ -10,12 +10,14 @@ measured. The random-initialised control of a model is the same config with weig
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -229,11 +231,17 @@ def _fit(model: nn.Module, cfg: LMTrainConfig, data: TrainingData, log_every: in
 
 
 def reproduce_command(cfg: LMTrainConfig) -> str:
-    """The ``saelab boardgame train-lm`` command line that reproduces ``cfg``."""
-    defaults = LMTrainConfig(game=cfg.game)
-    flags = [f"--{f.name.replace('_', '-')} {getattr(cfg, f.name)}"
-             for f in dataclasses.fields(cfg)
-             if f.name != "game" and getattr(cfg, f.name) != getattr(defaults, f.name)]
+    """The ``saelab boardgame train-lm`` command line that reproduces ``cfg``: every setting is
+    spelled out, so later changes of the defaults cannot change what it trains."""
+    flags = []
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if f.name == "game":
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.append(f"{flag} {value}")
     return " ".join(["saelab boardgame train-lm --game", cfg.game, "--out OUT", *flags])
 
 
@@ -246,10 +254,25 @@ def _versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- saving and loading
 
 
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide transformers' per-file progress bars (noise for tiny local models)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """``save_pretrained`` plus ``training.json`` and a short README."""
     out = Path(out_dir)
-    model.save_pretrained(out)  # type: ignore[operator]
+    with _no_progress_bars():
+        model.save_pretrained(out)  # type: ignore[operator]
     atomic_write_json(out / METADATA_NAME, meta)
     atomic_write_bytes(out / "README.md", _readme(meta).encode())
     return out
@@ -304,7 +327,8 @@ def load_game_lm(game_or_path: str | Path, random_init: bool = False, seed: int 
             torch.manual_seed(seed)
             model = GPT2LMHeadModel(GPT2Config.from_pretrained(path))
     else:
-        model = GPT2LMHeadModel.from_pretrained(path)
+        with _no_progress_bars():
+            model = GPT2LMHeadModel.from_pretrained(path)
     model.eval()
     return model, game
 

@@ -25,6 +25,7 @@ redoing a bucket rewrites an identical shard, so pass 2 is idempotent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -135,7 +136,11 @@ class CacheWriter:
     def _load_or_start(self) -> _Progress:
         path = self.folder / PROGRESS
         if path.exists():
-            progress = _Progress(**json.loads(path.read_text()))
+            try:
+                progress = _Progress(**json.loads(path.read_text()))
+            except (json.JSONDecodeError, TypeError) as err:
+                raise CacheError(f"{path} is unreadable ({err}); the unfinished cache cannot be "
+                                 "resumed — delete the folder and rerun") from err
             if progress.settings != self._fingerprint():
                 raise CacheError(f"{self.folder} holds an unfinished cache made with other "
                                  f"settings (differs in {_differing(progress.settings, self._fingerprint())}); "
@@ -360,8 +365,6 @@ class _HashingWriter:
     """A binary file that hashes everything written to it."""
 
     def __init__(self, fh: BinaryIO) -> None:
-        import hashlib
-
         self.fh, self.digest = fh, hashlib.sha256()
 
     def write(self, data: bytes | memoryview) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, from_dict
+from saelab.evals import model as model_eval
 from saelab.evals.core import summary_table
 from saelab.io import load
 from saelab.text.packing import TextConfig
@@ -20,8 +21,6 @@ Formulas and choices: docs/eval_model.md."""
 
 
 def add_parser(sub: Any) -> None:
-    from saelab.evals.model import ModelEvalConfig
-
     p = sub.add_parser("eval-model", help="evaluate a saved SAE spliced into its model",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,14 +31,12 @@ def add_parser(sub: Any) -> None:
                    help="text sources: .txt, .jsonl, .parquet or a saved datasets folder")
     p.add_argument("--out", help="results JSON (default: <sae>/eval_model.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the density histogram PNG")
-    add_arguments(p.add_argument_group("evaluation options"), ModelEvalConfig)
+    add_arguments(p.add_argument_group("evaluation options"), model_eval.ModelEvalConfig)
     add_arguments(p.add_argument_group("text options"), TextConfig)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
-    from saelab.evals import model as model_eval
-
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cfg = from_dict(model_eval.ModelEvalConfig, args_to_dict(args, model_eval.ModelEvalConfig))

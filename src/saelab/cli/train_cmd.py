@@ -28,7 +28,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     p.add_argument("--config", help="run file (.toml or .json) with [data], [train], [saes.NAME]")
     p.add_argument("--out", help="output folder (default: runs/saelab)")
-    p.add_argument("--data", dest="data_path", help="activation file (.npy or .safetensors)")
+    p.add_argument("--data", dest="data_path",
+                   help="activations: .npy or .safetensors file, or a `saelab cache` folder")
     add_arguments(p.add_argument_group("data options"), DataConfig, prefix="data_", skip=("path",))
     p.add_argument("--arch", choices=sorted(architectures()), help="architecture of a single SAE")
     p.add_argument("--name", help="name of that SAE (default: the architecture name)")

@@ -479,11 +479,10 @@ def plot_comparison(results: list[BoardEvalResult], path: str | Path,
         for i, (name, sae) in enumerate(entries):
             values = [getattr(sae.scores[p], metric) for p in props]
             ax.bar(np.arange(len(props)) + i * width, values, width, label=name)
-        probe = results[0].probe if results else None
-        for j, p in enumerate(props):
-            if probe and p in probe:
-                ax.hlines(getattr(probe[p], probe_key), j - 0.1, j + 0.9, colors="k",
-                          linestyles="dashed", label="linear probe" if j == 0 else None)
+        for (label, result), style in zip(zip(labels, results, strict=True), ("--", ":", "-."),
+                                          strict=False):
+            _probe_lines(ax, result, props, probe_key, style,
+                         f"probe ({label})" if len(results) > 1 else "linear probe")
         ax.set_xticks(np.arange(len(props)) + 0.4 - width / 2, props)
         ax.set_title(metric.replace("_", " "))
         ax.set_ylim(0, 1)
@@ -495,3 +494,12 @@ def plot_comparison(results: list[BoardEvalResult], path: str | Path,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _probe_lines(ax: Any, result: BoardEvalResult, props: list[str], key: str, style: str,
+                 label: str) -> None:
+    """The probe's score of each property as a horizontal line across that property's bars."""
+    for j, p in enumerate(props):
+        if result.probe and p in result.probe:
+            ax.hlines(getattr(result.probe[p], key), j - 0.1, j + 0.9, colors="k",
+                      linestyles=style, label=label if j == 0 else None)

@@ -46,6 +46,12 @@ def _transformers() -> Any:
     return transformers
 
 
+def _dtype_keyword(tf: Any) -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    major, minor = (int(part) for part in tf.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
 def _is_causal_lm(config: Any) -> bool:
     names = getattr(config, "architectures", None) or []
     return any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names)
@@ -74,7 +80,7 @@ def load_hf_model(name_or_path: str | Path, *, task: Task = "auto", dtype: str =
         config = tf.AutoConfig.from_pretrained(name, **kwargs)
         causal = task == "causal_lm" or (task == "auto" and _is_causal_lm(config))
         auto_cls = tf.AutoModelForCausalLM if causal else tf.AutoModel
-        model = auto_cls.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs)
+        model = auto_cls.from_pretrained(name, **{_dtype_keyword(tf): _DTYPES[dtype]}, **kwargs)
         tokenizer = tf.AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name!r}: {err}. For a hub id check the "

@@ -11,8 +11,9 @@ Several hooks, one model pass: :func:`model_sources` returns one source per hook
 single forward pass per context batch (a shared producer hands each hook its rows). The
 sources must be consumed together — zipped in one loop, or one trainer per hook in threads via
 :func:`fit_together` — because rows produced for a hook wait in its queue until its consumer
-takes them. A consumer that runs ahead waits (bounded queues); a consumer that can never catch
-up (same thread, or finished) raises an error instead of hanging.
+takes them. A consumer that runs ahead waits for the others (bounded queues); a finished or
+dead consumer stops receiving rows; one that can never catch up (read by the same thread, or
+never started within ``start_timeout_s``) raises an error naming its hook instead of hanging.
 """
 
 from __future__ import annotations

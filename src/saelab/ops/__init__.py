@@ -16,7 +16,12 @@ from saelab.ops.encode import (
     threshold_encode,
     topk_encode,
 )
-from saelab.ops.kernels import release_workspace, row_topk, tune_cpu_allocator
+from saelab.ops.kernels import (
+    native_low_precision_matmul,
+    release_workspace,
+    row_topk,
+    tune_cpu_allocator,
+)
 from saelab.ops.sparse import block_preacts, grouped_decode, sparse_decode, sparse_preacts
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "batch_topk_encode",
     "block_preacts",
     "grouped_decode",
+    "native_low_precision_matmul",
     "release_workspace",
     "row_topk",
     "sparse_decode",

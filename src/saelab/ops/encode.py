@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from saelab.ops.codes import SparseCodes
-from saelab.ops.kernels import BLOCK_FILL, row_topk, workspace
-from saelab.ops.sparse import block_preacts, sparse_preacts
+from saelab.ops.kernels import BLOCK_FILL, native_low_precision_matmul, row_topk, workspace
+from saelab.ops.sparse import encoder_preacts
 
-_CHUNK_BYTES = 64 * 2**20  # pre-activation chunk size; smaller chunks slow the matmul down
+_CHUNK_ELEMS = 2**24  # pre-activation chunk size (64 MB fp32); smaller chunks slow the matmul
 
 AuxSpec = tuple[Tensor, int]  # (dead_mask_M bool, k_aux)
 
@@ -58,16 +58,18 @@ class _Preacts:
         dtype = matmul_dtype or W_enc_DM.dtype
         with torch.no_grad():
             xc_BD = (x_BD.to(W_enc_DM.dtype) - b_dec_D.detach()).to(dtype)
-            # CPUs without native bf16/fp16 GEMM run the reduced-precision product ~20× faster
-            # with the input stored transposed (measured: 0.4 vs 18 GFLOP/s on AVX2).
+            # CPUs without native bf16/fp16 GEMM fall back to a slow generic kernel. It runs
+            # ~30× faster with the input stored transposed and ~1024-column blocks (AVX2,
+            # M=16384: 0.4 → 12 GFLOP/s; still ~5× slower than fp32 there).
+            self.col_block = 0
             if dtype in (torch.bfloat16, torch.float16) and x_BD.device.type == "cpu":
                 xc_BD = xc_BD.t().contiguous().t()
+                self.col_block = 0 if native_low_precision_matmul(x_BD.device) else 1024
             self.xc_BD = xc_BD
             self.W_DM = W_enc_DM.detach().to(dtype)
             self.b_M = b_enc_M.detach().to(dtype)
         self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
-        elem = torch.empty((), dtype=dtype).element_size()
-        self.chunk_rows = chunk_rows or max(1, _CHUNK_BYTES // (elem * self.n_latents))
+        self.chunk_rows = chunk_rows or max(1, _CHUNK_ELEMS // self.n_latents)
 
     def chunks(self, rows: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
         """Yield (start, pre_RM) for all rows, or for the given subset of rows.
@@ -80,8 +82,16 @@ class _Preacts:
         for s in range(0, n, R):
             r = min(R, n - s)
             pre_RM = buf[: r * M].view(r, M)
-            torch.addmm(self.b_M, xc_BD[s : s + r], self.W_DM, out=pre_RM)
+            self._matmul(xc_BD[s : s + r], pre_RM)
             yield s, pre_RM
+
+    def _matmul(self, xc_RD: Tensor, out_RM: Tensor) -> None:
+        if not self.col_block:
+            torch.addmm(self.b_M, xc_RD, self.W_DM, out=out_RM)
+            return
+        for j in range(0, self.n_latents, self.col_block):
+            cols = slice(j, j + self.col_block)
+            out_RM[:, cols] = torch.addmm(self.b_M[cols], xc_RD, self.W_DM[:, cols])
 
 
 class _AuxSelector:
@@ -125,10 +135,8 @@ class _AuxSelector:
         """Sparse entries to activate with the main codes (None in block mode)."""
         return None if self.block else _fixed_k_entries(self.vals_BK, self.idx_BK)
 
-    def block_codes(self, params: _Params, exact: bool) -> SparseCodes:
-        """Block mode: codes whose values flow through a (B, n_dead) block pre-activation."""
-        known_BU = None if exact else self.block_BU
-        pre_BU = block_preacts(*params, self.dead_idx, known_BU)
+    def block_codes(self, pre_BU: Tensor) -> SparseCodes:
+        """Block mode: codes gathered from the differentiable (B, n_dead) pre-activations."""
         vals_BK = torch.relu(pre_BU.gather(1, self.idx_BK))
         return SparseCodes.from_fixed_k(vals_BK, self.dead_idx[self.idx_BK], len(self.dead_mask_M))
 
@@ -199,13 +207,23 @@ def _select_batch(pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | No
     return _Entries(*(t[pos_N][order_N] for t in chosen))
 
 
-def _activate(params: _Params, parts: list[_Entries], exact: bool) -> list[Tensor]:
-    """Differentiable ReLU(pre-activation) values for each selected entry list, in one call."""
+def _activate(
+    params: _Params, parts: list[_Entries], exact: bool, aux_sel: _AuxSelector | None = None
+) -> tuple[list[Tensor], SparseCodes | None]:
+    """Differentiable ReLU(pre-activation) values for each entry list, plus block-mode aux codes.
+
+    One autograd node for everything, so W_enc gets a single dense gradient.
+    """
     rows_N = torch.cat([p.rows_N for p in parts])
     idx_N = torch.cat([p.idx_N for p in parts])
     known_N = None if exact else torch.cat([p.vals_N for p in parts])
-    pre_N = sparse_preacts(*params, rows_N, idx_N, known_N)
-    return list(torch.relu(pre_N).split([p.idx_N.numel() for p in parts]))
+    block = aux_sel is not None and aux_sel.block
+    latents_U = aux_sel.dead_idx if aux_sel is not None and block else None
+    known_BU = aux_sel.block_BU if aux_sel is not None and not exact else None
+    pre_N, pre_BU = encoder_preacts(*params, rows_N, idx_N, known_N, latents_U, known_BU)
+    values = list(torch.relu(pre_N).split([p.idx_N.numel() for p in parts]))
+    aux_codes = aux_sel.block_codes(pre_BU) if aux_sel is not None and block else None
+    return values, aux_codes
 
 
 def _encode(
@@ -226,17 +244,15 @@ def _encode(
     aux_entries = aux_sel.entries() if aux_sel is not None else None
     parts = [main] if aux_entries is None else [main, aux_entries]
     exact = _needs_exact(params.W_enc_DM, matmul_dtype, exact_values)
-    values = _activate(params, parts, exact)
+    values, aux_codes = _activate(params, parts, exact, aux_sel)
     if fixed_k is not None:
         codes = SparseCodes.from_fixed_k(values[0].view(B, fixed_k), main.idx_N.view(B, -1), M)
     else:
         codes = SparseCodes.from_rows(main.rows_N, main.idx_N, values[0], B, M)
-    if aux_sel is None:
-        return Encoded(codes, None)
-    if aux_entries is None:
-        return Encoded(codes, aux_sel.block_codes(params, exact))
-    vals_BK = values[1].view(B, aux_sel.k)
-    return Encoded(codes, SparseCodes.from_fixed_k(vals_BK, aux_entries.idx_N.view(B, -1), M))
+    if aux_sel is not None and aux_entries is not None:
+        vals_BK = values[1].view(B, aux_sel.k)
+        aux_codes = SparseCodes.from_fixed_k(vals_BK, aux_entries.idx_N.view(B, -1), M)
+    return Encoded(codes, aux_codes)
 
 
 def _needs_exact(W_enc_DM: Tensor, matmul_dtype: torch.dtype | None, exact: bool) -> bool:
@@ -343,7 +359,7 @@ def threshold_encode(
     entries = _Entries(torch.cat(rows), torch.cat(cols), torch.cat(vals))
     exact = _needs_exact(W_enc_DM, matmul_dtype, True)
     if torch.is_grad_enabled() or exact:
-        (values_N,) = _activate(params, [entries], exact)
+        (values_N,), _ = _activate(params, [entries], exact)
     else:
         values_N = entries.vals_N.to(W_enc_DM.dtype)
     return SparseCodes.from_rows(entries.rows_N, entries.idx_N, values_N, pre.n_rows, pre.n_latents)

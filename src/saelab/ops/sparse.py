@@ -91,10 +91,13 @@ def grouped_decode(codes: SparseCodes, W_dec_MD: Tensor, group_ends: Sequence[in
 
 
 class _SparsePreacts(torch.autograd.Function):
-    """Encoder pre-activations at selected (row, latent) entries, with a sparse backward.
+    """Encoder pre-activations at selected entries and/or a dense column block.
 
-    pre[n] = (x[rows[n]] − b_dec) · W_enc[:, idx[n]] + b_enc[idx[n]]. The forward either
-    returns values already computed by the selection pass or recomputes them exactly.
+    Entries: pre[n] = (x[rows[n]] − b_dec) · W_enc[:, idx[n]] + b_enc[idx[n]].
+    Block: pre[b, u] = (x[b] − b_dec) · W_enc[:, U[u]] + b_enc[U[u]] for every row b.
+    The forward returns values already computed by the selection pass (``known_*``) or
+    recomputes them exactly. One backward builds a single dense weight gradient: the entries by
+    a sorted segment sum (O(N·D)), the block by a small GEMM (O(B·|U|·D)).
     """
 
     @staticmethod
@@ -107,36 +110,82 @@ class _SparsePreacts(torch.autograd.Function):
         rows_N: Tensor,
         idx_N: Tensor,
         known_N: Tensor | None,
-    ) -> Tensor:
+        latents_U: Tensor,
+        known_BU: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         xc_BD = x_BD.to(W_enc_DM.dtype) - b_dec_D
         if known_N is None:
             W_enc_MD = W_enc_DM.t().contiguous()
             pre_N = rowwise_dots(xc_BD, rows_N, W_enc_MD, idx_N) + b_enc_M[idx_N]
         else:
             pre_N = known_N.to(W_enc_DM.dtype, copy=True)
-        ctx.save_for_backward(xc_BD, W_enc_DM, rows_N, idx_N)
-        return pre_N
+        if known_BU is None:
+            pre_BU = torch.addmm(b_enc_M[latents_U], xc_BD, W_enc_DM[:, latents_U])
+        else:
+            pre_BU = known_BU.to(W_enc_DM.dtype, copy=True)
+        ctx.save_for_backward(xc_BD, W_enc_DM, rows_N, idx_N, latents_U)
+        return pre_N, pre_BU
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_N: Tensor) -> tuple[Tensor | None, ...]:
-        xc_BD, W_enc_DM, rows_N, idx_N = ctx.saved_tensors
+    def backward(ctx: Any, grad_N: Tensor, grad_BU: Tensor) -> tuple[Tensor | None, ...]:
+        xc_BD, W_enc_DM, rows_N, idx_N, latents_U = ctx.saved_tensors
         need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
         M = W_enc_DM.shape[1]
-        grad_N = grad_N.to(W_enc_DM.dtype)
+        grad_N, grad_BU = grad_N.to(W_enc_DM.dtype), grad_BU.to(W_enc_DM.dtype)
+        has_block = latents_U.numel() > 0
         g_x = g_W = g_be = g_bd = None
         if need_W:
             # dW_enc[:, j] = Σ_{n: idx=j} g_n (x_rows[n] − b_dec): per-latent sums of input rows.
+            g_W_MD = segment_weighted_sum(xc_BD, rows_N, idx_N, grad_N, M)
+            if has_block:
+                g_W_MD.index_add_(0, latents_U, grad_BU.t() @ xc_BD)
             # Returned in W_enc's own layout so autograd accumulates it without another copy.
-            g_W = segment_weighted_sum(xc_BD, rows_N, idx_N, grad_N, M).t().contiguous()
+            g_W = g_W_MD.t().contiguous()
         if need_be or need_bd:
             g_be = grad_N.new_zeros(M).index_add_(0, idx_N, grad_N)
+            if has_block:
+                g_be.index_add_(0, latents_U, grad_BU.sum(0))
         if need_bd:
             assert g_be is not None
             g_bd = -(W_enc_DM @ g_be)  # ∂pre/∂b_dec = −W_enc, summed over selected entries
         if need_x:
             g_x = segment_weighted_sum(W_enc_DM.t().contiguous(), idx_N, rows_N, grad_N, len(xc_BD))
-        return g_x, g_W, g_be if need_be else None, g_bd, None, None, None
+            if has_block:
+                g_x += grad_BU @ W_enc_DM[:, latents_U].t()
+        return g_x, g_W, g_be if need_be else None, g_bd, None, None, None, None, None
+
+
+def encoder_preacts(
+    x_BD: Tensor,
+    W_enc_DM: Tensor,
+    b_enc_M: Tensor,
+    b_dec_D: Tensor,
+    rows_N: Tensor,
+    idx_N: Tensor,
+    known_N: Tensor | None = None,
+    latents_U: Tensor | None = None,
+    known_BU: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Pre-activations at entries (rows[n], idx[n]) and on the column block ``latents_U``.
+
+    Returns ``(pre_N, pre_BU)``; see :func:`sparse_preacts` and :func:`block_preacts`. Both
+    parts share one backward, so W_enc receives a single dense gradient.
+    """
+    if latents_U is None:
+        latents_U = idx_N.new_zeros(0)
+    pre_N, pre_BU = _SparsePreacts.apply(
+        x_BD,
+        W_enc_DM,
+        b_enc_M,
+        b_dec_D,
+        rows_N.long(),
+        idx_N.long(),
+        known_N,
+        latents_U.long(),
+        known_BU,
+    )
+    return pre_N, pre_BU
 
 
 def sparse_preacts(
@@ -154,50 +203,7 @@ def sparse_preacts(
     otherwise the values are computed exactly in W_enc's dtype by gathered dot products. The
     backward gives gradients to x, W_enc, b_enc and b_dec in O(N·D), never forming B×M.
     """
-    out: Tensor = _SparsePreacts.apply(
-        x_BD, W_enc_DM, b_enc_M, b_dec_D, rows_N.long(), idx_N.long(), known_N
-    )
-    return out
-
-
-class _BlockPreacts(torch.autograd.Function):
-    """Pre-activations of a column block ``(x − b_dec) @ W_enc[:, U] + b_enc[U]`` → (B, |U|)."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x_BD: Tensor,
-        W_enc_DM: Tensor,
-        b_enc_M: Tensor,
-        b_dec_D: Tensor,
-        latents_U: Tensor,
-        known_BU: Tensor | None,
-    ) -> Tensor:
-        xc_BD = x_BD.to(W_enc_DM.dtype) - b_dec_D
-        if known_BU is None:
-            pre_BU = torch.addmm(b_enc_M[latents_U], xc_BD, W_enc_DM[:, latents_U])
-        else:
-            pre_BU = known_BU.to(W_enc_DM.dtype, copy=True)
-        ctx.save_for_backward(xc_BD, W_enc_DM, latents_U)
-        return pre_BU
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_BU: Tensor) -> tuple[Tensor | None, ...]:
-        xc_BD, W_enc_DM, latents_U = ctx.saved_tensors
-        need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
-        grad_BU = grad_BU.to(W_enc_DM.dtype)
-        g_x = g_W = g_be = g_bd = None
-        if need_W:
-            g_W = torch.zeros_like(W_enc_DM).index_copy_(1, latents_U, xc_BD.t() @ grad_BU)
-        colsum_U = grad_BU.sum(0)
-        if need_be:
-            g_be = colsum_U.new_zeros(W_enc_DM.shape[1]).index_copy_(0, latents_U, colsum_U)
-        if need_bd:
-            g_bd = -(W_enc_DM[:, latents_U] @ colsum_U)
-        if need_x:
-            g_x = grad_BU @ W_enc_DM[:, latents_U].t()
-        return g_x, g_W, g_be, g_bd, None, None
+    return encoder_preacts(x_BD, W_enc_DM, b_enc_M, b_dec_D, rows_N, idx_N, known_N)[0]
 
 
 def block_preacts(
@@ -213,5 +219,6 @@ def block_preacts(
     ``known_BU`` (from the selection pass) is returned as the forward value when given;
     otherwise one (B, D) × (D, |U|) GEMM computes it. Backward costs O(B·|U|·D).
     """
-    out: Tensor = _BlockPreacts.apply(x_BD, W_enc_DM, b_enc_M, b_dec_D, latents_U, known_BU)
-    return out
+    no_entries = latents_U.new_zeros(0, dtype=torch.long)
+    args = (x_BD, W_enc_DM, b_enc_M, b_dec_D, no_entries, no_entries, None, latents_U, known_BU)
+    return encoder_preacts(*args)[1]

@@ -118,7 +118,7 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "panneal": (0.25, 0.5, 1.0, 2.0),
     "gated": (1.0, 2.0, 4.0),
     "gated_panneal": (1.0, 2.0, 4.0),
-    "jumprelu": (3.0, 10.0, 30.0),
+    "jumprelu": (3.0, 10.0, 30.0, 100.0),
 }
 
 
