@@ -10,7 +10,7 @@ reconstruction for mine/theirs and legal moves, for both models, plus the linear
 Paper (Karvonen et al. 2024, Othello, best of each sweep, in-sample coverage): mine/theirs
 coverage TopK 0.77 ≈ Gated 0.76 > p-anneal 0.64 > standard 0.56 ≫ random-init 0.43.
 
-Usage: python benchmarks/boardgame_saes.py [--tokens 400000] [--k 16] [--out runs/bench_board]
+Usage: python benchmarks/boardgame_saes.py [--tokens 300000] [--k 16] [--out runs/bench_board]
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from saelab.registry import config_from_dict
 
 FIXED_K = ("topk", "batchtopk", "matryoshka", "ordered")
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
-    "relu": (0.1, 0.2, 0.4),
-    "panneal": (0.15, 0.3, 0.6),
-    "gated": (0.2, 0.4, 0.8),
-    "jumprelu": (0.02, 0.05, 0.15),
+    "relu": (1.0, 2.0, 4.0),
+    "panneal": (1.0, 2.0, 4.0),
+    "gated": (2.0, 4.0, 8.0),
+    "jumprelu": (3.0, 10.0, 30.0),
 }
 PAPER_MINE_THEIRS = {"topk": 0.77, "gated": 0.76, "panneal": 0.64, "relu": 0.56, "random": 0.43}
 
@@ -134,9 +134,9 @@ def ordering(results: dict[str, board_eval.BoardEvalResult], key: str = "coverag
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board"))
-    parser.add_argument("--tokens", type=int, default=400_000, help="rows per SAE")
-    parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tokens", type=int, default=300_000, help="rows per SAE")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--k", type=int, default=16, help="target L0")
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--layer", type=int, default=-1)

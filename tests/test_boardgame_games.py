@@ -40,7 +40,7 @@ def _naive_flips(board: np.ndarray, r: int, c: int, player: int) -> list[tuple[i
 def test_opening_moves_and_tokens() -> None:
     black, white = othello.start_position(1)
     legal = othello.unpack_bits(othello.legal_moves(black, white))[0]
-    assert sorted(othello.square_name(s) for s in np.flatnonzero(legal)) == ["c4", "d3", "e6", "f5"]
+    assert sorted(othello.square_name(int(s)) for s in np.flatnonzero(legal)) == ["c4", "d3", "e6", "f5"]
     assert othello.VOCAB_SIZE == 61
     squares = np.array(othello.PLAYABLE_SQUARES)
     assert (othello.tokens_to_squares(othello.squares_to_tokens(squares)) == squares).all()

@@ -60,6 +60,16 @@ def test_train_lm_writes_a_reproducible_folder(tiny_trained: tuple[Path, dict]) 
     assert 0 <= meta["legal_move_accuracy"]["top1_legal"] <= 1
 
 
+def test_training_is_deterministic(tiny_trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, meta = tiny_trained
+    cfg = lm.LMTrainConfig(**meta["settings"])
+    again = lm.train_lm(cfg, tmp_path, log_every=0)
+    assert again["final_loss"] == meta["final_loss"]
+    first, second = lm.load_game_lm(out)[0], lm.load_game_lm(tmp_path)[0]
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_load_and_random_init_control(tiny_trained: tuple[Path, dict]) -> None:
     out, _ = tiny_trained
     model, game = lm.load_game_lm(out)

@@ -111,6 +111,9 @@ def test_sparse_codes_fixed_k_roundtrip() -> None:
     assert codes.fired_mask().tolist() == [True, False, False, False, True]
     assert codes.fired_counts().tolist() == [1, 0, 0, 0, 2]
     assert torch.equal(codes.values_BK, vals) and torch.equal(codes.indices_BK, idx)
+    ordered = codes.sorted_by_latent()
+    assert ordered.indices_BK.tolist() == [[1, 4], [0, 4], [2, 3]]
+    assert torch.equal(ordered.to_dense(), dense)
 
 
 def test_sparse_codes_from_dense_filter_and_empty() -> None:
@@ -119,6 +122,8 @@ def test_sparse_codes_from_dense_filter_and_empty() -> None:
     assert codes.k is None and codes.offsets.tolist() == [0, 2, 2, 4]
     assert torch.equal(codes.to_dense(), dense)
     assert codes.l0_per_row().tolist() == [2, 0, 2]
+    unordered = SparseCodes(codes.values.flip(0), codes.indices.flip(0), codes.offsets, 4)
+    assert unordered.sorted_by_latent().indices.tolist() == [0, 3, 1, 3]  # sorted within rows
     first_two = codes.latent_range(0, 2)
     assert torch.equal(first_two.to_dense(), dense * torch.tensor([1.0, 1.0, 0.0, 0.0]))
     with pytest.raises(ValueError):

@@ -6,11 +6,13 @@ import torch
 from common import activation_pool, parse, report, time_steps
 
 from saelab.data import IteratorSource
+from saelab.ops import tune_cpu_allocator
 from saelab.registry import config_from_dict
 from saelab.training import TrainConfig, Trainer
 
 args = parse()
 torch.set_num_threads(args.threads)
+tune_cpu_allocator()  # as `saelab train` does
 pool = activation_pool(args.d, args.batch)
 source = IteratorSource(lambda: iter(pool), d_in=args.d)
 opts = {"architecture": "topk", "d_sae": args.m, "k": args.k}

@@ -6,6 +6,7 @@ loss and the optional k schedule.
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +24,7 @@ from saelab.architectures.base import (
     recon_loss,
 )
 from saelab.config import ConfigError, option
-from saelab.ops import SparseCodes, sparse_decode, topk_encode
+from saelab.ops import SparseCodes, native_low_precision_matmul, sparse_decode, topk_encode
 from saelab.registry import register
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -72,6 +73,16 @@ class TopKFamilySAE(SAE):
     """Shared parts of SAEs whose codes come from a top-k selection."""
 
     cfg: TopKConfig
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__(cfg)
+        if self.cfg.matmul_dtype != "float32" and not native_low_precision_matmul():
+            warnings.warn(
+                f"matmul_dtype={self.cfg.matmul_dtype}: this CPU has no native bf16 matrix "
+                "multiply (no AVX512-BF16/AMX), so it will run several times slower than "
+                "float32; use matmul_dtype='float32' here (bf16 pays on GPUs and recent CPUs)",
+                stacklevel=2,
+            )
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         if self.cfg.sparse_kernels:

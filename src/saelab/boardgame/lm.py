@@ -286,7 +286,7 @@ def _readme(meta: dict[str, Any]) -> str:
              f"Training: {meta.get('train_seconds')} s after {meta.get('data_seconds')} s of "
              f"game generation; final loss {meta.get('final_loss', float('nan')):.4f}.", "",
              "Legal-move accuracy on held-out games:", ""]
-    lines += [f"- {k}: {v}" for k, v in acc.items()]
+    lines += [f"- {k}: {v:.4f}" for k, v in acc.items()]
     lines += ["", "Full settings: `training.json`. Definitions: docs/boardgame.md.", ""]
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
+from saelab.ops import tune_cpu_allocator
 from saelab.registry import architectures, get_architecture
 from saelab.run_config import DataConfig, RunConfig, load_run_config
 from saelab.training.config import TrainConfig
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
             print("\narchitectures: " + ", ".join(sorted(architectures())))
         return 0
     cfg = build_run_config(args, extra)
+    tune_cpu_allocator()  # reuse large freed buffers instead of re-faulting them every step
     if not cfg.data.path:
         raise ValueError("no activations given: pass --data FILE or set [data] path in --config")
     source = open_source(cfg.data, cfg.train.seed)

@@ -123,6 +123,18 @@ class SparseCodes:
             rows_N, self.indices[keep_N], self.values[keep_N], self.n_rows, self.n_latents
         )
 
+    def sorted_by_latent(self) -> SparseCodes:
+        """Same codes with each row's entries in ascending latent order (e.g. for nested losses)."""
+        if self.k is not None:
+            idx_BK, perm_BK = self.indices_BK.sort(dim=1)
+            vals_BK = self.values_BK.gather(1, perm_BK)
+            return SparseCodes.from_fixed_k(vals_BK, idx_BK, self.n_latents)
+        key_N = self.row_ids() * self.n_latents + self.indices
+        order_N = torch.argsort(key_N)
+        return SparseCodes(
+            self.values[order_N], self.indices[order_N], self.offsets, self.n_latents
+        )
+
     def latent_range(self, start: int, stop: int) -> SparseCodes:
         """Entries whose latent id lies in [start, stop) (ids are kept, not shifted)."""
         return self.filter((self.indices >= start) & (self.indices < stop))

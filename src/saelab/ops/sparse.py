@@ -90,7 +90,7 @@ def grouped_decode(codes: SparseCodes, W_dec_MD: Tensor, group_ends: Sequence[in
     return out.view(B, G, -1)
 
 
-class _SparsePreacts(torch.autograd.Function):
+class _EncoderPreacts(torch.autograd.Function):
     """Encoder pre-activations at selected entries and/or a dense column block.
 
     Entries: pre[n] = (x[rows[n]] − b_dec) · W_enc[:, idx[n]] + b_enc[idx[n]].
@@ -174,7 +174,7 @@ def encoder_preacts(
     """
     if latents_U is None:
         latents_U = idx_N.new_zeros(0)
-    pre_N, pre_BU = _SparsePreacts.apply(
+    pre_N, pre_BU = _EncoderPreacts.apply(
         x_BD,
         W_enc_DM,
         b_enc_M,
