@@ -102,33 +102,49 @@ def run_model(kind: str, random_init: bool, args: argparse.Namespace
     return result, info
 
 
+COLUMNS = (("board", "coverage"), ("mine_theirs", "coverage"), ("legal_moves", "coverage"),
+           ("board", "reconstruction"), ("mine_theirs", "reconstruction"),
+           ("legal_moves", "reconstruction"))
+
+
+def _sae_cells(sae: board_eval.SAEBoardResult) -> list[str]:
+    out = []
+    for prop, metric in COLUMNS:
+        score = sae.scores[prop]
+        value = score.coverage_test if metric == "coverage" else score.reconstruction_f1_test
+        out.append(f"{value:.3f}")
+    return out
+
+
+def _probe_cells(probe: dict[str, board_eval.ProbeScores]) -> list[str]:
+    return [f"{probe[p].mean_cell_f1 if m == 'coverage' else probe[p].micro_f1:.3f}"
+            for p, m in COLUMNS]
+
+
 def table(results: dict[str, board_eval.BoardEvalResult]) -> str:
-    head = ("| model | SAE | L0 | EV | cov mine/theirs | cov legal | recon mine/theirs | "
-            "recon legal |\n|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    """Markdown table: held-out coverage and reconstruction per property, per model and SAE."""
+    names = [f"{'cov' if m == 'coverage' else 'recon'} {p}" for p, m in COLUMNS]
+    lines = ["| model | SAE | L0 | EV | " + " | ".join(names) + " |",
+             "|---" * (4 + len(names)) + "|"]
     for kind, result in results.items():
-        for s in sorted(result.saes, key=lambda s: -s.scores["mine_theirs"].coverage_test):
-            mt, lg = s.scores["mine_theirs"], s.scores["legal_moves"]
+        for s in sorted(result.saes, key=lambda s: -s.scores["board"].coverage_test):
             lines.append(f"| {kind} | {s.name} | {s.l0_test:.1f} | "
-                         f"{s.explained_variance_test:.3f} | {mt.coverage_test:.3f} | "
-                         f"{lg.coverage_test:.3f} | {mt.reconstruction_f1_test:.3f} | "
-                         f"{lg.reconstruction_f1_test:.3f} |")
+                         f"{s.explained_variance_test:.3f} | " + " | ".join(_sae_cells(s)) + " |")
         if result.probe:
-            mt_p, lg_p = result.probe["mine_theirs"], result.probe["legal_moves"]
-            lines.append(f"| {kind} | linear probe | | | {mt_p.mean_cell_f1:.3f} | "
-                         f"{lg_p.mean_cell_f1:.3f} | {mt_p.micro_f1:.3f} | {lg_p.micro_f1:.3f} |")
+            lines.append(f"| {kind} | linear probe | | | " + " | ".join(
+                _probe_cells(result.probe)) + " |")
     return "\n".join(lines)
 
 
-def ordering(results: dict[str, board_eval.BoardEvalResult], key: str = "coverage_test"
-             ) -> str:
-    """Our mine/theirs coverage for the paper's architectures, in the paper's order, plus the
+def ordering(results: dict[str, board_eval.BoardEvalResult], key: str = "coverage_test",
+             prop: str = "board") -> str:
+    """Our coverage of ``prop`` for the paper's architectures, in the paper's order, plus the
     best SAE on the random-init model."""
-    trained = {s.name.split("@")[0]: getattr(s.scores["mine_theirs"], key)
+    trained = {s.name.split("@")[0]: getattr(s.scores[prop], key)
                for s in results["trained"].saes}
-    random = max(getattr(s.scores["mine_theirs"], key) for s in results["random-init"].saes)
+    random = max(getattr(s.scores[prop], key) for s in results["random-init"].saes)
     ours = [f"{a} {trained[a]:.2f}" for a in ("topk", "gated", "panneal", "relu") if a in trained]
-    return f"{key}: " + ", ".join(ours) + f"; random-init (best SAE) {random:.2f}"
+    return f"{prop} {key}: " + ", ".join(ours) + f"; random-init (best SAE) {random:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         results[kind], infos[kind] = run_model(kind, random_init, args)
     text = table(results)
     print(text)
-    print("\npaper (in-sample mine/theirs coverage):", json.dumps(PAPER_MINE_THEIRS))
-    print("ours, held-out  ", ordering(results))
-    print("ours, in-sample ", ordering(results, "coverage_train"))
+    print("\npaper (in-sample mine/yours coverage):", json.dumps(PAPER_MINE_THEIRS))
+    for prop in ("board", "mine_theirs"):
+        print("ours, held-out  ", ordering(results, "coverage_test", prop))
+        print("ours, in-sample ", ordering(results, "coverage_train", prop))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text + "\n")
     (args.out / "results.json").write_text(json.dumps(

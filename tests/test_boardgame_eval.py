@@ -111,11 +111,11 @@ def test_end_to_end_on_a_tiny_model(tiny_othello_lm: str, tmp_path) -> None:
         {"architecture": "topk", "k": 4, "d_in": 32, "d_sae": 64}))}
     result = board_eval.run(saes, cfg, data)
     scores = result.saes[0].scores
-    assert set(scores) == {"mine_theirs", "legal_moves"}
+    assert set(scores) == {"board", "mine_theirs", "legal_moves"}
     for s in scores.values():
         assert 0 <= s.coverage_test <= 1 and 0 <= s.reconstruction_f1_test <= 1
     assert result.saes[0].l0_test == pytest.approx(4.0)
-    assert set(result.probe or {}) == {"mine_theirs", "legal_moves"}
+    assert set(result.probe or {}) == {"board", "mine_theirs", "legal_moves"}
     result.write(tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["saes"][0]["name"] == "topk"
     assert board_eval.plot_comparison([result], tmp_path / "r.png").stat().st_size > 1000

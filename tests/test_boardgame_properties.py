@@ -28,6 +28,8 @@ def test_othello_after_f5_is_from_whites_view() -> None:
     assert board == {"mine@d4", "theirs@d5", "theirs@e4", "theirs@e5", "theirs@f5"}
     assert _cells("legal_moves", OTHELLO_PROPERTIES, labels["legal_moves"]) == {
         "legal@d6", "legal@f4", "legal@f6"}
+    full = _cells("board", OTHELLO_PROPERTIES, labels["board"])
+    assert len(full) == 64 and {"mine@d4", "theirs@f5", "empty@a1"} <= full
 
 
 def test_othello_labels_flip_each_ply() -> None:

@@ -44,6 +44,34 @@ def game_activations(model: nn.Module, game: str, layer: int, n_games: int,
     return picked.numpy().astype(np.float32)
 
 
+def cache_game_activations(model: nn.Module, game: str, layer: int, n_games: int,
+                           folder: str | Path, seed: int = SAE_GAMES_SEED,
+                           games_per_batch: int = 250) -> Path:
+    """Write the activations after block ``layer`` over ``n_games`` games into a saelab
+    activation cache (uniformly shuffled shards + manifest, with every row's (game, position)
+    and the games' tokens kept beside it), ready for ``saelab train --data FOLDER``."""
+    from saelab.cache import CacheWriter, WriterSettings
+
+    max_chars = int(lm.model_config(model).n_positions)
+    tokens, index = game_tokens(game, n_games, seed, "all", max_chars)
+    d_model = int(lm.model_config(model).n_embd)
+    settings = WriterSettings(width=d_model, max_rows=len(index), context_size=tokens.shape[1],
+                              seed=seed, meta={"model": game, "hook": f"transformer.h.{layer}",
+                                               "tokenizer": f"{game}-moves"})
+    writer = CacheWriter(folder, settings)
+    for batch_number, start in enumerate(range(0, n_games, games_per_batch)):
+        if batch_number < writer.progress.batches_done:
+            continue  # resumed: this batch is already in the cache
+        stop = min(n_games, start + games_per_batch)
+        batch_tokens = tokens[start:stop]
+        keep = index[(index[:, 0] >= start) & (index[:, 0] < stop)] - np.array([start, 0])
+        acts = lm.residual_stream(model, torch.from_numpy(batch_tokens), layer)
+        rows = acts[torch.from_numpy(keep[:, 0]), torch.from_numpy(keep[:, 1])]
+        writer.add_batch(batch_number, rows.numpy().astype(np.float32), keep, batch_tokens)
+    writer.finish()
+    return Path(folder)
+
+
 def write_npy(path: str | Path, array: np.ndarray) -> Path:
     """Save ``array`` as ``.npy`` atomically (a crash never leaves a truncated file)."""
     path = Path(path)

@@ -19,12 +19,13 @@ import torch
 
 from saelab.architectures.base import SAE, SAEConfig
 from saelab.boardgame import lm
-from saelab.boardgame.activations import game_activations, write_npy
+from saelab.boardgame.activations import cache_game_activations
 from saelab.config import option, to_dict
-from saelab.data.arrays import ArrayFileSource
+from saelab.data.open import open_source
 from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.registry import config_from_dict
+from saelab.run_config import DataConfig
 from saelab.training import TrainConfig, Trainer
 
 MODEL_KINDS = (("trained", False), ("random-init", True))
@@ -45,7 +46,8 @@ class OthelloDemoConfig:
     k: int = option(16, "active latents of the TopK SAE")
     panneal_coefficient: float = option(2.0, "initial sparsity coefficient of the p-anneal SAE")
     seed: int = option(0, "seed of SAE initialisation and data order")
-    threads: int = option(2, "torch threads")
+    threads: int = option(1, "torch threads (these SAE matmuls gain little from more, and on a "
+                          "busy machine extra OpenMP threads spin)")
 
 
 def demo_sae_configs(cfg: OthelloDemoConfig) -> dict[str, SAEConfig]:
@@ -60,19 +62,21 @@ def demo_sae_configs(cfg: OthelloDemoConfig) -> dict[str, SAEConfig]:
 
 def train_saes(acts_path: Path, sae_configs: dict[str, SAEConfig], out_dir: Path,
                total_tokens: int, batch_size: int, lr: float, seed: int = 0) -> dict[str, SAE]:
-    """Train all SAEs side by side on one stream of the activation file (one Trainer)."""
+    """Train all SAEs side by side on one stream of the activations (one Trainer); ``acts_path``
+    is an activation cache folder or an array file."""
     train = TrainConfig(total_tokens=total_tokens, batch_size=batch_size, lr=lr, seed=seed,
                         lr_warmup_steps=20, checkpoint_every=0, log_every=20, progress=False,
                         measure_peak=False, init_samples=8192)
-    return Trainer(sae_configs, train, ArrayFileSource(acts_path, seed=seed), out_dir).fit()
+    source = open_source(DataConfig(path=str(acts_path)), seed)
+    return Trainer(sae_configs, train, source, out_dir).fit()
 
 
 def _model_run(cfg: OthelloDemoConfig, kind: str, random_init: bool, out: Path
                ) -> board_eval.BoardEvalResult:
     model, game = lm.load_game_lm(cfg.model, random_init=random_init)
     layer = board_eval.default_layer(model) if cfg.layer < 0 else cfg.layer
-    acts = game_activations(model, game, layer, cfg.sae_games)
-    acts_path = write_npy(out / f"acts_{kind}_layer{layer}.npy", acts)
+    acts_path = cache_game_activations(model, game, layer, cfg.sae_games,
+                                       out / f"cache_{kind}_layer{layer}")
     saes = train_saes(acts_path, demo_sae_configs(cfg), out / f"saes_{kind}", cfg.total_tokens,
                       cfg.batch_size, cfg.lr, cfg.seed)
     eval_cfg = board_eval.BoardEvalConfig(game=game, model=cfg.model, layer=layer,

@@ -7,8 +7,9 @@ are flattened class-major: cell ``c * 64 + s`` is class ``c`` on square ``s``.
 Othello (relative to the player who moves next, so the labels flip each ply; after an
 implicit pass the same player moves again and the labels do not flip):
 
-- ``mine_theirs``: the next mover's discs and the opponent's discs (128 cells; an empty square
-  is neither).
+- ``board``: each square is empty, mine (the next mover's disc) or theirs (192 cells, one-hot),
+  the paper's main Othello property.
+- ``mine_theirs``: the blank-masked variant: only the mine and theirs cells (128).
 - ``legal_moves``: squares the next mover may play (64 cells).
 
 Chess (the position after the moves completed so far; at the scored ``.`` positions White is
@@ -66,12 +67,20 @@ def othello_mine_theirs(games: othello.OthelloGames, index_P2: np.ndarray) -> np
     return np.concatenate([othello.unpack_bits(mine), othello.unpack_bits(theirs)], axis=1)
 
 
+def othello_board(games: othello.OthelloGames, index_P2: np.ndarray) -> np.ndarray:
+    """``(P, 192)``: one-hot empty (cells 0..63) / mine (64..127) / theirs (128..191)."""
+    mine_theirs = othello_mine_theirs(games, index_P2)
+    empty = ~(mine_theirs[:, :64] | mine_theirs[:, 64:])
+    return np.concatenate([empty, mine_theirs], axis=1)
+
+
 def othello_legal(games: othello.OthelloGames, index_P2: np.ndarray) -> np.ndarray:
     """``(P, 64)``: squares the next mover may play."""
     return othello.unpack_bits(games.next_legal[index_P2[:, 0], index_P2[:, 1]])
 
 
 OTHELLO_PROPERTIES = (
+    BoardProperty("board", _square_cells(("empty", "mine", "theirs")), othello_board),
     BoardProperty("mine_theirs", _square_cells(("mine", "theirs")), othello_mine_theirs),
     BoardProperty("legal_moves", _square_cells(("legal",)), othello_legal),
 )
