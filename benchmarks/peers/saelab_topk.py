@@ -25,4 +25,7 @@ with tempfile.TemporaryDirectory() as out:
     trainer = Trainer({"topk": config_from_dict(opts)}, cfg, source, out)
     trainer.initialise()
     times = time_steps(lambda x: trainer.train_step(x), pool, args.warmup, args.steps)
-report("saelab", args, times)
+    # The one unavoidable dense product, timed in this process under the same conditions.
+    W_enc = trainer.saes["topk"].W_enc.detach()
+    matmul = time_steps(lambda x: x @ W_enc, pool, 1, 3)
+report("saelab", args, times, encoder_matmul_s=sorted(matmul)[1])
