@@ -70,4 +70,10 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
     for name in ("report.md", "report.html", "results.json", "comparison.png"):
         assert (tmp_path / name).exists()
     assert "linear probe" in (tmp_path / "report.md").read_text()
-    assert np.load(tmp_path / "acts_trained_layer1.npy").shape[1] == 16
+    # Activations went through a real activation cache: every (game, position) exactly once.
+    from saelab.cache import CacheSource
+
+    cache = CacheSource(tmp_path / "cache_trained_layer1")
+    assert cache.d_in == 16
+    positions = cache.positions(np.arange(cache.n_rows))
+    assert len({tuple(p) for p in positions.tolist()}) == len(positions) == 20 * 59
