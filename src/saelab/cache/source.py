@@ -16,6 +16,7 @@ from saelab.cache.format import (
     read_manifest,
     verify_checksums,
 )
+from saelab.data.base import batch_schedule
 
 
 class CacheSource:
@@ -99,16 +100,12 @@ class CacheSource:
         if batch_size > self.n_rows:
             raise CacheError(f"cache {self.path} has {self.n_rows} rows, fewer than one batch "
                              f"({batch_size}); lower the batch size or cache more tokens")
-        per_epoch = self.n_rows // batch_size  # drop the ragged tail so batches stay equal
-        i = start_batch
-        while True:
-            epoch, pos = divmod(i, per_epoch)
-            order = self._epoch_rows(epoch)
-            for j in range(pos, per_epoch):
-                lo, hi = j * batch_size, (j + 1) * batch_size
-                rows = self.read_rows(lo, hi) if order is None else self.take(np.sort(order[lo:hi]))
-                yield torch.from_numpy(rows)
-            i = (epoch + 1) * per_epoch
+        order_epoch, order = -1, None
+        for epoch, lo, hi in batch_schedule(self.n_rows, batch_size, start_batch):
+            if epoch != order_epoch:
+                order_epoch, order = epoch, self._epoch_rows(epoch)
+            rows = self.read_rows(lo, hi) if order is None else self.take(np.sort(order[lo:hi]))
+            yield torch.from_numpy(rows)
 
     def sample(self, n: int) -> Tensor:
         """The first n rows: the cache is uniformly shuffled, so they are a uniform sample."""

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.data.base import DataError
+from saelab.data.base import DataError, batch_schedule
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 
@@ -112,16 +112,12 @@ class ArrayFileSource:
         if batch_size > self.n_rows:
             raise DataError(f"{self.path} has {self.n_rows} rows, fewer than one batch "
                             f"({batch_size}); lower the batch size or use more data")
-        per_epoch = self.n_rows // batch_size  # drop the ragged tail so batches stay equal
-        i = start_batch
-        while True:
-            epoch, pos = divmod(i, per_epoch)
-            order = self._epoch_order(epoch)
-            while pos < per_epoch:
-                rows = np.sort(order[pos * batch_size:(pos + 1) * batch_size])  # sorted: faster mmap reads
-                yield torch.from_numpy(np.ascontiguousarray(self.array[rows], dtype=np.float32))
-                pos += 1
-                i += 1
+        order_epoch, order = -1, np.empty(0, dtype=np.int64)
+        for epoch, lo, hi in batch_schedule(self.n_rows, batch_size, start_batch):
+            if epoch != order_epoch:
+                order_epoch, order = epoch, self._epoch_order(epoch)
+            rows = np.sort(order[lo:hi])  # sorted: faster memory-mapped reads
+            yield torch.from_numpy(np.ascontiguousarray(self.array[rows], dtype=np.float32))
 
     def sample(self, n: int) -> Tensor:
         n = min(n, self.n_rows)

@@ -31,6 +31,19 @@ class ActivationSource(Protocol):
         ...
 
 
+def batch_schedule(n_rows: int, batch_size: int, start_batch: int = 0
+                   ) -> Iterator[tuple[int, int, int]]:
+    """(epoch, lo, hi) for batches start_batch, start_batch + 1, … over positions of an epoch's
+    row order. Each epoch drops its ragged tail so every batch has ``batch_size`` rows, and
+    batch i depends on i alone — the property exact resume needs."""
+    per_epoch = n_rows // batch_size
+    i = start_batch
+    while True:
+        epoch, pos = divmod(i, per_epoch)
+        yield epoch, pos * batch_size, (pos + 1) * batch_size
+        i += 1
+
+
 def check_finite(batch: Tensor, where: str) -> None:
     """Raise DataError if a batch has NaN or infinite values, naming where."""
     if not torch.isfinite(batch).all():
