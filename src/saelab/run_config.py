@@ -28,6 +28,9 @@ from saelab.training.config import TrainConfig
 class DataConfig:
     path: str = option("", "activations: a .npy or .safetensors file (rows × width) or a `saelab cache` folder")
     key: str = option("", "tensor name inside a .safetensors file with several tensors")
+    pair: list[str] = option([], "more activations read row by row with `path` and placed after "
+                             "it: a transcoder's target, a crosscoder's further layers (caches "
+                             "of one model pass, or arrays with the same rows)")
     shuffle: bool = option(True, "reshuffle rows every epoch")
     check_finite: bool = option(True, "scan the whole file for NaN/inf before training")
 

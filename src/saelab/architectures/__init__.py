@@ -2,6 +2,7 @@
 
 from saelab.architectures import (  # noqa: F401  (registers every architecture)
     batchtopk,
+    crosscoder,
     gated,
     jumprelu,
     matryoshka,
@@ -9,6 +10,7 @@ from saelab.architectures import (  # noqa: F401  (registers every architecture)
     panneal,
     relu,
     topk,
+    transcoder,
 )
 from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 

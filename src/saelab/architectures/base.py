@@ -125,7 +125,30 @@ class SAE(nn.Module, ABC):
         return codes_BM @ self.W_dec + self.b_dec
 
     def forward(self, acts_BD: Tensor) -> Tensor:
-        return self.decode(self.encode(acts_BD))
+        return self.reconstruct(acts_BD, self.encode(acts_BD))
+
+    # ------------------------------------------------------------------ paired data
+    # An SAE reconstructs its input; a transcoder predicts a target read at another hook.
+    # Its training rows are [input | target] side by side, and these three methods are all the
+    # trainer and the evaluations need to know about that.
+
+    @property
+    def data_width(self) -> int:
+        """Width of one data row (input and target side by side for paired architectures)."""
+        return self.cfg.d_in
+
+    def split_data(self, rows_BW: Tensor) -> tuple[Tensor, Tensor]:
+        """(encoder input, reconstruction target) of data rows; an SAE's target is its input."""
+        return rows_BW, rows_BW
+
+    def reconstruct(self, inputs_BD: Tensor, codes_BM: Tensor) -> Tensor:
+        """The prediction of the target from the codes (and, for skip transcoders, the input)."""
+        return self.decode(codes_BM)
+
+    @torch.no_grad()
+    def init_decoder_bias(self, center_BW: Tensor) -> None:
+        """Start b_dec at a central point of the data (the geometric median of a sample)."""
+        self.b_dec.copy_(self.split_data(center_BW[None])[1][0])
 
     # ------------------------------------------------------------------ training interface
 

@@ -43,17 +43,18 @@ class CoreEvalResult:
 def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
                       where: str = "data") -> CoreMetrics:
     """Stream rows through the SAE (in order; the metrics are order-free) and accumulate."""
-    if array.shape[1] != sae.cfg.d_in:
-        raise DataError(f"{where} has width {array.shape[1]} but the SAE expects d_in="
-                        f"{sae.cfg.d_in}; evaluate on activations from the SAE's hook")
+    if array.shape[1] != sae.data_width:
+        raise DataError(f"{where} has width {array.shape[1]} but the SAE expects rows of width "
+                        f"{sae.data_width}; evaluate on activations from the SAE's hook(s)")
     sae.eval()
     n = array.shape[0] if cfg.max_rows <= 0 else min(cfg.max_rows, array.shape[0])
     acc = CoreMetricsAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
     for start in range(0, n, cfg.batch_size):
         x = torch.from_numpy(np.array(array[start:min(n, start + cfg.batch_size)], dtype=np.float32))
         check_finite(x, f"{where} rows {start}..{start + x.shape[0]}")
-        codes = sae.encode(x)
-        acc.update(x, sae.decode(codes), codes)
+        inputs, target = sae.split_data(x)  # a transcoder predicts a target from its input
+        codes = sae.encode(inputs)
+        acc.update(target, sae.reconstruct(inputs, codes), codes)
     return acc.compute()
 
 

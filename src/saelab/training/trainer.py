@@ -14,6 +14,7 @@ from torch import Tensor
 from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
+from saelab.data.open import with_source_metadata
 from saelab.io import atomic_write_json, save
 from saelab.metrics.core import explained_variance
 from saelab.registry import build
@@ -71,7 +72,7 @@ class Trainer:
         for name, cfg in sae_configs.items():
             if not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"bad SAE name {name!r}: use a plain folder name")
-            sae = build(cfg.resolved(source.d_in))
+            sae = build(with_source_metadata(cfg, source).resolved(source.d_in))
             self.saes[name] = sae
             opt = torch.optim.Adam(
                 sae.parameters(),
@@ -101,8 +102,7 @@ class Trainer:
         for i, sae in enumerate(self.saes.values()):
             sae.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + i))
             if median is not None:
-                with torch.no_grad():
-                    sae.b_dec.copy_(median)
+                sae.init_decoder_bias(median)
 
     def _check_run_config(self) -> None:
         path = self.out_dir / "run.json"
