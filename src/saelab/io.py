@@ -116,8 +116,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Rebuild the exact SAE class and weights saved in folder ``path``."""
+    """Rebuild the exact SAE class and weights saved in folder ``path``.
+
+    SAELens and dictionary_learning folders load too (see :mod:`saelab.interop`).
+    """
     path = Path(path)
+    from saelab.interop.common import detect_format, read_foreign  # interop builds on io
+
+    if (fmt := detect_format(path)) is not None:
+        return read_foreign(path, fmt, device)
     data = read_config(path)
     data.pop("format_version", None)
     try:
