@@ -9,7 +9,8 @@ import torch
 from saelab.architectures.base import SAE, StepContext
 from saelab.registry import architectures, build, config_from_dict
 
-TOPK_LIKE = {"topk", "batchtopk", "matryoshka", "ordered"}
+TOPK_LIKE = {"topk", "batchtopk", "matryoshka", "ordered", "crosscoder"}
+PAIRED = {"transcoder"}  # rows are [input | target]
 
 
 def small_options(name: str, d_in: int = 16, d_sae: int = 48) -> dict[str, Any]:
@@ -18,6 +19,10 @@ def small_options(name: str, d_in: int = 16, d_sae: int = 48) -> dict[str, Any]:
         opts["k"] = 4
     if name in ("batchtopk", "matryoshka"):
         opts["threshold_start_step"] = 0
+    if name in PAIRED:
+        opts.update(k=4, d_out=d_in)
+    if name == "crosscoder":
+        opts.update(k=4, n_layers=2)
     return opts
 
 

@@ -11,7 +11,7 @@ from saelab.registry import config_from_dict, get_architecture
 from tests.helpers import all_names, ctx, small_options, small_sae
 
 EXPECTED = {"relu", "panneal", "gated", "gated_panneal", "topk", "batchtopk", "jumprelu",
-            "matryoshka", "ordered"}
+            "matryoshka", "ordered", "transcoder", "crosscoder"}
 
 
 def test_registry_has_every_architecture():
@@ -31,13 +31,14 @@ def test_unknown_option_is_an_error():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_interface_shapes_and_finite_loss(name):
     sae = small_sae(name)
-    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    rows = torch.randn(64, sae.data_width, generator=torch.Generator().manual_seed(1))
+    x, target = sae.split_data(rows)  # a transcoder's rows are [input | target]
     codes = sae.encode(x)
     assert codes.shape == (64, 48)
-    assert sae.decode(codes).shape == (64, 16)
-    assert torch.equal(sae(x), sae.decode(codes))
+    assert sae.decode(codes).shape == target.shape
+    assert torch.equal(sae(x), sae.reconstruct(x, codes))
     sae.train()
-    out = sae.training_loss(x, ctx(dead=torch.ones(48, dtype=torch.bool)))
+    out = sae.training_loss(rows, ctx(dead=torch.ones(48, dtype=torch.bool)))
     assert torch.isfinite(out.total)
     assert "mse" in out.parts
     out.total.backward()

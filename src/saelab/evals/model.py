@@ -166,10 +166,17 @@ def evaluate_on_model(model: nn.Module, sae: SAE, hook: HookPoint | str,
                       token_batches: Iterable[Tensor], exclude_ids: list[int],
                       cfg: ModelEvalConfig, *, max_norm_multiple: float = 0.0,
                       forward: Callable[[Tensor], Any] | None = None,
+                      input_hook: HookPoint | str | None = None,
                       ) -> tuple[CoreMetrics, DownstreamMetrics | None, EmbeddingMetrics | None]:
-    """Splice ``sae`` into ``model`` at ``hook`` over the token batches and measure."""
+    """Splice ``sae`` into ``model`` at ``hook`` over the token batches and measure.
+
+    A transcoder reads ``input_hook`` (e.g. an MLP's input) and its prediction replaces the
+    activation at ``hook`` (the MLP's output); the core metrics then compare that prediction
+    with the clean activation at ``hook``.
+    """
     cfg.validate()
     point = HookPoint.parse(hook)
+    in_point = HookPoint.parse(input_hook) if input_hook else point
     forward = forward or token_forward(model)
     sae = sae.to(cfg.device).eval()
     acc = CoreMetricsAccumulator(sae.cfg.d_sae, dense_threshold=cfg.dense_threshold)
@@ -180,25 +187,29 @@ def evaluate_on_model(model: nn.Module, sae: SAE, hook: HookPoint | str,
             break
         tokens_BS = tokens_BS.to(cfg.device)
         seen_tokens += tokens_BS.numel()
-        _evaluate_batch(model, sae, point, tokens_BS, exclude_ids, max_norm_multiple, cfg,
-                        forward, acc, sums)
+        _evaluate_batch(model, sae, (in_point, point), tokens_BS, exclude_ids,
+                        max_norm_multiple, cfg, forward, acc, sums)
     if seen_tokens == 0:
         raise ConfigError("no token batches to evaluate on (is the text too short for one context?)")
     return acc.compute(), sums.downstream(), sums.embedding()
 
 
-def _evaluate_batch(model: nn.Module, sae: SAE, point: HookPoint, tokens_BS: Tensor,
-                    exclude_ids: list[int], max_norm_multiple: float, cfg: ModelEvalConfig,
-                    forward: Callable[[Tensor], Any], acc: CoreMetricsAccumulator,
-                    sums: _Sums) -> None:
-    clean_out, captured = capture_with_output(model, [point], lambda: forward(tokens_BS))
-    acts_BSD = captured[point]
-    check_width(point, acts_BSD.shape[-1], sae.cfg.d_in)
+def _evaluate_batch(model: nn.Module, sae: SAE, points: tuple[HookPoint, HookPoint],
+                    tokens_BS: Tensor, exclude_ids: list[int], max_norm_multiple: float,
+                    cfg: ModelEvalConfig, forward: Callable[[Tensor], Any],
+                    acc: CoreMetricsAccumulator, sums: _Sums) -> None:
+    in_point, point = points  # the SAE reads in_point, its output replaces point
+    clean_out, captured = capture_with_output(model, list(dict.fromkeys(points)),
+                                              lambda: forward(tokens_BS))
+    acts_BSD, inputs_BSD = captured[point], captured[in_point]
+    check_width(in_point, inputs_BSD.shape[-1], sae.cfg.d_in)
     keep_BS = position_mask(tokens_BS, exclude_ids)
     keep_BS[keep_BS.clone()] = norm_outlier_mask(acts_BSD[keep_BS], max_norm_multiple)
-    acts_ND = acts_BSD[keep_BS].float()
-    codes_NM = sae.encode(acts_ND)
-    recon_ND = sae.decode(codes_NM)
+    acts_ND, inputs_ND = acts_BSD[keep_BS].float(), inputs_BSD[keep_BS].float()
+    codes_NM = sae.encode(inputs_ND)
+    recon_ND = sae.reconstruct(inputs_ND, codes_NM)
+    if recon_ND.shape[-1] != acts_ND.shape[-1]:
+        check_width(point, acts_ND.shape[-1], recon_ND.shape[-1], "the SAE's output")
     acc.update(acts_ND, recon_ND, codes_NM)
     spliced_BSD, zeroed_BSD = acts_BSD.clone(), acts_BSD.clone()
     spliced_BSD[keep_BS] = recon_ND.to(acts_BSD.dtype)
@@ -267,7 +278,8 @@ def run(sae: SAE, sae_path: str, model_name: str, hook: str, sources: list[str],
     batches = token_batches(sources, loaded.tokenizer, text, cfg.batch_contexts, max_contexts)
     exclude = special_ids(loaded.tokenizer) if text.exclude_special else []
     metrics, downstream, embedding = evaluate_on_model(
-        loaded.model, sae, hook, batches, exclude, cfg, max_norm_multiple=text.max_norm_multiple)
+        loaded.model, sae, hook, batches, exclude, cfg, max_norm_multiple=text.max_norm_multiple,
+        input_hook=getattr(sae.cfg, "input_hook", "") or None)
     settings = {"eval": asdict(cfg), "text": asdict(text), "sources": sources,
                 "excluded_token_ids": exclude}
     return ModelEvalResult(sae_path, model_name, str(HookPoint.parse(hook)), settings, metrics,

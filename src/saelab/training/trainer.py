@@ -14,7 +14,7 @@ from torch import Tensor
 from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
-from saelab.data.open import with_source_metadata
+from saelab.data.metadata import with_source_metadata
 from saelab.io import atomic_write_json, save
 from saelab.metrics.core import explained_variance
 from saelab.registry import build
