@@ -19,11 +19,12 @@ def _commands() -> list[ModuleType]:
         eval_cmd,
         eval_model_cmd,
         export_cmd,
+        sources_cmd,
         toy_cmd,
         train_cmd,
     )
 
-    return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, export_cmd, toy_cmd, boardgame_cmd, demo_cmd,
+    return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, export_cmd, sources_cmd, toy_cmd, boardgame_cmd, demo_cmd,
             architectures_cmd]
 
 

@@ -19,7 +19,11 @@ def add_parser(sub: Any) -> None:
                        "firing density (histogram plot), dead and dense latents. Formulas: "
                        "docs/metrics.md.")
     p.add_argument("sae", help="SAE folder")
-    p.add_argument("--data", required=True, help="activation file (.npy or .safetensors)")
+    p.add_argument("--data", required=True,
+                   help="activation file (.npy or .safetensors) or a saelab cache folder")
+    p.add_argument("--data-pair", dest="pair", nargs="+", default=[], metavar="PATH",
+                   help="further activations read row by row with --data (a transcoder's "
+                   "target, a crosscoder's other layers)")
     p.add_argument("--out", help="write results JSON here (default: <sae>/eval.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the density histogram PNG")
     add_arguments(p.add_argument_group("evaluation options"), core.CoreEvalConfig)
@@ -31,7 +35,7 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cfg = from_dict(core.CoreEvalConfig, args_to_dict(args, core.CoreEvalConfig))
     sae = load(args.sae)
-    result = core.run(sae, args.sae, args.data, cfg)
+    result = core.run(sae, args.sae, args.data, cfg, pair=args.pair)
     out = Path(args.out) if args.out else Path(args.sae) / "eval.json"
     result.write(out)
     scalars = result.metrics.to_dict()

@@ -12,7 +12,10 @@ import torch
 
 from saelab.architectures.base import SAE
 from saelab.config import option
+from saelab.cache.format import is_cache_dir
+from saelab.cache.source import CacheSource
 from saelab.data.arrays import open_array
+from saelab.data.paired import PairedSource, open_paired
 from saelab.data.base import DataError, check_finite
 from saelab.io import atomic_write_json
 from saelab.metrics.core import CoreMetrics, CoreMetricsAccumulator
@@ -58,9 +61,34 @@ def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
     return acc.compute()
 
 
-def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig) -> CoreEvalResult:
-    metrics = evaluate_on_array(sae, open_array(data_path), cfg, where=data_path)
-    return CoreEvalResult(sae_path, data_path, metrics)
+class SourceRows:
+    """Row slices of an activation cache or a paired source, read like an array."""
+
+    def __init__(self, source: CacheSource | PairedSource) -> None:
+        self.source = source
+        self.shape = (source.n_rows, source.d_in)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        if isinstance(self.source, CacheSource):
+            return self.source.read_rows(start, stop)
+        return self.source.take(np.arange(start, stop))
+
+
+def open_rows(data_path: str, pair: list[str] | None = None) -> np.ndarray | SourceRows:
+    """An activation file, a cache folder, or (with ``pair``) paired sources, as rows."""
+    if pair:
+        return SourceRows(open_paired([data_path, *pair]))
+    if is_cache_dir(data_path):
+        return SourceRows(CacheSource(data_path))
+    return open_array(data_path)
+
+
+def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig,
+        pair: list[str] | None = None) -> CoreEvalResult:
+    rows = open_rows(data_path, pair)
+    metrics = evaluate_on_array(sae, rows, cfg, where=data_path)  # type: ignore[arg-type]
+    return CoreEvalResult(sae_path, " + ".join([data_path, *(pair or [])]), metrics)
 
 
 def density_histogram(result: CoreEvalResult, path: Path) -> Path:
