@@ -85,7 +85,7 @@ def test_export_and_reload_every_mapped_architecture(tmp_path, fmt, mapping):
 @pytest.mark.parametrize("fmt", ["saelens", "dictionary_learning"])
 @pytest.mark.parametrize("name", ["transcoder", "crosscoder"])
 def test_no_counterpart_is_refused_and_writes_nothing(tmp_path, fmt, name):
-    with pytest.raises(InteropError, match="no .* counterpart"):
+    with pytest.raises(InteropError, match=r"no .* counterpart"):
         export(small_sae(name), tmp_path / "out", fmt)
     assert not any((tmp_path / "out").glob("*/*"))
 

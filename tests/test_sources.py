@@ -5,7 +5,6 @@ model's real activations at the recorded (sequence, position)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -167,8 +167,9 @@ def main() -> None:
     made = {"saelens": make_saelens(work / "peer_made" / "saelens", x, d, m),
             "dictionary_learning": make_dictionary_learning(
                 work / "peer_made" / "dictionary_learning", x, d, m)}
-    import dictionary_learning  # noqa: F401
     from importlib.metadata import version
+
+    import dictionary_learning  # noqa: F401
 
     print(json.dumps({"loaded": loaded, "made": made,
                       "versions": {"sae-lens": version("sae-lens"),

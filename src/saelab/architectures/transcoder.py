@@ -80,6 +80,7 @@ class TranscoderSAE(TopKSAE):
         if cfg.skip:
             self.W_skip = nn.Parameter(torch.zeros(o, d))
         self.register_buffer("no_input_bias", torch.zeros(d), persistent=False)
+        self.no_input_bias: Tensor
         self.reset_parameters(torch.Generator().manual_seed(0))
 
     @torch.no_grad()

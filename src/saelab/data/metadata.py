@@ -30,7 +30,7 @@ def with_source_metadata(cfg: SAEConfig, source: object) -> SAEConfig:
         if "layer_hooks" in names:
             fill["layer_hooks"] = hooks if all(hooks) else []
             fill["hook_name"] = hooks[0]
-        if "n_layers" in names and not getattr(cfg, "n_layers"):
+        if "n_layers" in names and not getattr(cfg, "n_layers", 0):
             fill["n_layers"] = len(source.members)
     updates = {k: v for k, v in fill.items() if v and not getattr(cfg, k)}
-    return dataclasses.replace(cfg, **updates) if updates else cfg
+    return dataclasses.replace(cfg, **updates) if updates else cfg  # type: ignore[arg-type]

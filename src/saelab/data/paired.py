@@ -38,7 +38,8 @@ class PairedSource:
             raise DataError(f"paired sources hold different row counts {n}; pair caches of one "
                             "model pass (saelab cache with several --hook) or arrays of equal length")
         self.n_rows = members[0].n_rows
-        self._maps = [None] + [_row_map(members[0], m) for m in members[1:]]
+        self._maps: list[np.ndarray | None] = [None]
+        self._maps += [_row_map(members[0], m) for m in members[1:]]
 
     @property
     def widths(self) -> list[int]:

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from saelab.architectures.base import SAE
-from saelab.config import option
 from saelab.cache.format import is_cache_dir
 from saelab.cache.source import CacheSource
+from saelab.config import option
 from saelab.data.arrays import open_array
-from saelab.data.paired import PairedSource, open_paired
 from saelab.data.base import DataError, check_finite
+from saelab.data.paired import PairedSource, open_paired
 from saelab.io import atomic_write_json
 from saelab.metrics.core import CoreMetrics, CoreMetricsAccumulator
 

@@ -57,8 +57,8 @@ NO_COUNTERPART = {
 
 def _threshold(sae: SAE) -> Tensor:
     if sae.name == "jumprelu":
-        return sae.theta().detach()  # type: ignore[operator]
-    theta = sae.threshold.detach()  # batchtopk / matryoshka: one global θ (a buffer)
+        return sae.theta().detach()  # type: ignore[operator,no-any-return]
+    theta = sae.threshold.detach()  # type: ignore[operator]  # batchtopk / matryoshka: one global θ (a buffer)
     require_positive_threshold(sae, theta, "SAELens")
     return theta.expand(sae.cfg.d_sae).clone()
 

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def build_input_cache(model: nn.Module, batches: Callable[[], Iterable[InputBatc
         if number < resume_at:
             continue
         with torch.no_grad():
-            acts = capture(model, points, lambda b=batch: forward(b))
+            acts = capture(model, points, partial(forward, batch))
         index_N2 = batch.keep_BS.nonzero()
         for point, writer in pending.items():
             if writer.batches_done > number:

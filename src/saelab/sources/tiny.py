@@ -8,6 +8,7 @@ and FASTA files to feed them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,9 @@ def build_tiny_vit(folder: str | Path, *, kind: str = "vit", image_size: int = 3
     import transformers as tf
 
     folder = Path(folder)
-    sizes = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden,
+    sizes: dict[str, Any] = dict(image_size=image_size, patch_size=patch_size, hidden_size=hidden,
                  num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=2 * hidden)
+    processor: Any
     if kind == "vit":
         model = _seeded(seed, lambda: tf.ViTModel(tf.ViTConfig(**sizes)))
         processor = tf.ViTImageProcessor(size={"height": image_size, "width": image_size})
