@@ -187,3 +187,47 @@ def test_pairing_caches_of_different_inputs_is_refused(two_hook_cache, tmp_path)
 def test_crosscoder_needs_equal_layer_blocks():
     with pytest.raises(saelab.config.ConfigError, match="n_layers"):
         small_sae("crosscoder", d_in=15)
+
+
+def test_train_command_pairs_caches_with_data_pair(two_hook_cache, tmp_path, capsys):
+    from saelab.cli import main
+
+    assert main(["train", "--data", str(two_hook_cache / "blocks.0"), "--data-pair",
+                 str(two_hook_cache / "blocks.1"), "--arch", "transcoder", "--k", "4",
+                 "--expansion", "2", "--skip", "--total-tokens", "512", "--batch-size", "256",
+                 "--no-progress", "--no-measure-peak", "--out", str(tmp_path / "run")]) == 0
+    sae = saelab.load(tmp_path / "run" / "final" / "transcoder")
+    assert sae.cfg.skip and sae.cfg.input_hook == "blocks.0" and sae.cfg.hook_name == "blocks.1"
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "final" / "transcoder"), "--data",
+                 str(two_hook_cache / "blocks.0"), "--data-pair", str(two_hook_cache / "blocks.1"),
+                 "--no-plot"]) == 0
+    assert '"l0": 4.0' in capsys.readouterr().out
+
+
+def test_eval_model_splices_the_prediction_at_the_output_hook():
+    from saelab.evals.model import ModelEvalConfig, evaluate_on_model
+    from saelab.metrics.core import explained_variance
+    from saelab.models.hooks import capture
+
+    model = TinyTokenModel(50, d_model=8, n_blocks=2, d_mlp=16).eval()
+    tokens = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(0))
+    sae = build(saelab.config_from_dict({"architecture": "transcoder", "d_in": 8, "d_out": 8,
+                                         "d_sae": 32, "k": 4, "skip": True}).resolved())
+    with torch.no_grad():
+        sae.W_skip.normal_(0, 0.3)
+    metrics, downstream, _ = evaluate_on_model(
+        model, sae, "blocks.1", [tokens], [], ModelEvalConfig(), input_hook="blocks.1:input")
+    with torch.no_grad():
+        acts = capture(model, ["blocks.1:input", "blocks.1"], lambda: model(tokens))
+        x = acts[next(p for p in acts if p.where == "input")].reshape(-1, 8)
+        y = acts[next(p for p in acts if p.where == "output")].reshape(-1, 8)
+        expected = explained_variance(y, sae(x))
+        # the splice: the model with blocks.1's output replaced by the prediction
+        h = model.embed(tokens)
+        h = h + model.blocks[0](h)
+        logits = model.unembed(h + sae(h.reshape(-1, 8)).reshape(h.shape))
+    assert metrics.explained_variance == pytest.approx(expected, abs=1e-6)
+    from saelab.evals.model import per_token_ce
+
+    assert downstream.ce_sae == pytest.approx(float(per_token_ce(logits, tokens).mean()), abs=1e-6)
