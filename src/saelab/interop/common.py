@@ -51,6 +51,22 @@ def fold_input_bias(W_enc_DM: Tensor, b_enc_M: Tensor, b_dec_D: Tensor) -> Tenso
     return (b_enc_M.double() + b_dec_D.double() @ W_enc_DM.double()).to(b_enc_M.dtype)
 
 
+def target_name(sae: SAE, mapping: dict[str, str], no_counterpart: dict[str, str],
+                fmt: str) -> str:
+    """The peer-format name of ``sae``'s architecture, or InteropError saying why there is none."""
+    if sae.name in no_counterpart:
+        raise InteropError(f"a saelab {sae.name} has no {fmt} counterpart: "
+                           f"{no_counterpart[sae.name]}; export it with --to saelab instead")
+    if sae.name not in mapping:
+        raise InteropError(f"no {fmt} mapping for architecture {sae.name!r}")
+    return mapping[sae.name]
+
+
+def float_state(sae: SAE) -> dict[str, Tensor]:
+    """The SAE's tensors as contiguous float32 CPU tensors."""
+    return {n: p.detach().float().contiguous().cpu() for n, p in sae.state_dict().items()}
+
+
 def require_positive_threshold(sae: SAE, threshold: Tensor, fmt: str) -> Tensor:
     if bool((threshold < 0).any()):
         raise InteropError(f"{sae.name} SAE has no learned inference threshold yet (θ < 0: it "

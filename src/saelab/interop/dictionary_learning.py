@@ -39,7 +39,13 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError
-from saelab.interop.common import InteropError, fold_input_bias, require_positive_threshold
+from saelab.interop.common import (
+    InteropError,
+    float_state,
+    fold_input_bias,
+    require_positive_threshold,
+    target_name,
+)
 from saelab.io import load_state_checked, sae_config_dict
 from saelab.registry import build, config_from_dict
 
@@ -58,13 +64,8 @@ NO_COUNTERPART = {
 
 def to_dictionary_learning(sae: SAE) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The ``ae.pt`` state dict and ``config.json`` of ``sae``."""
-    if sae.name in NO_COUNTERPART:
-        raise InteropError(f"a saelab {sae.name} has no dictionary_learning counterpart: "
-                           f"{NO_COUNTERPART[sae.name]}; export it with --to saelab instead")
-    if sae.name not in DICT_CLASS:
-        raise InteropError(f"no dictionary_learning mapping for architecture {sae.name!r}")
-    cls = DICT_CLASS[sae.name]
-    t = {n: p.detach().float().contiguous().cpu() for n, p in sae.state_dict().items()}
+    cls = target_name(sae, DICT_CLASS, NO_COUNTERPART, "dictionary_learning")
+    t = float_state(sae)
     W_enc, b_enc, W_dec, b_dec = t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]
     trainer: dict[str, Any] = {"dict_class": cls, "trainer_class": "saelab",
                                "activation_dim": sae.cfg.d_in, "dict_size": sae.cfg.d_sae,

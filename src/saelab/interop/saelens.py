@@ -36,7 +36,13 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError
-from saelab.interop.common import InteropError, fold_input_bias, require_positive_threshold
+from saelab.interop.common import (
+    InteropError,
+    float_state,
+    fold_input_bias,
+    require_positive_threshold,
+    target_name,
+)
 from saelab.io import load_state_checked, sae_config_dict
 from saelab.registry import build, config_from_dict
 
@@ -65,13 +71,8 @@ def _threshold(sae: SAE) -> Tensor:
 
 def to_saelens(sae: SAE) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """SAELens tensors and cfg.json of ``sae`` (raises InteropError if it has no counterpart)."""
-    if sae.name in NO_COUNTERPART:
-        raise InteropError(f"a saelab {sae.name} has no SAELens counterpart: "
-                           f"{NO_COUNTERPART[sae.name]}; export it with --to saelab instead")
-    if sae.name not in SAELENS_ARCH:
-        raise InteropError(f"no SAELens mapping for architecture {sae.name!r}")
-    arch = SAELENS_ARCH[sae.name]
-    t = {n: p.detach().float().contiguous().cpu() for n, p in sae.state_dict().items()}
+    arch = target_name(sae, SAELENS_ARCH, NO_COUNTERPART, "SAELens")
+    t = float_state(sae)
     tensors = {"W_enc": t["W_enc"], "b_enc": t["b_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "dtype": "float32",
