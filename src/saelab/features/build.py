@@ -154,7 +154,7 @@ class _State:
 
     def save(self, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         tmp = self.work / "state.tmp.npz"
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, self.npz_path)
         atomic_write_bytes(self.json_path, json.dumps({"key": self.key, **info}).encode())
 
@@ -374,7 +374,7 @@ def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
     pos = rng.integers(0, size, pool_size)
     lo, hi = _window(pos, cfg, size)
     fired = np.zeros((pool_size, M), dtype=bool)
-    values, latents, offsets, _ = codes.open()
+    _, latents, offsets, _ = codes.open()
     for w in range(pool_size):
         rows = np.asarray(inverse[seq[w], lo[w]:hi[w]])
         rows = rows[rows >= 0]
@@ -424,7 +424,7 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
         acts = lookup(values, latents, offsets, q_rows, ex[which, 0], n_latents)
         toks = np.asarray(tokens[seqs, positions], dtype=np.int32)
         used.update(np.unique(toks).tolist())
-        batch = []
+        batch: list[tuple[Any, ...]] = []
         for i in range(len(ex)):
             sl = slice(offs[i], offs[i + 1])
             batch.append((int(ex[i, 0]), kinds[ex[i, 1]], int(ex[i, 2]), int(ex[i, 3]),
@@ -435,7 +435,7 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
         say.progress("windows", b + len(ex), len(examples), start, unit="examples")
     picked, pool = randoms
     if picked.size:
-        batch = []
+        batch = []  # reuses the annotated name
         for latent, row in enumerate(picked):
             for r, w in enumerate(row[row >= 0]):
                 s, p = int(pool[w, 0]), int(pool[w, 1])

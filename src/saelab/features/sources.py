@@ -160,6 +160,8 @@ class ModelSpec:
 
 
 class TokenCodec(Protocol):
+    special: frozenset[int]  # ids left out of the statistics (BOS, EOS, ...), as in the build
+
     def encode(self, text: str) -> list[int]:
         """Token ids of typed text, as the model reads it."""
 
@@ -171,6 +173,7 @@ class HFCodec:
     def __init__(self, tokenizer: Any, prepend_bos: bool) -> None:
         self.tokenizer = tokenizer
         self.bos = bos_id(tokenizer) if prepend_bos else None
+        self.special = frozenset(special_ids(tokenizer))
 
     def encode(self, text: str) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -182,6 +185,8 @@ class HFCodec:
 
 class OthelloCodec:
     """Moves as square names: ``"d3 c5 f6"``."""
+
+    special: frozenset[int] = frozenset()
 
     def encode(self, text: str) -> list[int]:
         from saelab.boardgame import othello
@@ -198,6 +203,8 @@ class OthelloCodec:
 
 class ChessCodec:
     """PGN movetext characters: ``";1.e4 e5 2.Nf3"``."""
+
+    special: frozenset[int] = frozenset()
 
     def encode(self, text: str) -> list[int]:
         from saelab.boardgame import chess_games

@@ -167,18 +167,21 @@ class FeatureStore:
         return self._with_titles(rows)
 
     def _with_titles(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Add each latent's shown title: its first explanation or label, if any."""
-        if not rows:
-            return rows
-        marks = ",".join("?" * len(rows))
-        ids = [r["id"] for r in rows]
+        titles = self.titles([r["id"] for r in rows])
+        return [{**r, "title": titles.get(r["id"], "")} for r in rows]
+
+    def titles(self, ids: list[int]) -> dict[int, str]:
+        """Each latent's shown title: its first label, else its first explanation."""
         titles: dict[int, str] = {}
+        if not ids:
+            return titles
+        marks = ",".join("?" * len(ids))
         for sql in (f"SELECT latent, text FROM labels WHERE latent IN ({marks}) ORDER BY id",
                     f"SELECT latent, text FROM explanations WHERE latent IN ({marks}) "
                     "ORDER BY id"):
             for r in self._conn().execute(sql, ids):
                 titles.setdefault(r["latent"], r["text"])
-        return [{**r, "title": titles.get(r["id"], "")} for r in rows]
+        return titles
 
     def add_label(self, latent: int, text: str, author: str = "") -> int:
         """Store a user label; returns its id."""
