@@ -59,7 +59,7 @@ def test_eval_without_saes_says_how_to_fix(tiny_model: Path) -> None:
 
 
 def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None:
-    from saelab.boardgame.demo import OthelloDemoConfig, demo_summary, run_othello_demo
+    from saelab.pipelines.boardgame_demo import OthelloDemoConfig, demo_summary, run_othello_demo
 
     cfg = OthelloDemoConfig(model=str(tiny_model), sae_games=20, eval_games=8,
                             total_tokens=2048, batch_size=256, expansion=2, k=4, threads=1)
@@ -77,3 +77,10 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
     assert cache.d_in == 16
     positions = cache.positions(np.arange(cache.n_rows))
     assert len({tuple(p) for p in positions.tolist()}) == len(positions) == 20 * 59
+    # The demo ends with the TopK SAE's feature store, bound to those weights.
+    from saelab.features import FeatureStore
+    from saelab.io import load
+    from saelab.pipelines.boardgame_demo import demo_sae_dir
+
+    store = FeatureStore(demo_sae_dir(tmp_path), load(demo_sae_dir(tmp_path)))
+    assert store.meta["n_rows"] == 20 * 59 and store.meta["model"]["kind"] == "game"
