@@ -18,6 +18,7 @@ def _commands() -> list[ModuleType]:
         demo_cmd,
         eval_cmd,
         eval_model_cmd,
+        explain_cmd,
         explore_cmd,
         features_cmd,
         toy_cmd,
@@ -25,7 +26,7 @@ def _commands() -> list[ModuleType]:
     )
 
     return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, toy_cmd, boardgame_cmd, demo_cmd,
-            architectures_cmd, features_cmd, explore_cmd]
+            architectures_cmd, features_cmd, explore_cmd, explain_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

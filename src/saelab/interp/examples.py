@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from saelab.config import option
+
 MARK_OPEN, MARK_CLOSE = "<<", ">>"
 
 
@@ -131,14 +133,14 @@ _LISTS = ("top", "quantiles", "negatives", "held_out", "held_out_negatives")
 class SamplingConfig:
     """How activating and non-activating contexts are split between explaining and scoring."""
 
-    n_top: int = 10
-    n_quantiles: int = 5
-    per_quantile: int = 2
-    n_negatives: int = 10
-    n_held_out: int = 20
-    n_held_out_negatives: int = 20
-    min_activating: int = 8
-    seed: int = 0
+    n_top: int = option(10, "top-activating contexts shown to the explainer")
+    n_quantiles: int = option(5, "equal-count activation-rank bins sampled for the explainer")
+    per_quantile: int = option(2, "contexts shown from each bin")
+    n_negatives: int = option(10, "non-activating contexts shown for contrast")
+    n_held_out: int = option(20, "held-out activating contexts for scoring")
+    n_held_out_negatives: int = option(20, "held-out non-activating contexts for scoring")
+    min_activating: int = option(8, "skip latents active in fewer contexts")
+    seed: int = option(0, "seed of every random split and sample")
 
 
 def split_examples(latent: int, contexts: list[Context], cfg: SamplingConfig,

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from saelab.config import option
 from saelab.interp.examples import LatentExamples
 from saelab.interp.explainers import Explanation, now
 from saelab.interp.llm import AnswerError, Completion, LLMClient, LLMFailure, Messages
@@ -39,12 +40,12 @@ VERDICTS = {"confirm": "confirmed", "reject": "rejected", "refine": "pending"}
 class SageConfig:
     """The agent's budget; the defaults are the paper's."""
 
-    n_exemplars: int = 10
-    n_hypotheses: int = 3
-    probes_per_test: int = 4
-    max_rounds: int = 14
-    min_rounds: int = 12
-    min_tests: int = 8
+    n_exemplars: int = option(10, "top-activating exemplars shown to the agent")
+    n_hypotheses: int = option(3, "hypotheses proposed from the exemplars")
+    probes_per_test: int = option(4, "probe texts per hypothesis test")
+    max_rounds: int = option(14, "stop after this many rounds")
+    min_rounds: int = option(12, "conclude no earlier than this round")
+    min_tests: int = option(8, "conclude only after this many hypothesis tests")
 
     def validate(self) -> None:
         if self.min_rounds > self.max_rounds:
