@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from saelab.interp import (  # noqa: E402
+from saelab.interp import (
     DetectionScorer,
     FolderSink,
     FuzzingScorer,
@@ -25,9 +25,9 @@ from saelab.interp import (  # noqa: E402
     Pipeline,
     SimulationScorer,
 )
-from saelab.interp.loopback import ChatServer, KeywordResponder, Reply, task_of  # noqa: E402
-from saelab.interp.prompts import parse_explanation  # noqa: E402
-from tests.interp_helpers import synthetic_examples  # noqa: E402
+from saelab.interp.examples import synthetic_examples
+from saelab.interp.loopback import ChatServer, KeywordResponder, Reply, task_of
+from saelab.interp.prompts import parse_explanation
 
 HI = [{"role": "user", "content": "hi"}]
 OK = "Thinking.\n[EXPLANATION]: the word cat"

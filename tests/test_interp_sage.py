@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("openai")
 pytest.importorskip("transformers")
 
-from saelab.interp import (  # noqa: E402
+from saelab.interp import (
     ActivationProbe,
     CollectConfig,
     LLMClient,
@@ -23,11 +23,11 @@ from saelab.interp import (  # noqa: E402
     SageResult,
     collect_examples,
 )
-from saelab.interp.loopback import ChatServer, KeywordResponder, Reply  # noqa: E402
-from saelab.models.hf import load_hf_model  # noqa: E402
-from saelab.models.tiny import build_tiny_gpt2  # noqa: E402
-from saelab.text import corpus_path  # noqa: E402
-from tests.helpers import small_sae  # noqa: E402
+from saelab.interp.loopback import ChatServer, KeywordResponder, Reply
+from saelab.models.hf import load_hf_model
+from saelab.models.tiny import build_tiny_gpt2
+from saelab.text import corpus_path
+from tests.helpers import small_sae
 
 
 @pytest.fixture(scope="module")

@@ -167,8 +167,13 @@ def split_examples(latent: int, contexts: list[Context], cfg: SamplingConfig,
     quantiles = _quantile_sample(train_pool, cfg.n_quantiles, cfg.per_quantile, rng)
     held_out = _even_sample(held_pool, cfg.n_held_out)
     rng.shuffle(inactive)
-    negatives = inactive[: cfg.n_negatives]
-    held_neg = inactive[cfg.n_negatives: cfg.n_negatives + cfg.n_held_out_negatives]
+    # Scoring needs negatives most: when there are too few for both sets, they are shared
+    # half and half (held-out first).
+    n_train_neg = cfg.n_negatives
+    if len(inactive) < cfg.n_negatives + cfg.n_held_out_negatives:
+        n_train_neg = min(cfg.n_negatives, len(inactive) // 2)
+    negatives = inactive[:n_train_neg]
+    held_neg = inactive[n_train_neg: n_train_neg + cfg.n_held_out_negatives]
     return LatentExamples(latent, top, quantiles, negatives, held_out, held_neg, firing_rate)
 
 
@@ -188,3 +193,32 @@ def _even_sample(ranked: list[Context], n: int) -> list[Context]:
     if len(ranked) <= n:
         return list(ranked)
     return [ranked[round(i * (len(ranked) - 1) / max(1, n - 1))] for i in range(n)]
+
+
+_SYNTHETIC_WORDS = ["cat", "river", "music", "green", "seven", "doctor"]
+_FILLER = ["the", "a", "of", "and", "to", "in", "is", "was", "he", "she", "it", "they", "we", "on", "at", "by", "with", "from", "this", "that", "old", "new", "big", "small", "day", "night", "road", "house", "tree"]
+
+
+def synthetic_examples(latent: int, seed: int = 0, n: int = 10) -> LatentExamples:
+    """Made-up examples with a known answer, for tests, benchmarks and dry runs: latent L fires
+    (activation 1-10) on one word, ``_SYNTHETIC_WORDS[L % 6]``, inside filler sentences."""
+    rng = random.Random(seed * 100 + latent)
+    word = _SYNTHETIC_WORDS[latent % len(_SYNTHETIC_WORDS)]
+    others = [w for w in _SYNTHETIC_WORDS if w != word]
+
+    def sentence(target: str, strength: float) -> Context:
+        tokens = [" " + rng.choice(_FILLER) for _ in range(10)]
+        acts = [0.0] * len(tokens)
+        spot = rng.randrange(1, len(tokens) - 1)
+        tokens[spot], acts[spot] = " " + target, strength
+        tokens[0] = tokens[0].strip().capitalize()
+        return Context(tokens, acts)
+
+    def pos(k: int) -> list[Context]:
+        return [sentence(word, rng.uniform(1.0, 10.0)) for _ in range(k)]
+
+    def neg(k: int) -> list[Context]:
+        return [sentence(rng.choice(others), 0.0) for _ in range(k)]
+
+    return LatentExamples(latent, top=pos(n), quantiles=pos(n // 2), negatives=neg(n),
+                          held_out=pos(n), held_out_negatives=neg(n), firing_rate=0.01)

@@ -74,10 +74,6 @@ class LLMExplainer:
         return Explanation(examples.latent, text, self.method, self.client.cfg.model)
 
 
-def _norm(piece: str) -> str:
-    return piece.strip().lower()
-
-
 class NgramExplainer:
     """Offline explainer. For every unigram and bigram ending at an active position (≥
     ``fraction``·max of its context) it counts the activating contexts that hold it there
@@ -126,18 +122,36 @@ class NgramExplainer:
         return Explanation(examples.latent, text, self.method, "ngram", details=details)
 
     def _active_ngrams(self, ctx: Context) -> set[tuple[str, ...]]:
-        words = [_norm(t) for t in ctx.tokens]
+        word_of, words = words_of(ctx)
         grams: set[tuple[str, ...]] = set()
         for i in ctx.active_positions(self.fraction):
-            if words[i]:
-                grams.add((words[i],))
-                if i > 0 and words[i - 1]:
-                    grams.add((words[i - 1], words[i]))
+            w = word_of[i]
+            if words[w]:
+                grams.add((words[w],))
+                if w > 0 and words[w - 1]:
+                    grams.add((words[w - 1], words[w]))
         return grams
 
 
+def words_of(ctx: Context) -> tuple[list[int], list[str]]:
+    """Group token pieces into words (a word starts at whitespace or punctuation), so
+    sub-word pieces such as "carp" + "ent" are named as the word "carpent…" they form."""
+    word_of: list[int] = []
+    words: list[str] = []
+    for piece in ctx.tokens:
+        core = piece.strip()
+        starts = (not words or piece[:1].isspace() or not core[:1].isalnum()
+                  or not words[-1][-1:].isalnum())
+        if starts or not core:
+            words.append(core.lower())
+        else:
+            words[-1] += core.lower()
+        word_of.append(len(words) - 1)
+    return word_of, words
+
+
 def _all_ngrams(ctx: Context) -> set[tuple[str, ...]]:
-    words = [_norm(t) for t in ctx.tokens]
+    _, words = words_of(ctx)
     grams: set[tuple[str, ...]] = {(w,) for w in words if w}
     grams.update((a, b) for a, b in itertools.pairwise(words) if a and b)
     return grams

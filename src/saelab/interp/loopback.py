@@ -69,10 +69,13 @@ def split_tokens(text: str) -> list[str]:
 class ChatServer:
     """``with ChatServer(responder) as server: ... server.url ...``"""
 
-    def __init__(self, responder: Responder, *, delay: float = 0.0, host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(self, responder: Responder, *, delay: float = 0.0, slots: int = 0,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.responder = responder
         self.delay = delay
+        # ``slots`` > 0 models a server that works on at most that many requests at once
+        # (the rest queue), like an inference server at its batch limit.
+        self._slots = threading.Semaphore(slots) if slots > 0 else None
         self.requests: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -86,7 +89,12 @@ class ChatServer:
                 pass
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                if self.path.rstrip("/").endswith("/_stats"):
+                    with server._lock:
+                        stats = {"requests": len(server.chat_requests()),
+                                 "max_in_flight": server.max_in_flight}
+                    self._send(200, stats)
+                elif self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [
                         {"id": "loopback", "object": "model", "owned_by": "saelab"}]})
                 else:
@@ -113,7 +121,11 @@ class ChatServer:
                     reply = server.responder(body)
                     if isinstance(reply, str):
                         reply = Reply(reply)
-                    time.sleep(server.delay + reply.delay)
+                    if server._slots is not None:
+                        with server._slots:
+                            time.sleep(server.delay + reply.delay)
+                    else:
+                        time.sleep(server.delay + reply.delay)
                     if reply.raw is not None:
                         self._send_bytes(reply.status, reply.raw, reply.headers)
                     elif reply.status != 200:
@@ -295,3 +307,28 @@ class KeywordResponder:
             return Reply(json.dumps({"explanation": "; ".join(parts), "parts": parts,
                                      "polysemantic": len(parts) > 1}))
         return Reply(status=400, text=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m saelab.interp.loopback``: serve the keyword "LLM" until interrupted (prints
+    the base URL first), e.g. for ``saelab explain --llm-base-url URL --llm-model loopback``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m saelab.interp.loopback",
+                                 description=main.__doc__)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds per request")
+    ap.add_argument("--slots", type=int, default=0, help="requests worked on at once (0 = all)")
+    args = ap.parse_args(argv)
+    server = ChatServer(KeywordResponder(), delay=args.delay, slots=args.slots, port=args.port)
+    print(server.url, flush=True)
+    try:
+        server._server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._server.server_close()
+
+
+if __name__ == "__main__":
+    main()

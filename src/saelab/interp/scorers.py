@@ -198,14 +198,23 @@ class EmbeddingScorer:
 
     def __init__(self, embedder: SentenceEmbedder | None = None) -> None:
         self.embedder = embedder or SentenceEmbedder()
+        self._memo: dict[str, Any] = {}  # context text → unit vector, shared across latents
+
+    def _vectors(self, texts: list[str]) -> Any:
+        import torch
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            self._memo.update(zip(missing, self.embedder.embed(missing), strict=True))
+        return torch.stack([self._memo[t] for t in texts])
 
     async def score(self, examples: LatentExamples, explanation: str) -> Score:
         return self.score_now(examples, explanation)
 
     def score_now(self, examples: LatentExamples, explanation: str) -> Score:
         contexts: list[Context] = examples.held_out + examples.held_out_negatives
-        vectors = self.embedder.embed([explanation] + [c.text.strip() for c in contexts])
-        sims = (vectors[1:] @ vectors[0]).tolist()
+        query = self.embedder.embed([explanation])[0]
+        sims = (self._vectors([c.text.strip() for c in contexts]) @ query).tolist()
         n_pos = len(examples.held_out)
         value = auroc(sims[:n_pos], sims[n_pos:])
         details = {"n_positive": n_pos, "n_negative": len(contexts) - n_pos,
