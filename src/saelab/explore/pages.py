@@ -9,6 +9,7 @@ The histogram is inline SVG, so pages are self-contained and can be saved as sta
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -254,6 +255,7 @@ def feature_page(data: dict[str, Any], meta: dict[str, Any], links: Links,
         f"<p>{nav}</p><h1>Latent {latent}</h1>"
         + (f"<p id='labels'>{labels}</p>" if labels else "")
         + (f"<ul id='explanations'>{explanations}</ul>" if explanations else "")
+        + transcripts_html(data.get("transcripts", []))
         + f"<section class='grid'><div>{stats}</div><div><h2>Activation histogram</h2>{hist}"
         "<p class='muted'>log-spaced bins over the tokens where it fires; blue ticks: "
         "quantile-bin edges</p></div></section>"
@@ -268,6 +270,43 @@ def feature_page(data: dict[str, Any], meta: dict[str, Any], links: Links,
         f"<section id='random'><h2>Random contexts where it does not fire</h2>"
         f"{_examples_html(ex['random'], scale, 'random')}</section>")
     return page(f"latent {latent}", body, links, from_feature=True)
+
+
+def _step_html(step: dict[str, Any]) -> str:
+    """One transcript step: its state, round and hypothesis, then what it holds."""
+    head = f"<b>{esc(step.get('state'))}</b> <span class='muted'>round {step.get('round', 0)}"
+    if "hypothesis" in step:
+        head += f", hypothesis {esc(step['hypothesis'])}"
+    head += "</span>"
+    if step.get("state") == "RUN_TEST":
+        rows = "".join(
+            f"<tr><td>{esc(r.get('expected'))}</td><td>{fmt(r.get('level'))}</td>"
+            f"<td class='ctx'>{esc(r.get('text'))}</td></tr>" for r in step.get("results", []))
+        return (f"<li>{head}<table><tr><th>expected</th><th>measured (0-10)</th><th>probe"
+                f"</th></tr>{rows}</table></li>")
+    shown = {k: v for k, v in step.items()
+             if k not in ("state", "round", "hypothesis", "step", "time", "prompt", "answer")}
+    prompt = (f"<details><summary>prompt and answer</summary><pre>{esc(step['prompt'])}</pre>"
+              f"<pre>{esc(step.get('answer', ''))}</pre></details>" if "prompt" in step else "")
+    return f"<li>{head} <code>{esc(json.dumps(shown)[:600])}</code>{prompt}</li>"
+
+
+def transcripts_html(transcripts: Sequence[dict[str, Any]]) -> str:
+    """Agent transcripts (SAGE) as collapsible step lists."""
+    if not transcripts:
+        return ""
+    parts = []
+    for t in transcripts:
+        c = t["content"]
+        conclusion = c.get("explanation") or "no conclusion"
+        summary = (f"{esc(t['kind']).upper()} transcript: {esc(conclusion)} "
+                   f"<span class='muted'>({c.get('rounds', 0)} rounds, "
+                   f"{c.get('tests_run', 0)} tests, stop: {esc(c.get('stop_reason', ''))}, "
+                   f"{esc(c.get('model', ''))})</span>")
+        steps = "".join(_step_html(s) for s in c.get("steps", []))
+        parts.append(f"<details class='transcript'><summary>{summary}</summary><ol>{steps}</ol>"
+                     "</details>")
+    return f"<section id='transcripts'><h2>Agent transcripts</h2>{''.join(parts)}</section>"
 
 
 def label_form(latent: int) -> str:

@@ -126,6 +126,11 @@ class FeatureStore:
             out.append({**dict(r), "provenance": json.loads(r["provenance"]), "scores": scores})
         return out
 
+    def transcripts(self, latent: int) -> list[dict[str, Any]]:
+        """Agent transcripts (e.g. SAGE's, from ``saelab explain --agentic``), oldest first."""
+        return [{**dict(r), "content": json.loads(r["content"])} for r in self._conn().execute(
+            "SELECT * FROM transcripts WHERE latent = ? ORDER BY id", (latent,))]
+
     def feature(self, latent: int) -> dict[str, Any] | None:
         """Everything a feature page shows; None for an id outside the SAE."""
         summary = self.summary(latent) if self.has(latent) else None
@@ -134,7 +139,8 @@ class FeatureStore:
         return {**summary, "examples": self.examples(latent),
                 "logit_effects": self.logit_effects(latent),
                 "neighbours": self.neighbours(latent), "labels": self.labels(latent),
-                "explanations": self.explanations(latent)}
+                "explanations": self.explanations(latent),
+                "transcripts": self.transcripts(latent)}
 
     # ------------------------------------------------------------------ lists and search
 
