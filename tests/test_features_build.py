@@ -12,8 +12,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from saelab.cache import CacheSource  # noqa: E402
-from saelab.features import (  # noqa: E402
+from saelab.cache import CacheSource
+from saelab.features import (
     CacheRows,
     FeatureBuildConfig,
     FeatureStore,
@@ -23,11 +23,11 @@ from saelab.features import (  # noqa: E402
     build_store,
     load_model,
 )
-from saelab.features.collect import TopPerGroup  # noqa: E402
-from saelab.io import save  # noqa: E402
-from saelab.models.hf import load_hf_model  # noqa: E402
-from saelab.text.packing import TextConfig  # noqa: E402
-from tests.feature_helpers import HOOK, TinySetup, make_setup, tiny_sae  # noqa: E402
+from saelab.features.collect import TopPerGroup
+from saelab.io import save
+from saelab.models.hf import load_hf_model
+from saelab.text.packing import TextConfig
+from tests.feature_helpers import HOOK, TinySetup, make_setup, tiny_sae
 
 
 @pytest.fixture(scope="module")
