@@ -66,15 +66,23 @@ def open_explorer(path: str, store_dir: str | None = None, sae_dir: str | None =
     return ExploreApp(store, encoder)
 
 
+def public_host_warning(host: str) -> str:
+    """A warning for a bind address other machines can reach ('' for loopback)."""
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return ""
+    return (f"explore: warning: --host {host} makes the explorer (and its label form) reachable "
+            "from other machines; it has no authentication")
+
+
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from saelab.explore import ExploreServer
 
     app = open_explorer(args.path, args.store, args.sae, args.model, not args.no_live)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"explore: warning: --host {args.host} makes the explorer (and its label form) "
-              "reachable from other machines; it has no authentication", file=sys.stderr)
+    warning = public_host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr)
     server = ExploreServer(app, args.host, args.port, quiet=args.quiet)
     print(f"saelab explore: serving {app.store.path} at {server.url} (Ctrl-C stops)", flush=True)
     try:

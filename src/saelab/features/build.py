@@ -323,34 +323,27 @@ def _quantile_pass(codes: CodesFile, edges: np.ndarray, cfg: FeatureBuildConfig,
     sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
     if cfg.per_bin == 0:
         return sample
-    values, latents, offsets, seqpos = codes.open()
     rng = np.random.default_rng(cfg.seed)
-    n_rows = len(offsets) - 1
-    chunk = 65536
+    n_rows = codes.n_rows()
     start = time.perf_counter()
-    for lo in range(0, n_rows, chunk):
-        hi = min(n_rows, lo + chunk)
-        a, b = int(offsets[lo]), int(offsets[hi])
-        lat = np.asarray(latents[a:b], dtype=np.int64)
-        val = np.asarray(values[a:b])
-        row = np.repeat(np.arange(lo, hi), np.diff(np.asarray(offsets[lo:hi + 1])))
-        bins = (val[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros(len(val), int)
-        sample.offer(lat * n_bins + bins, rng.random(len(val)), seqpos[row, 0], seqpos[row, 1],
-                     val)
+    for lo, offsets, latents, values, seqpos in codes.chunks(8192):
+        lat = latents.astype(np.int64)
+        hi = lo + len(offsets) - 1
+        row = np.repeat(np.arange(hi - lo), np.diff(offsets))
+        bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros(len(lat), int)
+        sample.offer(lat * n_bins + bins, rng.random(len(lat)), seqpos[row, 0], seqpos[row, 1],
+                     values)
         say.progress("sample quantiles", hi, n_rows, start)
     return sample
 
 
 def _inverse_index(codes: CodesFile, shape: tuple[int, ...], work: Path) -> np.ndarray:
     """(n_contexts × context_size) row of every token position; −1 where none was counted."""
-    _, _, _, seqpos = codes.open()
     inverse = np.lib.format.open_memmap(work / "inverse.npy", mode="w+", dtype=np.int64,
                                         shape=(int(shape[0]), int(shape[1])))
     inverse[:] = -1
-    chunk = 1 << 20
-    for lo in range(0, len(seqpos), chunk):
-        sp = np.asarray(seqpos[lo:lo + chunk])
-        inverse[sp[:, 0], sp[:, 1]] = np.arange(lo, lo + len(sp))
+    for lo, _, _, _, seqpos in codes.chunks(1 << 20):
+        inverse[seqpos[:, 0], seqpos[:, 1]] = np.arange(lo, lo + len(seqpos))
     return inverse
 
 

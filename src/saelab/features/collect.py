@@ -19,6 +19,7 @@ Every structure here sees sparse codes as (row, latent, value) entries, batch by
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,32 @@ class CodesFile:
                                           seqpos_N2.astype(np.int64)), strict=True):
             with open(path, "ab") as fh:
                 fh.write(np.ascontiguousarray(arr).tobytes())
+
+    def n_rows(self) -> int:
+        return max(0, self.sizes()[2] // 8 - 1)
+
+    def chunks(self, rows_per_chunk: int = 65536
+               ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Sequential ``(first_row, offsets, latents, values, seqpos)`` chunks, read with plain
+        file reads (not memory maps), so memory stays one chunk whatever the file size."""
+        n_rows = self.n_rows()
+        handles = [open(p, "rb") for p in self.paths]  # noqa: SIM115 (closed below)
+        try:
+            fv, fl, fo, fs = handles
+            for lo in range(0, n_rows, rows_per_chunk):
+                hi = min(n_rows, lo + rows_per_chunk)
+                fo.seek(lo * 8)
+                offsets = np.fromfile(fo, dtype=np.int64, count=hi - lo + 1)
+                a, b = int(offsets[0]), int(offsets[-1])
+                fl.seek(a * 4)
+                fv.seek(a * 4)
+                fs.seek(lo * 16)
+                yield (lo, offsets, np.fromfile(fl, dtype=np.int32, count=b - a),
+                       np.fromfile(fv, dtype=np.float32, count=b - a),
+                       np.fromfile(fs, dtype=np.int64, count=2 * (hi - lo)).reshape(-1, 2))
+        finally:
+            for fh in handles:
+                fh.close()
 
     def open(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(values, latents, offsets, seqpos) memory-mapped."""
