@@ -59,6 +59,7 @@ def test_search_explanation_open_feature_and_transcript(
         word = text.split('"')[1]
         box = browser.find_element(By.ID, "search")
         box.send_keys(word, Keys.ENTER)
+        wait.until(ec.url_contains("q="))  # the index page has a latent table too
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#latents a.latent-link")))
         found = browser.find_elements(By.CSS_SELECTOR, "#latents a.latent-link")
         assert str(latent) in [a.text for a in found]
