@@ -22,8 +22,10 @@ class BinaryScores:
     recall: float
     f1: float
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-safe: undefined (NaN) scores become None."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}
 
 
 def binary_scores(truth: Sequence[int], predicted: Sequence[int]) -> BinaryScores:
