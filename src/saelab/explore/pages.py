@@ -8,6 +8,7 @@ The histogram is inline SVG, so pages are self-contained and can be saved as sta
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections.abc import Sequence
@@ -42,6 +43,12 @@ form.inline{display:inline}
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+@functools.lru_cache(maxsize=65536)
+def esc_token(token: str) -> str:
+    """A token as shown in a context (cached: pages repeat the same tokens thousands of times)."""
+    return html.escape(token.replace("\n", "⏎"), quote=True)
 
 
 @dataclass
@@ -91,13 +98,15 @@ def tokens_html(tokens: Sequence[str], acts: Sequence[float | None], scale: floa
     """Tokens as spans, shaded by activation, with the value on hover (``title``)."""
     spans = []
     for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
+        if act == 0.0 and i != centre:
+            spans.append(f"<span class='tok'>{esc_token(tok)}</span>")
+            continue
         attrs = f" class='tok{' centre' if i == centre else ''}'"
         if act is not None and act > 0:
             attrs += f" data-act='{act:.4g}' title='{act:.4g}' style='{colour(act, scale)}'"
         elif act is None:
             attrs += " title='not counted (special token)'"
-        shown = tok.replace("\n", "⏎")
-        spans.append(f"<span{attrs}>{esc(shown)}</span>")
+        spans.append(f"<span{attrs}>{esc_token(tok)}</span>")
     return "".join(spans)
 
 
