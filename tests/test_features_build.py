@@ -154,26 +154,35 @@ def _table(path: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def test_killed_build_resumes_to_the_same_store(setup: TinySetup, tmp_path: Path) -> None:
+def test_killed_build_resumes_to_the_same_store(setup: TinySetup, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the middle of a batch (codes on disk ahead of the saved state), a rerun cuts
+    the files back to the state and resumes to exactly the store an uninterrupted build makes."""
+    from saelab.features import build as build_module
+
     class Killed(Exception):
         pass
 
-    class DiesAfter(CacheRows):
-        def batches(self, start: int):  # type: ignore[no-untyped-def]
-            for batch in super().batches(start):
-                if batch.number == 3:
-                    raise Killed
-                yield batch
+    calls = [0]
+    encode = build_module.sparse_entries
 
-    cfg = FeatureBuildConfig(checkpoint_every_s=0, board_games=0)
-    with pytest.raises(Killed):
-        build_store(setup.sae, DiesAfter(setup.cache, batch_rows=1024), tmp_path / "a", cfg,
-                    tokens=CacheRows(setup.cache).tokens, progress=False)
-    assert not (tmp_path / "a" / "features.db").exists()  # nothing half-written in place
+    def dies_on_the_tenth(sae, acts):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 10:  # the 2nd of four encodes of batch 3: one chunk already written
+            raise Killed
+        return encode(sae, acts)
+
+    cfg = FeatureBuildConfig(checkpoint_every_s=0, board_games=0, batch_rows=256)
     stream = CacheRows(setup.cache, batch_rows=1024)
+    monkeypatch.setattr(build_module, "sparse_entries", dies_on_the_tenth)
+    with pytest.raises(Killed):
+        build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
+                    progress=False)
+    monkeypatch.setattr(build_module, "sparse_entries", encode)
+    assert not (tmp_path / "a" / "features.db").exists()  # nothing half-written in place
     resumed = build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
                           progress=False)
-    assert resumed.resumed_at_batch == 3
+    assert resumed.resumed_at_batch == 2
     whole = build_store(setup.sae, stream, tmp_path / "b", cfg, tokens=stream.tokens,
                         progress=False)
     for sql in ("SELECT * FROM latents ORDER BY id",
