@@ -238,3 +238,25 @@ def test_build_from_the_model_matches_the_cache(setup: TinySetup, tmp_path: Path
         assert top_a == top_b
         assert direct.examples(latent)["top"][0]["tokens"] == \
             cached.examples(latent)["top"][0]["tokens"]
+
+
+def test_cli_build_then_export(setup: TinySetup, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from saelab.cli import main
+    from saelab.cli.features_cmd import parse_latents
+
+    sae_dir = save(setup.sae, tmp_path / "sae")
+    assert main(["features", "build", str(sae_dir), "--cache", str(setup.cache), "--quiet",
+                 "--top-n", "5", "--n-random", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"saelab explore {sae_dir}" in out
+    store = FeatureStore(sae_dir, setup.sae)
+    assert len(store.examples(0)["top"]) == 5 and store.meta["config"]["top_n"] == 5
+    assert main(["features", "export", str(sae_dir), "--html", str(tmp_path / "site"),
+                 "--latents", "0-2,9"]) == 0
+    assert sorted(p.name for p in (tmp_path / "site" / "feature").iterdir()) == [
+        "0.html", "1.html", "2.html", "9.html"]
+    assert main(["features", "build", str(sae_dir)]) == 2  # neither --cache nor --text
+    assert "give either --cache" in capsys.readouterr().err
+    assert parse_latents("3-5,1") == [3, 4, 5, 1] and parse_latents("") is None
+    with pytest.raises(ValueError, match="bad latent list"):
+        parse_latents("a-b")
