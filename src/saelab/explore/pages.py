@@ -133,8 +133,10 @@ def histogram_svg(edges: Sequence[float], counts: Sequence[int], marks: Sequence
     ticks = "".join(f"<line x1='{x(v):.1f}' x2='{x(v):.1f}' y1='{8 + h}' y2='{12 + h}' "
                     "stroke='#1565c0'/>" for v in marks if edges[0] <= v <= edges[-1])
     labels = "".join(
-        f"<text x='{x(v):.1f}' y='{height - 4}' font-size='10' text-anchor='middle'>{fmt(v, 2)}"
-        "</text>" for v in (edges[0], math.sqrt(edges[0] * edges[-1]), edges[-1]))
+        f"<text x='{x(v):.1f}' y='{height - 4}' font-size='10' text-anchor='{anchor}'>"
+        f"{fmt(v, 2)}</text>"
+        for v, anchor in ((edges[0], "start"), (math.sqrt(edges[0] * edges[-1]), "middle"),
+                          (edges[-1], "end")))
     return (f"<svg id='histogram' role='img' aria-label='activation histogram' width='{width}' "
             f"height='{height}' viewBox='0 0 {width} {height}'>"
             f"<line x1='{left}' x2='{left + w}' y1='{8 + h}' y2='{8 + h}' stroke='#999'/>"

@@ -214,7 +214,7 @@ class OthelloCodec:
         from saelab.boardgame import othello
 
         squares = othello.tokens_to_squares(np.asarray(ids, dtype=np.int64))
-        return [othello.square_name(int(s)) if s >= 0 else "·" for s in squares]
+        return [" " + othello.square_name(int(s)) if s >= 0 else " ·" for s in squares]
 
 
 class ChessCodec:
