@@ -89,8 +89,8 @@ def test_type_text_open_a_feature_follow_a_link(browser, server, tmp_path: Path)
     browser.find_element(By.ID, "fire-button").click()
     wait.until(ec.presence_of_element_located((By.ID, "fire-tokens")))
     chips = browser.find_elements(By.CSS_SELECTOR, "#fire-tokens .firetok")
-    assert [c.find_element(By.TAG_NAME, "b").text for c in chips[1:3]] == ["The", "grey"]
-    assert any(c.text == INJECTION for c in browser.find_elements(
+    assert [c.find_element(By.TAG_NAME, "b").text.strip() for c in chips[1:3]] == ["The", "grey"]
+    assert any(c.text.strip() == INJECTION for c in browser.find_elements(
         By.CSS_SELECTOR, "#fire-tokens .firetok b"))  # shown as text, not run
     assert browser.execute_script("return document.scripts.length") == 0
     links = browser.find_elements(By.CSS_SELECTOR, "#fire-latents a.latent-link")

@@ -154,26 +154,35 @@ def _table(path: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def test_killed_build_resumes_to_the_same_store(setup: TinySetup, tmp_path: Path) -> None:
+def test_killed_build_resumes_to_the_same_store(setup: TinySetup, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed in the middle of a batch (codes on disk ahead of the saved state), a rerun cuts
+    the files back to the state and resumes to exactly the store an uninterrupted build makes."""
+    from saelab.features import build as build_module
+
     class Killed(Exception):
         pass
 
-    class DiesAfter(CacheRows):
-        def batches(self, start: int):  # type: ignore[no-untyped-def]
-            for batch in super().batches(start):
-                if batch.number == 3:
-                    raise Killed
-                yield batch
+    calls = [0]
+    encode = build_module.sparse_entries
 
-    cfg = FeatureBuildConfig(checkpoint_every_s=0, board_games=0)
-    with pytest.raises(Killed):
-        build_store(setup.sae, DiesAfter(setup.cache, batch_rows=1024), tmp_path / "a", cfg,
-                    tokens=CacheRows(setup.cache).tokens, progress=False)
-    assert not (tmp_path / "a" / "features.db").exists()  # nothing half-written in place
+    def dies_on_the_tenth(sae, acts):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 10:  # the 2nd of four encodes of batch 3: one chunk already written
+            raise Killed
+        return encode(sae, acts)
+
+    cfg = FeatureBuildConfig(checkpoint_every_s=0, board_games=0, batch_rows=256)
     stream = CacheRows(setup.cache, batch_rows=1024)
+    monkeypatch.setattr(build_module, "sparse_entries", dies_on_the_tenth)
+    with pytest.raises(Killed):
+        build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
+                    progress=False)
+    monkeypatch.setattr(build_module, "sparse_entries", encode)
+    assert not (tmp_path / "a" / "features.db").exists()  # nothing half-written in place
     resumed = build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
                           progress=False)
-    assert resumed.resumed_at_batch == 3
+    assert resumed.resumed_at_batch == 2
     whole = build_store(setup.sae, stream, tmp_path / "b", cfg, tokens=stream.tokens,
                         progress=False)
     for sql in ("SELECT * FROM latents ORDER BY id",
@@ -229,3 +238,25 @@ def test_build_from_the_model_matches_the_cache(setup: TinySetup, tmp_path: Path
         assert top_a == top_b
         assert direct.examples(latent)["top"][0]["tokens"] == \
             cached.examples(latent)["top"][0]["tokens"]
+
+
+def test_cli_build_then_export(setup: TinySetup, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from saelab.cli import main
+    from saelab.cli.features_cmd import parse_latents
+
+    sae_dir = save(setup.sae, tmp_path / "sae")
+    assert main(["features", "build", str(sae_dir), "--cache", str(setup.cache), "--quiet",
+                 "--top-n", "5", "--n-random", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"saelab explore {sae_dir}" in out
+    store = FeatureStore(sae_dir, setup.sae)
+    assert len(store.examples(0)["top"]) == 5 and store.meta["config"]["top_n"] == 5
+    assert main(["features", "export", str(sae_dir), "--html", str(tmp_path / "site"),
+                 "--latents", "0-2,9"]) == 0
+    assert sorted(p.name for p in (tmp_path / "site" / "feature").iterdir()) == [
+        "0.html", "1.html", "2.html", "9.html"]
+    assert main(["features", "build", str(sae_dir)]) == 2  # neither --cache nor --text
+    assert "give either --cache" in capsys.readouterr().err
+    assert parse_latents("3-5,1") == [3, 4, 5, 1] and parse_latents("") is None
+    with pytest.raises(ValueError, match="bad latent list"):
+        parse_latents("a-b")

@@ -8,6 +8,7 @@ The histogram is inline SVG, so pages are self-contained and can be saved as sta
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -43,6 +44,12 @@ form.inline{display:inline}
 
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+@functools.lru_cache(maxsize=65536)
+def esc_token(token: str) -> str:
+    """A token as shown in a context (cached: pages repeat the same tokens thousands of times)."""
+    return html.escape(token.replace("\n", "⏎"), quote=True)
 
 
 @dataclass
@@ -92,13 +99,15 @@ def tokens_html(tokens: Sequence[str], acts: Sequence[float | None], scale: floa
     """Tokens as spans, shaded by activation, with the value on hover (``title``)."""
     spans = []
     for i, (tok, act) in enumerate(zip(tokens, acts, strict=True)):
+        if act == 0.0 and i != centre:
+            spans.append(f"<span class='tok'>{esc_token(tok)}</span>")
+            continue
         attrs = f" class='tok{' centre' if i == centre else ''}'"
         if act is not None and act > 0:
             attrs += f" data-act='{act:.4g}' title='{act:.4g}' style='{colour(act, scale)}'"
         elif act is None:
             attrs += " title='not counted (special token)'"
-        shown = tok.replace("\n", "⏎")
-        spans.append(f"<span{attrs}>{esc(shown)}</span>")
+        spans.append(f"<span{attrs}>{esc_token(tok)}</span>")
     return "".join(spans)
 
 
@@ -125,8 +134,10 @@ def histogram_svg(edges: Sequence[float], counts: Sequence[int], marks: Sequence
     ticks = "".join(f"<line x1='{x(v):.1f}' x2='{x(v):.1f}' y1='{8 + h}' y2='{12 + h}' "
                     "stroke='#1565c0'/>" for v in marks if edges[0] <= v <= edges[-1])
     labels = "".join(
-        f"<text x='{x(v):.1f}' y='{height - 4}' font-size='10' text-anchor='middle'>{fmt(v, 2)}"
-        "</text>" for v in (edges[0], math.sqrt(edges[0] * edges[-1]), edges[-1]))
+        f"<text x='{x(v):.1f}' y='{height - 4}' font-size='10' text-anchor='{anchor}'>"
+        f"{fmt(v, 2)}</text>"
+        for v, anchor in ((edges[0], "start"), (math.sqrt(edges[0] * edges[-1]), "middle"),
+                          (edges[-1], "end")))
     return (f"<svg id='histogram' role='img' aria-label='activation histogram' width='{width}' "
             f"height='{height}' viewBox='0 0 {width} {height}'>"
             f"<line x1='{left}' x2='{left + w}' y1='{8 + h}' y2='{8 + h}' stroke='#999'/>"

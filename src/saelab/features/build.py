@@ -19,6 +19,7 @@ Memory is bounded by the number of latents and the batch size, not by the number
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -220,6 +221,9 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     tmp.unlink(missing_ok=True)
     conn = sqlite3.connect(tmp)
     try:
+        # a private file, moved into place only when complete: no journal needed while writing
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
         create_schema(conn)
         t0 = time.perf_counter()
         used_ids = _write_examples(conn, codes, inverse, all_tokens, top, quant, randoms,
@@ -247,6 +251,7 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         if final.exists():
             _copy_user_rows(conn, final)
         conn.commit()
+        conn.execute("PRAGMA journal_mode = DELETE")  # readers and label writers journal again
     finally:
         conn.close()
     os.replace(tmp, final)
@@ -378,65 +383,82 @@ def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
     return np.where(ok, order, -1), np.stack([seq, pos], 1)
 
 
+KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
+
+
+def _selected(top: TopPerGroup, quant: TopPerGroup, randoms: tuple[np.ndarray, np.ndarray],
+              lo: int, hi: int, cfg: FeatureBuildConfig) -> np.ndarray:
+    """(latent, kind code, bin, rank, sequence, centre, value) of every example of latents
+    [lo, hi), in primary-key order; ``value`` is a float64 column."""
+    parts = []
+    valid = np.isfinite(top.score[lo:hi])
+    lat, rank = np.nonzero(valid)
+    parts.append(np.stack([lat + lo, np.full_like(lat, 2), np.zeros_like(lat), rank,
+                           top.seq[lo:hi][valid], top.pos[lo:hi][valid],
+                           top.value[lo:hi][valid]], 1))
+    if cfg.per_bin:
+        nb = cfg.quantile_bins
+        score = quant.score[lo * nb:hi * nb]
+        valid = np.isfinite(score)
+        group, rank = np.nonzero(valid)
+        parts.append(np.stack([group // nb + lo, np.zeros_like(group), group % nb, rank,
+                               quant.seq[lo * nb:hi * nb][valid],
+                               quant.pos[lo * nb:hi * nb][valid],
+                               quant.value[lo * nb:hi * nb][valid]], 1))
+    picked, pool = randoms
+    if picked.size:
+        block = picked[lo:hi]
+        lat, slot = np.nonzero(block >= 0)
+        windows = block[lat, slot]
+        rank = np.zeros_like(lat)
+        if len(lat):  # rank among the latent's found windows
+            starts = np.searchsorted(lat, lat, side="left")
+            rank = np.arange(len(lat)) - starts
+        parts.append(np.stack([lat + lo, np.ones_like(lat), np.zeros_like(lat), rank,
+                               pool[windows, 0], pool[windows, 1], np.zeros(len(lat))], 1))
+    rows = np.concatenate(parts).astype(np.float64)
+    order = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
+    return rows[order]
+
+
 def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndarray,
                     tokens: np.ndarray, top: TopPerGroup, quant: TopPerGroup,
-                    randoms: tuple[np.ndarray, np.ndarray], n_latents: int, cfg: FeatureBuildConfig,
-                    say: _Say) -> set[int]:
-    """Turn every selected example into a window with the latent's code at every token."""
+                    randoms: tuple[np.ndarray, np.ndarray], n_latents: int,
+                    cfg: FeatureBuildConfig, say: _Say) -> set[int]:
+    """Turn every selected example into a window with the latent's code at every token;
+    inserted block by block of latents, in primary-key order (fast B-tree appends)."""
     values, latents, offsets, _ = codes.open()
     size = tokens.shape[1]
-    # (latent, kind, bin, rank, seq, pos, value) of every activating example
-    rows: list[np.ndarray] = []
-    valid = np.isfinite(top.score)
-    lat, rank = np.nonzero(valid)
-    rows.append(np.stack([lat, np.zeros_like(lat), np.zeros_like(lat), rank,
-                          top.seq[valid], top.pos[valid]], 1))
-    values_list = [top.value[valid]]
-    if cfg.per_bin:
-        valid = np.isfinite(quant.score)
-        group, rank = np.nonzero(valid)
-        rows.append(np.stack([group // cfg.quantile_bins, np.ones_like(group),
-                              group % cfg.quantile_bins, rank, quant.seq[valid],
-                              quant.pos[valid]], 1))
-        values_list.append(quant.value[valid])
-    examples = np.concatenate(rows).astype(np.int64)
-    example_values = np.concatenate(values_list)
     used: set[int] = set()
-    kinds = ("top", "quantile", "random")
-    block = max(1, 2_000_000 // (cfg.window_before + cfg.window_after + 1))
+    per_latent = cfg.top_n + cfg.quantile_bins * cfg.per_bin + cfg.n_random
+    block = max(1, 400_000 // max(1, per_latent * (cfg.window_before + cfg.window_after + 1)))
     start = time.perf_counter()
-    for b in range(0, len(examples), block):
-        ex = examples[b:b + block]
-        lo, hi = _window(ex[:, 5], cfg, size)
+    for m0 in range(0, n_latents, block):
+        ex = _selected(top, quant, randoms, m0, min(n_latents, m0 + block), cfg)
+        latent, kind = ex[:, 0].astype(np.int64), ex[:, 1].astype(np.int64)
+        seq, pos = ex[:, 4].astype(np.int64), ex[:, 5].astype(np.int64)
+        lo, hi = _window(pos, cfg, size)
         lengths = hi - lo
         which = np.repeat(np.arange(len(ex)), lengths)
         offs = np.concatenate([[0], np.cumsum(lengths)])
-        positions = lo[which] + np.arange(int(lengths.sum())) - offs[which]
-        seqs = ex[which, 4]
-        q_rows = np.asarray(inverse[seqs, positions])
-        acts = lookup(values, latents, offsets, q_rows, ex[which, 0], n_latents)
-        toks = np.asarray(tokens[seqs, positions], dtype=np.int32)
+        positions = lo[which] + np.arange(int(offs[-1])) - offs[which]
+        toks = np.asarray(tokens[seq[which], positions], dtype=np.int32)
+        activating = kind[which] != 1  # random windows never fire: their acts are NULL
+        acts = np.zeros(len(which), dtype=np.float32)
+        acts[activating] = lookup(values, latents, offsets,
+                                  np.asarray(inverse[seq[which][activating],
+                                                     positions[activating]]),
+                                  latent[which][activating], n_latents)
         used.update(np.unique(toks).tolist())
-        batch: list[tuple[Any, ...]] = []
-        for i in range(len(ex)):
-            sl = slice(offs[i], offs[i + 1])
-            batch.append((int(ex[i, 0]), kinds[ex[i, 1]], int(ex[i, 2]), int(ex[i, 3]),
-                          int(ex[i, 4]), int(ex[i, 5]), int(lo[i]),
-                          float(example_values[b + i]), toks[sl].tobytes(),
-                          acts[sl].astype(np.float32).tobytes()))
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", batch)
-        say.progress("windows", b + len(ex), len(examples), start, unit="examples")
-    picked, pool = randoms
-    if picked.size:
-        batch = []  # reuses the annotated name
-        for latent, row in enumerate(picked):
-            for r, w in enumerate(row[row >= 0]):
-                s, p = int(pool[w, 0]), int(pool[w, 1])
-                lo_r, hi_r = max(0, p - cfg.window_before), min(size, p + cfg.window_after + 1)
-                toks = np.asarray(tokens[s, lo_r:hi_r], dtype=np.int32)
-                used.update(toks.tolist())
-                batch.append((latent, "random", 0, r, s, p, lo_r, 0.0, toks.tobytes(), None))
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", batch)
+        tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
+        spans = list(itertools.pairwise((offs * 4).tolist()))
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
+            latent.tolist(), [KINDS[k] for k in kind.tolist()], ex[:, 2].astype(int).tolist(),
+            ex[:, 3].astype(int).tolist(), seq.tolist(), pos.tolist(), lo.tolist(),
+            ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
+            [act_bytes[a:b] if k != 1 else None
+             for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
+        say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
     return used
 
 

@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS examples (
     acts BLOB,                               -- float32 code of every window token (NaN = not
                                              -- counted, e.g. BOS); NULL = all zero
     PRIMARY KEY (latent, kind, bin, rank)
-) WITHOUT ROWID;
+);                                           -- rowid table: rows are large (two blobs)
 CREATE TABLE IF NOT EXISTS logit_effects (
     latent INTEGER NOT NULL,
     direction TEXT NOT NULL CHECK (direction IN ('promoted', 'suppressed')),

@@ -180,7 +180,23 @@ class HFCodec:
         return ids if self.bos is None else [self.bos, *ids]
 
     def token_text(self, ids: Sequence[int]) -> list[str]:
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+        """Each token as it reads inside a text, with the space before it when it starts a
+        word: decode([anchor, id]) minus decode([anchor]) (GPT-2 BPE, WordPiece ``##``
+        pieces and word-level tokenizers all come out right)."""
+        anchor = self._anchor()
+        if anchor is None:
+            return [self.tokenizer.decode([int(i)]) for i in ids]
+        head = self.tokenizer.decode([anchor])
+        out = []
+        for i in ids:
+            pair = self.tokenizer.decode([anchor, int(i)])
+            out.append(pair[len(head):] if pair.startswith(head) else
+                       self.tokenizer.decode([int(i)]))
+        return out
+
+    def _anchor(self) -> int | None:
+        ids = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if len(ids) == 1 else None
 
 
 class OthelloCodec:
@@ -198,7 +214,7 @@ class OthelloCodec:
         from saelab.boardgame import othello
 
         squares = othello.tokens_to_squares(np.asarray(ids, dtype=np.int64))
-        return [othello.square_name(int(s)) if s >= 0 else "·" for s in squares]
+        return [" " + othello.square_name(int(s)) if s >= 0 else " ·" for s in squares]
 
 
 class ChessCodec:

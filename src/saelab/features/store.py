@@ -49,6 +49,9 @@ class FeatureStore:
         self._local = threading.local()
         self.n_latents = int(self.meta["sae"]["d_sae"])
         self.token_text = dict(self._conn().execute("SELECT id, text FROM tokens").fetchall())
+        # a list indexed by token id: the fastest look-up for a page's few thousand tokens
+        size = max(self.token_text, default=-1) + 1
+        self._texts = [self.token_text.get(i, f"<{i}>") for i in range(size)]
 
     def check_sae(self, sae: SAE) -> None:
         """Raise StoreError unless the store was built for exactly these weights."""
@@ -87,16 +90,19 @@ class FeatureStore:
         rows = self._conn().execute(
             "SELECT * FROM examples WHERE latent = ? ORDER BY kind, bin DESC, rank",
             (latent,)).fetchall()
+        texts = self._texts
         for r in rows:
-            ids = np.frombuffer(r["token_ids"], dtype=np.int32)
-            acts = (np.frombuffer(r["acts"], dtype=np.float32) if r["acts"] is not None
-                    else np.zeros(len(ids), dtype=np.float32))
+            ids = np.frombuffer(r["token_ids"], dtype=np.int32).tolist()
+            if r["acts"] is None:
+                acts: list[float | None] = [0.0] * len(ids)
+            else:  # NaN (not counted) becomes None; x != x only for NaN
+                acts = [None if a != a else a for a in
+                        np.frombuffer(r["acts"], dtype=np.float32).round(4).tolist()]
             out[r["kind"]].append({
                 "sequence": r["sequence"], "position": r["position"], "start": r["start"],
                 "centre": r["position"] - r["start"], "value": r["value"], "bin": r["bin"],
-                "tokens": [self.token_text.get(int(i), f"<{int(i)}>") for i in ids],
-                "token_ids": ids.tolist(),
-                "acts": [None if np.isnan(a) else round(float(a), 4) for a in acts]})
+                "tokens": [texts[i] if i < len(texts) else f"<{i}>" for i in ids],
+                "token_ids": ids, "acts": acts})
         return out
 
     def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
