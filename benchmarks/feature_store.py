@@ -242,7 +242,10 @@ def main() -> None:
     p.add_argument("--overhead-tokens", type=int, default=20000, help="MiniLM tokens (part 1)")
     p.add_argument("--overhead-latents", type=int, default=3072, help="random SAE latents, part 1")
     p.add_argument("--sae", help="a trained MiniLM layer-3 SAE for part 1 (default: random)")
-    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true", help="skip part 1")
+    p.add_argument("--skip-serve", action="store_true", help="skip parts 3 and 4")
+    p.add_argument("--serve-store", help="only parts 3 and 4, on this existing store (its "
+                   "latent count from the store)")
     p.add_argument("--work", help="keep the stores here (default: a temporary folder)")
     p.add_argument("--progress", action="store_true", help="show the builds' progress")
     p.add_argument("--child-tokens", type=int, help=argparse.SUPPRESS)
@@ -250,6 +253,21 @@ def main() -> None:
     args = p.parse_args()
     if args.child_tokens:
         build_one(args)
+        return
+    if args.serve_store:
+        from saelab.features import read_meta, resolve_store
+
+        meta = read_meta(resolve_store(args.serve_store))
+        n_latents = int(meta["sae"]["d_sae"])
+        proc, url = start_server(args.serve_store)
+        try:
+            print(json.dumps({"store": {"latents": n_latents, "tokens": meta["n_rows"]},
+                              "latency": latency(url, n_latents, args.pages),
+                              "load": load(url, n_latents, args.clients, args.load_seconds)},
+                             indent=2))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -264,6 +282,9 @@ def main() -> None:
         report["memory_conclusion"] = (
             f"peak RSS {rss[0]} MB at {report['memory'][0]['tokens']:,} tokens vs {rss[-1]} MB "
             f"at {report['memory'][-1]['tokens']:,} tokens ({rss[-1] / rss[0] - 1:+.0%})")
+        if args.skip_serve:
+            print(json.dumps(report, indent=2))
+            return
         proc, url = start_server(report["memory"][-1]["store"])
         try:
             report["latency"] = latency(url, args.latents, args.pages)

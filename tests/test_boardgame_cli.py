@@ -62,7 +62,8 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
     from saelab.pipelines.boardgame_demo import OthelloDemoConfig, demo_summary, run_othello_demo
 
     cfg = OthelloDemoConfig(model=str(tiny_model), sae_games=20, eval_games=8,
-                            total_tokens=2048, batch_size=256, expansion=2, k=4, threads=1)
+                            total_tokens=2048, batch_size=256, expansion=2, k=4, threads=1,
+                            feature_board_games=20)
     results = run_othello_demo(tmp_path, cfg, verbose=False)
     assert set(results) == {"trained", "random-init"}
     summary = demo_summary(results)
@@ -84,3 +85,8 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
 
     store = FeatureStore(demo_sae_dir(tmp_path), load(demo_sae_dir(tmp_path)))
     assert store.meta["n_rows"] == 20 * 59 and store.meta["model"]["kind"] == "game"
+    labelled = [lab for m in range(store.n_latents) for lab in store.labels(m)]
+    assert labelled and all(lab["source"] == "boardgame" and 0 <= lab["score"] <= 1
+                            for lab in labelled)
+    assert store.examples(0)["top"][0]["tokens"][0].strip() in {  # moves shown as squares
+        f"{f}{r}" for f in "abcdefgh" for r in range(1, 9)}
