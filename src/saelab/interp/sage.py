@@ -9,7 +9,8 @@ active hypothesis DESIGN_TEST → RUN_TEST → ANALYZE_RESULT → UPDATE_HYPOTHE
 REVIEW_ALL_HYPOTHESES → FINAL_CONCLUSION. ANALYZE_RESULT and UPDATE_HYPOTHESIS come from one
 LLM answer and are recorded as two steps. Stopping (the paper's defaults): conclude once
 round ≥ ``min_rounds`` (12), no hypothesis is pending and at least ``min_tests`` (8) tests have
-run; always stop after ``max_rounds`` (14). A round tests every pending hypothesis; when none is
+run (stop reason "converged", or "all_rejected" when nothing was confirmed); always stop
+after ``max_rounds`` (14). A round tests every pending hypothesis; when none is
 pending before ``min_rounds`` the confirmed ones are stress-tested again; when every hypothesis
 was rejected the agent proposes new ones from the exemplars and the evidence so far.
 Every step (state, round, prompt, raw answer, parsed content, measured activations) is kept in
@@ -182,7 +183,8 @@ class _Session:
         pending = any(h.status == "pending" for h in self.hypotheses)
         if self.round >= self.cfg.min_rounds and not pending and \
                 self.tests_run >= self.cfg.min_tests:
-            return "converged"
+            confirmed = any(h.status == "confirmed" for h in self.hypotheses)
+            return "converged" if confirmed else "all_rejected"
         return ""
 
     async def propose(self) -> None:
