@@ -27,8 +27,8 @@ import torch
 from saelab.architectures.base import SAE
 from saelab.boardgame import lm
 from saelab.boardgame.activations import game_activations, write_npy
-from saelab.boardgame.demo import train_saes
 from saelab.evals import boardgame as board_eval
+from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
 
 FIXED_K = ("topk", "batchtopk", "matryoshka", "ordered")

@@ -59,10 +59,11 @@ def test_eval_without_saes_says_how_to_fix(tiny_model: Path) -> None:
 
 
 def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None:
-    from saelab.boardgame.demo import OthelloDemoConfig, demo_summary, run_othello_demo
+    from saelab.pipelines.boardgame_demo import OthelloDemoConfig, demo_summary, run_othello_demo
 
     cfg = OthelloDemoConfig(model=str(tiny_model), sae_games=20, eval_games=8,
-                            total_tokens=2048, batch_size=256, expansion=2, k=4, threads=1)
+                            total_tokens=2048, batch_size=256, expansion=2, k=4, threads=1,
+                            feature_board_games=20)
     results = run_othello_demo(tmp_path, cfg, verbose=False)
     assert set(results) == {"trained", "random-init"}
     summary = demo_summary(results)
@@ -77,3 +78,15 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
     assert cache.d_in == 16
     positions = cache.positions(np.arange(cache.n_rows))
     assert len({tuple(p) for p in positions.tolist()}) == len(positions) == 20 * 59
+    # The demo ends with the TopK SAE's feature store, bound to those weights.
+    from saelab.features import FeatureStore
+    from saelab.io import load
+    from saelab.pipelines.boardgame_demo import demo_sae_dir
+
+    store = FeatureStore(demo_sae_dir(tmp_path), load(demo_sae_dir(tmp_path)))
+    assert store.meta["n_rows"] == 20 * 59 and store.meta["model"]["kind"] == "game"
+    labelled = [lab for m in range(store.n_latents) for lab in store.labels(m)]
+    assert labelled and all(lab["source"] == "boardgame" and 0 <= lab["score"] <= 1
+                            for lab in labelled)
+    assert store.examples(0)["top"][0]["tokens"][0].strip() in {  # moves shown as squares
+        f"{f}{r}" for f in "abcdefgh" for r in range(1, 9)}

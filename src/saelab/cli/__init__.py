@@ -18,14 +18,31 @@ def _commands() -> list[ModuleType]:
         demo_cmd,
         eval_cmd,
         eval_model_cmd,
+        explain_cmd,
+        explore_cmd,
         export_cmd,
+        features_cmd,
         sources_cmd,
         toy_cmd,
         train_cmd,
     )
 
-    return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, export_cmd, sources_cmd, toy_cmd, boardgame_cmd, demo_cmd,
-            architectures_cmd]
+    # The order `saelab --help` lists them in: the workflow first, helpers last.
+    return [
+        cache_cmd,
+        sources_cmd,
+        train_cmd,
+        eval_cmd,
+        eval_model_cmd,
+        features_cmd,
+        explore_cmd,
+        explain_cmd,
+        export_cmd,
+        toy_cmd,
+        boardgame_cmd,
+        demo_cmd,
+        architectures_cmd,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -193,7 +193,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_demo(actions: Any) -> None:
-    from saelab.boardgame.demo import OthelloDemoConfig
+    from saelab.pipelines.boardgame_demo import OthelloDemoConfig
 
     p = actions.add_parser("demo", allow_abbrev=False, help="the Othello SAE demo (minutes)",
                            description="Train a TopK and a p-anneal SAE on the shipped Othello "
@@ -205,7 +205,7 @@ def _add_demo(actions: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from saelab.boardgame.demo import OthelloDemoConfig, run_othello_demo
+    from saelab.pipelines.boardgame_demo import OthelloDemoConfig, run_othello_demo
 
     cfg = from_dict(OthelloDemoConfig, args_to_dict(args, OthelloDemoConfig))
     run_othello_demo(args.out, cfg)

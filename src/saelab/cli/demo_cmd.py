@@ -3,7 +3,8 @@
 By default, on the shipped Othello language model: cache residual-stream activations, train a
 TopK and a p-annealing SAE, measure board-state coverage and board reconstruction (thresholds and
 labels chosen on training games, scored on held-out games) for the trained and a random-init
-model with a linear-probe baseline, and write an HTML + Markdown report with plots. ``--toy``
+model with a linear-probe baseline, write an HTML + Markdown report with plots, and build the
+feature store of the TopK SAE (then ``saelab explore`` browses it). ``--toy``
 runs the toy ground-truth demo instead.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from saelab.boardgame.demo import OthelloDemoConfig, run_othello_demo
+from saelab.pipelines.boardgame_demo import OthelloDemoConfig, demo_sae_dir, run_othello_demo
 from saelab.toy.generator import ToyConfig, ToyModel
 from saelab.toy.recovery import format_table, run_recovery
 from saelab.toy.report import write_report
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     if not args.toy:
         run_othello_demo(out, OthelloDemoConfig())
         print(f"report: {out / 'report.html'}")
+        print(f"browse the TopK SAE's latents: saelab explore {demo_sae_dir(out)}")
         return 0
     torch.set_num_threads(1)  # toy matrices are tiny: extra threads only add overhead
     start = time.perf_counter()

@@ -324,6 +324,65 @@ def evaluate_sae(sae: SAE, data: BoardData, cfg: BoardEvalConfig, name: str = "s
                           core.explained_variance, scores)
 
 
+# ---------------------------------------------------------------------------- per-latent labels
+
+
+@dataclass
+class LatentBoardLabel:
+    """The board-state cell a latent classifies best: chosen (threshold, property, cell) by F1
+    on the training games, scored on held-out games."""
+
+    latent: int
+    property: str
+    cell: str
+    threshold: float  # fraction of the latent's training max
+    f1_train: float
+    f1_test: float
+    precision_test: float
+    recall_test: float
+
+
+def latent_board_labels(sae: SAE, data: BoardData, cfg: BoardEvalConfig
+                        ) -> list[LatentBoardLabel]:
+    """For every latent alive on the training split, its best-matching board-state cell (the
+    per-latent view of coverage: same classifiers, same thresholds, same splits)."""
+    cell_names = {p.name: p.cell_names for p in properties_for(data.game)}
+    train = encode_sparse(sae, data.train.acts_PD, cfg.batch_size)
+    test = encode_sparse(sae, data.test.acts_PD, cfg.batch_size)
+    max_M = train.max_per_latent()
+    M = sae.cfg.d_sae
+    best_f1 = torch.full((M,), -1.0)
+    best = {"prop": torch.zeros(M, dtype=torch.long), "cell": torch.zeros(M, dtype=torch.long),
+            "t": torch.zeros(M)}
+    props = list(data.train.labels)
+    for fraction in cfg.fractions():
+        firing = train.firing(max_M, fraction)
+        for j, prop in enumerate(props):
+            f1_M, cell_M = Counts.of(firing, data.train.labels[prop]).f1().max(1)
+            better = f1_M > best_f1
+            best_f1 = torch.where(better, f1_M, best_f1)
+            best["prop"][better], best["cell"][better] = j, cell_M[better]
+            best["t"][better] = fraction
+    alive = (max_M > 0) & (best_f1 > 0)
+    out = []
+    for fraction in sorted({float(t) for t in best["t"][alive]}):
+        firing = test.firing(max_M, fraction)
+        for j, prop in enumerate(props):
+            pick = alive & (best["t"] == fraction) & (best["prop"] == j)
+            if not pick.any():
+                continue
+            counts = Counts.of(firing, data.test.labels[prop])
+            f1 = counts.f1()
+            for latent in pick.nonzero().flatten().tolist():
+                cell = int(best["cell"][latent])
+                tp = float(counts.tp_MC[latent, cell])
+                out.append(LatentBoardLabel(
+                    latent, prop, cell_names[prop][cell], fraction, float(best_f1[latent]),
+                    float(f1[latent, cell]), tp / max(1.0, float(counts.on_M[latent])),
+                    tp / max(1.0, float(counts.positives_C[cell]))))
+    return sorted(out, key=lambda lab: lab.latent)
+
+
 # ---------------------------------------------------------------------------- linear probe
 
 

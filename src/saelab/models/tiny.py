@@ -18,15 +18,19 @@ SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "bos": "<bos>", "eos": "<eos>"
 
 def build_tiny_gpt2(folder: str | Path, *, n_layer: int = 2, d_model: int = 32, n_head: int = 2,
                     n_positions: int = 128, vocab_size: int = 2000, seed: int = 0,
-                    corpus: str | Path | None = None) -> Path:
+                    corpus: str | Path | None = None, split_punctuation: bool = True) -> Path:
     """Train a WordLevel tokenizer on ``corpus`` (default: the bundled English corpus), build
-    a GPT-2 with random weights and save both to ``folder``; returns the folder."""
+    a GPT-2 with random weights and save both to ``folder``; returns the folder.
+
+    ``split_punctuation=False`` splits on whitespace only, so a token can hold punctuation and
+    markup (the explorer's injection tests use that)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     text = Path(corpus or corpus_path()).read_text()
     tok = Tokenizer(models.WordLevel(unk_token=SPECIAL_TOKENS["unk"]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation as separate tokens
+    tok.pre_tokenizer = (pre_tokenizers.Whitespace() if split_punctuation  # words, punctuation
+                         else pre_tokenizers.WhitespaceSplit())
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size,
                                         special_tokens=list(SPECIAL_TOKENS.values()))
     tok.train_from_iterator(text.split("\n\n"), trainer)

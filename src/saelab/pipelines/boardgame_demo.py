@@ -3,7 +3,8 @@
 :func:`run_othello_demo` collects residual-stream activations over generated games (written to
 ``.npy``), trains SAEs with saelab's Trainer on the trained model and on its random-initialised
 control, measures coverage and board reconstruction on held-out games next to a linear-probe
-baseline, and writes ``report.md`` / ``report.html`` with a plot.
+baseline, writes ``report.md`` / ``report.html`` with a plot, and builds the feature store of
+the trained model's TopK SAE (browse it with ``saelab explore``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class OthelloDemoConfig:
     k: int = option(16, "active latents of the TopK SAE")
     panneal_coefficient: float = option(2.0, "initial sparsity coefficient of the p-anneal SAE")
     seed: int = option(0, "seed of SAE initialisation and data order")
+    features: bool = option(True, "build the feature store of the trained model's TopK SAE")
+    feature_board_games: int = option(200, "games in each split of the feature store's "
+                                      "board-label evaluation")
     threads: int = option(1, "torch threads (these SAE matmuls gain little from more, and on a "
                           "busy machine extra OpenMP threads spin)")
 
@@ -85,6 +89,32 @@ def _model_run(cfg: OthelloDemoConfig, kind: str, random_init: bool, out: Path
     return board_eval.run(saes, eval_cfg)
 
 
+def demo_sae_dir(out_dir: str | Path, kind: str = "trained", name: str = "topk") -> Path:
+    """Where the demo saves the final SAE ``name`` of one model kind."""
+    return Path(out_dir) / f"saes_{kind}" / "final" / name
+
+
+def build_demo_store(out_dir: str | Path, cfg: OthelloDemoConfig, layer: int,
+                     progress: bool = True) -> Path:
+    """The feature store of the trained model's TopK SAE, from the demo's activation cache."""
+    from saelab.boardgame.lm import pretrained_path, read_metadata
+    from saelab.features import CacheRows, FeatureBuildConfig, ModelSpec, build_store, load_model
+    from saelab.io import load
+
+    out = Path(out_dir)
+    sae_dir = demo_sae_dir(out)
+    game = str(read_metadata(pretrained_path(cfg.model) if cfg.model in lm.GAMES
+                             else Path(cfg.model))["game"])
+    spec = ModelSpec("game", cfg.model, f"transformer.h.{layer}", game)
+    stream = CacheRows(out / f"cache_trained_layer{layer}")
+    result = build_store(load(sae_dir), stream, sae_dir / "features",
+                         FeatureBuildConfig(board_games=cfg.feature_board_games, seed=cfg.seed),
+                         spec=spec, tokens=stream.tokens, loaded=load_model(spec),
+                         sae_path=str(sae_dir), source=str(stream.source.path), rebuild=True,
+                         progress=progress)
+    return result.path.parent
+
+
 def run_othello_demo(out_dir: str | Path, cfg: OthelloDemoConfig | None = None,
                      verbose: bool = True) -> dict[str, board_eval.BoardEvalResult]:
     """Run the demo into ``out_dir``; returns the results per model kind and writes
@@ -109,6 +139,13 @@ def run_othello_demo(out_dir: str | Path, cfg: OthelloDemoConfig | None = None,
     plot = board_eval.plot_comparison(list(results.values()), out / "comparison.png",
                                       labels=list(results))
     write_report(out, results, plot, seconds)
+    if cfg.features:
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            build_demo_store(out, cfg, results["trained"].layer, progress=verbose)
+        finally:
+            torch.set_num_threads(old_threads)
     return results
 
 

@@ -1,0 +1,604 @@
+"""Build a feature store: stream rows through the SAE, keep statistics and examples, write SQLite.
+
+Stages (each prints progress):
+
+1. **encode** (the only pass over the model or the cache): every batch of rows is encoded by
+   the SAE into sparse codes; per-latent counts, sums, maxima and a fine log-histogram, and the
+   exact top-N contexts per latent, are updated; the codes go to a CSR file in ``_work/``. The
+   state is saved every ``checkpoint_every_s`` seconds, so a killed build resumes from there.
+2. **sample** (over the saved codes): a uniform sample of a few codes from each of the
+   equal-count activation bins of every latent, and random windows where it never fires.
+3. **windows**: every selected example becomes a window of tokens around its centre, with the
+   latent's code at every token (looked up in the saved codes).
+4. **extras**: decoder-cosine neighbours, logit effects (causal LMs), board-game labels.
+5. **write**: a fresh SQLite file moved into place in one rename; explanations, scores,
+   transcripts and user labels of the store it replaces are copied into it first.
+
+Memory is bounded by the number of latents and the batch size, not by the number of tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from saelab.architectures.base import SAE
+from saelab.config import ConfigError, option, to_dict
+from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, lookup
+from saelab.features.schema import (
+    SCHEMA_VERSION,
+    STORE_NAME,
+    USER_TABLES,
+    create_schema,
+    fingerprint,
+)
+from saelab.features.sources import LoadedSpec, ModelSpec, RowStream
+from saelab.io import atomic_write_bytes
+from saelab.training.logging import _fmt
+
+WORK_DIR = "_work"
+
+
+class StoreError(ValueError):
+    """A feature store is missing, unfinished, corrupt or built for other weights."""
+
+
+@dataclass
+class FeatureBuildConfig:
+    """Options of ``saelab features build``."""
+
+    top_n: int = option(20, "top-activating contexts kept per latent")
+    quantile_bins: int = option(10, "equal-count activation bins sampled per latent")
+    per_bin: int = option(4, "examples sampled from each activation bin")
+    n_random: int = option(10, "random windows where the latent never fires, per latent")
+    window_before: int = option(24, "tokens shown before an example's centre token")
+    window_after: int = option(8, "tokens shown after an example's centre token")
+    n_logits: int = option(10, "most promoted and suppressed tokens per latent (causal LMs)")
+    n_neighbours: int = option(10, "nearest latents by decoder cosine")
+    batch_rows: int = option(2048, "rows per SAE encode")
+    seed: int = option(0, "seed of the quantile and random samples")
+    checkpoint_every_s: float = option(30.0, "save resumable state at most this often (seconds)")
+    board_games: int = option(300, "board-game SAEs: games in each split of the board-label "
+                              "evaluation (0 = no board labels)")
+
+    def validate(self) -> None:
+        if min(self.top_n, self.quantile_bins, self.batch_rows) < 1:
+            raise ConfigError("top_n, quantile_bins and batch_rows must be at least 1")
+        if min(self.per_bin, self.n_random, self.window_before, self.window_after,
+               self.n_logits, self.n_neighbours, self.board_games) < 0:
+            raise ConfigError("per_bin, n_random, window sizes, n_logits, n_neighbours and "
+                              "board_games must be >= 0")
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    n_rows: int
+    n_latents: int
+    seconds: float
+    stage_seconds: dict[str, float]
+    resumed_at_batch: int = 0
+    skipped: bool = False
+
+
+class _Say:
+    """Progress lines on stderr: what, how far, rate and ETA, at most every ``interval`` s."""
+
+    def __init__(self, enabled: bool, interval: float = 2.0) -> None:
+        self.enabled, self.interval, self.last = enabled, interval, 0.0
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"features: {msg}", file=sys.stderr, flush=True)
+
+    def progress(self, stage: str, done: int, total: int | None, start: float,
+                 unit: str = "rows", force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        rate = done / max(now - start, 1e-9)
+        if total:
+            eta = _fmt((total - done) / max(rate, 1e-9))
+            msg = f"{stage}: {done:,}/{total:,} {unit} ({100 * done / total:.1f}%) | " \
+                  f"{rate:,.0f} {unit}/s | ETA {eta}"
+        else:
+            msg = f"{stage}: {done:,} {unit} | {rate:,.0f} {unit}/s"
+        self(msg)
+
+
+def store_path(out: str | Path) -> Path:
+    return Path(out) / STORE_NAME
+
+
+def sparse_entries(sae: SAE, acts_ND: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, latent, value) of the positive codes of one batch (one dense batch at a time)."""
+    with torch.no_grad():
+        codes: Tensor = sae.encode(torch.from_numpy(np.ascontiguousarray(acts_ND)))
+        rows, cols = (codes > 0).nonzero(as_tuple=True)
+        values = codes[rows, cols]
+    return rows.numpy(), cols.numpy(), values.float().numpy()
+
+
+# ---------------------------------------------------------------------------- resumable state
+
+
+class _State:
+    """Pass-1 state in ``_work/``: arrays in ``state.npz``, counters in ``state.json``."""
+
+    def __init__(self, work: Path, key: dict[str, Any]) -> None:
+        self.work, self.key = work, key
+        self.json_path, self.npz_path = work / "state.json", work / "state.npz"
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.json_path.exists():
+            return None
+        info: dict[str, Any] = json.loads(self.json_path.read_text())
+        if info.get("key") != self.key:
+            raise StoreError(f"{self.work} holds an unfinished build with other settings or "
+                             f"another SAE; rerun with the same settings to resume, or delete "
+                             f"{self.work} to start over")
+        return info
+
+    def save(self, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        tmp = self.work / "state.tmp.npz"
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, self.npz_path)
+        atomic_write_bytes(self.json_path, json.dumps({"key": self.key, **info}).encode())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        with np.load(self.npz_path) as data:
+            return {k: data[k] for k in data.files}
+
+
+# ---------------------------------------------------------------------------- the build
+
+
+def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildConfig, *,
+                spec: ModelSpec | None = None, tokens: Callable[[], np.ndarray] | None = None,
+                loaded: LoadedSpec | None = None, sae_path: str = "", source: str = "",
+                rebuild: bool = False, progress: bool = True) -> BuildResult:
+    """Build (or resume, or skip when finished) the feature store of ``sae`` in ``out``.
+
+    ``tokens`` returns the contexts' token ids (n_contexts × context_size) for streams that do
+    not hand them out per batch (a cache); ``loaded`` is the model used for logit effects and
+    board labels and token strings (None: the store has ids only where no codec exists).
+    """
+    cfg.validate()
+    start = time.perf_counter()
+    out = Path(out)
+    say = _Say(progress)
+    spec = spec or ModelSpec("none")
+    sae.eval()
+    fp = fingerprint(sae)
+    final = store_path(out)
+    if final.exists():
+        meta = read_meta(final)
+        if meta.get("fingerprint") != fp:
+            raise StoreError(f"{final} was built for other SAE weights ({meta.get('sae_path')}); "
+                             "pass another --out for this SAE")
+        if not rebuild:
+            say(f"{final} is already built for this SAE (use --rebuild to build it again)")
+            return BuildResult(final, int(meta.get("n_rows", 0)), sae.cfg.d_sae, 0.0, {},
+                               skipped=True)
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    key = {"fingerprint": fp, "config": to_dict(cfg), "source": source,
+           "width": stream.width}
+    if sae.cfg.d_in != stream.width:
+        raise ConfigError(f"the SAE expects d_in={sae.cfg.d_in} but the activations have width "
+                          f"{stream.width}; build the store from the SAE's own model and hook")
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    state = _State(work, key)
+    stats, top, codes, resumed = _encode_pass(sae, stream, cfg, state, work, say)
+    times["encode"] = time.perf_counter() - t0
+    if stats.n_rows == 0:
+        raise StoreError("the source yielded no rows to encode")
+    all_tokens = tokens() if tokens is not None else _work_tokens(work, stream.context_size)
+
+    t0 = time.perf_counter()
+    edges = stats.quantile_edges(cfg.quantile_bins)
+    quant = _quantile_pass(codes, edges, cfg, say)
+    inverse = _inverse_index(codes, all_tokens.shape, work)
+    randoms = _random_windows(codes, inverse, stats, cfg)
+    times["sample"] = time.perf_counter() - t0
+
+    tmp = work / f"{STORE_NAME}.partial"
+    tmp.unlink(missing_ok=True)
+    conn = sqlite3.connect(tmp)
+    try:
+        # a private file, moved into place only when complete: no journal needed while writing
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        create_schema(conn)
+        t0 = time.perf_counter()
+        used_ids = _write_examples(conn, codes, inverse, all_tokens, top, quant, randoms,
+                                   stats.n_latents, cfg, say)
+        times["windows"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _write_latents(conn, stats, edges)
+        _write_neighbours(conn, sae, cfg.n_neighbours)
+        notes: dict[str, Any] = {}
+        if loaded is not None and loaded.is_causal_lm and cfg.n_logits:
+            notes["logit_effects"] = _write_logit_effects(conn, sae, loaded, cfg.n_logits,
+                                                          used_ids)
+        if loaded is not None and spec.kind == "game" and cfg.board_games:
+            notes["board_labels"] = _write_board_labels(conn, sae, loaded, spec, cfg, say)
+        _write_token_strings(conn, used_ids, loaded)
+        times["extras"] = time.perf_counter() - t0
+        meta = {"schema_version": SCHEMA_VERSION, "fingerprint": fp, "sae_path": sae_path,
+                "sae": {"architecture": sae.name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae},
+                "model": spec.to_dict(), "source": source, "n_rows": stats.n_rows,
+                "n_contexts": int(all_tokens.shape[0]), "context_size": int(all_tokens.shape[1]),
+                "config": to_dict(cfg), "notes": notes, "built": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage_seconds": times}
+        conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                         [(k, json.dumps(v)) for k, v in meta.items()])
+        if final.exists():
+            _copy_user_rows(conn, final)
+        conn.commit()
+        conn.execute("PRAGMA journal_mode = DELETE")  # readers and label writers journal again
+    finally:
+        conn.close()
+    os.replace(tmp, final)
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    say(f"wrote {final}: {stats.n_latents:,} latents over {stats.n_rows:,} tokens in "
+        f"{seconds:.0f} s")
+    return BuildResult(final, stats.n_rows, stats.n_latents, seconds, times, resumed)
+
+
+def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _State,
+                 work: Path, say: _Say) -> tuple[LatentStats, TopPerGroup, CodesFile, int]:
+    M = sae.cfg.d_sae
+    stats, top, codes = LatentStats(M), TopPerGroup(M, cfg.top_n), CodesFile(work / "codes")
+    tokens_path = work / "tokens.i32"
+    info = state.load()
+    batches_done, nnz = 0, 0
+    if info is not None:
+        arrays = state.arrays()
+        stats.load(arrays)
+        top.load(arrays, "top")
+        batches_done, nnz = int(info["batches_done"]), int(info["nnz"])
+        codes.truncate(info["code_sizes"])
+        with open(tokens_path, "ab") as fh:
+            fh.truncate(int(info["tokens_size"]))
+        if info.get("finished"):
+            return stats, top, codes, batches_done
+        say(f"resuming at batch {batches_done} ({stats.n_rows:,} rows already encoded)")
+    else:
+        codes.truncate([0, 0, 0, 0])
+        tokens_path.write_bytes(b"")
+    resumed = batches_done
+    total = stream.total_rows()
+    start, rows_at_start, last_save = time.perf_counter(), stats.n_rows, time.perf_counter()
+
+    def save(finished: bool) -> None:
+        state.save({"batches_done": batches_done, "nnz": nnz, "code_sizes": codes.sizes(),
+                    "tokens_size": tokens_path.stat().st_size, "finished": finished},
+                   {**stats.state(), **top.state("top")})
+
+    for batch in stream.batches(batches_done):
+        for lo in range(0, len(batch.acts_ND), cfg.batch_rows):
+            acts = batch.acts_ND[lo:lo + cfg.batch_rows]
+            seqpos = batch.seqpos_N2[lo:lo + cfg.batch_rows]
+            rows, latents, values = sparse_entries(sae, acts)
+            stats.update(len(acts), latents, values)
+            top.offer(latents, values.astype(np.float64), seqpos[rows, 0], seqpos[rows, 1],
+                      values)
+            codes.append(rows, latents, values, len(acts), seqpos, nnz)
+            nnz += len(values)
+        if batch.tokens_BS is not None:
+            with open(tokens_path, "ab") as fh:
+                fh.write(np.ascontiguousarray(batch.tokens_BS, dtype=np.int32).tobytes())
+        batches_done = batch.number + 1
+        say.progress("encode", stats.n_rows - rows_at_start, total and total - rows_at_start,
+                     start)
+        if time.perf_counter() - last_save > cfg.checkpoint_every_s:
+            save(False)
+            last_save = time.perf_counter()
+    save(True)
+    say.progress("encode", stats.n_rows - rows_at_start, None, start, force=True)
+    return stats, top, codes, resumed
+
+
+def _work_tokens(work: Path, context_size: int) -> np.ndarray:
+    return np.memmap(work / "tokens.i32", dtype=np.int32, mode="r").reshape(-1, context_size)
+
+
+def _quantile_pass(codes: CodesFile, edges: np.ndarray, cfg: FeatureBuildConfig,
+                   say: _Say) -> TopPerGroup:
+    """A uniform sample of ``per_bin`` codes (one per context) from each activation bin."""
+    n_bins = cfg.quantile_bins
+    M = edges.shape[0]
+    sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
+    if cfg.per_bin == 0:
+        return sample
+    rng = np.random.default_rng(cfg.seed)
+    n_rows = codes.n_rows()
+    start = time.perf_counter()
+    for lo, offsets, latents, values, seqpos in codes.chunks(8192):
+        lat = latents.astype(np.int64)
+        hi = lo + len(offsets) - 1
+        row = np.repeat(np.arange(hi - lo), np.diff(offsets))
+        bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros(len(lat), int)
+        sample.offer(lat * n_bins + bins, rng.random(len(lat)), seqpos[row, 0], seqpos[row, 1],
+                     values)
+        say.progress("sample quantiles", hi, n_rows, start)
+    return sample
+
+
+def _inverse_index(codes: CodesFile, shape: tuple[int, ...], work: Path) -> np.ndarray:
+    """(n_contexts × context_size) row of every token position; −1 where none was counted."""
+    inverse = np.lib.format.open_memmap(work / "inverse.npy", mode="w+", dtype=np.int64,
+                                        shape=(int(shape[0]), int(shape[1])))
+    inverse[:] = -1
+    for lo, _, _, _, seqpos in codes.chunks(1 << 20):
+        inverse[seqpos[:, 0], seqpos[:, 1]] = np.arange(lo, lo + len(seqpos))
+    return inverse
+
+
+def _window(pos: np.ndarray, cfg: FeatureBuildConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.maximum(0, pos - cfg.window_before)
+    hi = np.minimum(size, pos + cfg.window_after + 1)
+    return lo, hi
+
+
+def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
+                    cfg: FeatureBuildConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A shared pool of random windows ((sequence, centre) rows) and, per latent, the indices
+    of up to ``n_random`` pool windows where it never fires (−1 where too few exist)."""
+    M = stats.n_latents
+    if cfg.n_random == 0:
+        return np.zeros((M, 0), dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
+    rng = np.random.default_rng([cfg.seed, 1])
+    n_ctx, size = inverse.shape
+    pool_size = min(max(8 * cfg.n_random, 256), n_ctx * size)
+    seq = rng.integers(0, n_ctx, pool_size)
+    pos = rng.integers(0, size, pool_size)
+    lo, hi = _window(pos, cfg, size)
+    fired = np.zeros((pool_size, M), dtype=bool)
+    _, latents, offsets, _ = codes.open()
+    for w in range(pool_size):
+        rows = np.asarray(inverse[seq[w], lo[w]:hi[w]])
+        rows = rows[rows >= 0]
+        for r in rows:
+            fired[w, latents[offsets[r]:offsets[r + 1]]] = True
+    order = np.argsort(fired, axis=0, kind="stable")[:cfg.n_random].T  # (M, n) unfired first
+    ok = ~fired[order, np.arange(M)[:, None]]
+    return np.where(ok, order, -1), np.stack([seq, pos], 1)
+
+
+KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
+
+
+def _selected(top: TopPerGroup, quant: TopPerGroup, randoms: tuple[np.ndarray, np.ndarray],
+              lo: int, hi: int, cfg: FeatureBuildConfig) -> np.ndarray:
+    """(latent, kind code, bin, rank, sequence, centre, value) of every example of latents
+    [lo, hi), in primary-key order; ``value`` is a float64 column."""
+    parts = []
+    valid = np.isfinite(top.score[lo:hi])
+    lat, rank = np.nonzero(valid)
+    parts.append(np.stack([lat + lo, np.full_like(lat, 2), np.zeros_like(lat), rank,
+                           top.seq[lo:hi][valid], top.pos[lo:hi][valid],
+                           top.value[lo:hi][valid]], 1))
+    if cfg.per_bin:
+        nb = cfg.quantile_bins
+        score = quant.score[lo * nb:hi * nb]
+        valid = np.isfinite(score)
+        group, rank = np.nonzero(valid)
+        parts.append(np.stack([group // nb + lo, np.zeros_like(group), group % nb, rank,
+                               quant.seq[lo * nb:hi * nb][valid],
+                               quant.pos[lo * nb:hi * nb][valid],
+                               quant.value[lo * nb:hi * nb][valid]], 1))
+    picked, pool = randoms
+    if picked.size:
+        block = picked[lo:hi]
+        lat, slot = np.nonzero(block >= 0)
+        windows = block[lat, slot]
+        rank = np.zeros_like(lat)
+        if len(lat):  # rank among the latent's found windows
+            starts = np.searchsorted(lat, lat, side="left")
+            rank = np.arange(len(lat)) - starts
+        parts.append(np.stack([lat + lo, np.ones_like(lat), np.zeros_like(lat), rank,
+                               pool[windows, 0], pool[windows, 1], np.zeros(len(lat))], 1))
+    rows = np.concatenate(parts).astype(np.float64)
+    order = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
+    return rows[order]
+
+
+def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndarray,
+                    tokens: np.ndarray, top: TopPerGroup, quant: TopPerGroup,
+                    randoms: tuple[np.ndarray, np.ndarray], n_latents: int,
+                    cfg: FeatureBuildConfig, say: _Say) -> set[int]:
+    """Turn every selected example into a window with the latent's code at every token;
+    inserted block by block of latents, in primary-key order (fast B-tree appends)."""
+    values, latents, offsets, _ = codes.open()
+    size = tokens.shape[1]
+    used: set[int] = set()
+    per_latent = cfg.top_n + cfg.quantile_bins * cfg.per_bin + cfg.n_random
+    block = max(1, 400_000 // max(1, per_latent * (cfg.window_before + cfg.window_after + 1)))
+    start = time.perf_counter()
+    for m0 in range(0, n_latents, block):
+        ex = _selected(top, quant, randoms, m0, min(n_latents, m0 + block), cfg)
+        latent, kind = ex[:, 0].astype(np.int64), ex[:, 1].astype(np.int64)
+        seq, pos = ex[:, 4].astype(np.int64), ex[:, 5].astype(np.int64)
+        lo, hi = _window(pos, cfg, size)
+        lengths = hi - lo
+        which = np.repeat(np.arange(len(ex)), lengths)
+        offs = np.concatenate([[0], np.cumsum(lengths)])
+        positions = lo[which] + np.arange(int(offs[-1])) - offs[which]
+        toks = np.asarray(tokens[seq[which], positions], dtype=np.int32)
+        activating = kind[which] != 1  # random windows never fire: their acts are NULL
+        acts = np.zeros(len(which), dtype=np.float32)
+        acts[activating] = lookup(values, latents, offsets,
+                                  np.asarray(inverse[seq[which][activating],
+                                                     positions[activating]]),
+                                  latent[which][activating], n_latents)
+        used.update(np.unique(toks).tolist())
+        tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
+        spans = list(itertools.pairwise((offs * 4).tolist()))
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
+            latent.tolist(), [KINDS[k] for k in kind.tolist()], ex[:, 2].astype(int).tolist(),
+            ex[:, 3].astype(int).tolist(), seq.tolist(), pos.tolist(), lo.tolist(),
+            ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
+            [act_bytes[a:b] if k != 1 else None
+             for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
+        say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
+    return used
+
+
+def _write_latents(conn: sqlite3.Connection, stats: LatentStats, edges: np.ndarray) -> None:
+    rows = []
+    for m in range(stats.n_latents):
+        nz = np.nonzero(stats.hist[m])[0]
+        lo = int(nz[0]) if len(nz) else 0
+        counts = stats.hist[m, lo:int(nz[-1]) + 1].tolist() if len(nz) else []
+        count = int(stats.count[m])
+        rows.append((m, count, count / max(1, stats.n_rows),
+                     float(stats.total[m] / count) if count else 0.0, float(stats.max[m]),
+                     lo, json.dumps(counts),
+                     json.dumps([round(float(e), 6) for e in edges[m]] if count else [])))
+    conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", rows)
+
+
+@torch.no_grad()
+def _write_neighbours(conn: sqlite3.Connection, sae: SAE, n: int) -> None:
+    if n == 0 or sae.cfg.d_sae < 2:
+        return
+    W = sae.W_dec.detach().float()
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = min(n, sae.cfg.d_sae - 1)
+    rows = []
+    for lo in range(0, W.shape[0], 1024):
+        sims = W[lo:lo + 1024] @ W.T
+        sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -2.0
+        vals, idx = sims.topk(n, dim=1)
+        for i in range(sims.shape[0]):
+            rows += [(lo + i, r, int(idx[i, r]), float(vals[i, r])) for r in range(n)]
+    conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?)", rows)
+
+
+def final_norm_gain(model: torch.nn.Module, width: int) -> tuple[Tensor | None, bool, str]:
+    """The gain of the model's final norm and whether it centres (LayerNorm): the last
+    module named like a final norm (``ln_f``, ``norm``, ``final_layer_norm``) of this width."""
+    found: tuple[Tensor | None, bool, str] = (None, False, "")
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        weight = getattr(module, "weight", None)
+        if leaf in ("ln_f", "norm", "final_layer_norm", "final_layernorm") and \
+                isinstance(weight, Tensor) and weight.shape == (width,):
+            found = (weight.detach().float(), isinstance(module, torch.nn.LayerNorm), name)
+    return found
+
+
+@torch.no_grad()
+def _write_logit_effects(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec, n: int,
+                         used: set[int]) -> dict[str, Any]:
+    """Logit change per unit code: W_U · (γ ⊙ centre(d)) for decoder direction d (see
+    docs/features.md: the final norm's gain and centring are kept, its 1/σ scale dropped)."""
+    get = getattr(loaded.model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None or getattr(head, "weight", None) is None:
+        return {"skipped": "the model has no output embedding (get_output_embeddings)"}
+    W_U = head.weight.detach().float()  # V × D
+    if W_U.shape[1] != sae.cfg.d_in:
+        return {"skipped": f"unembedding width {W_U.shape[1]} != SAE width {sae.cfg.d_in}"}
+    gain, centre, norm_name = final_norm_gain(loaded.model, sae.cfg.d_in)
+    rows = []
+    W_dec = sae.W_dec.detach().float()
+    for lo in range(0, W_dec.shape[0], 512):
+        d = W_dec[lo:lo + 512]
+        if centre:
+            d = d - d.mean(1, keepdim=True)
+        if gain is not None:
+            d = d * gain
+        effect = d @ W_U.T
+        k = min(n, effect.shape[1])
+        for direction, (vals, idx) in (("promoted", effect.topk(k, dim=1)),
+                                       ("suppressed", (-effect).topk(k, dim=1))):
+            sign = 1.0 if direction == "promoted" else -1.0
+            for i in range(d.shape[0]):
+                ids = idx[i].tolist()
+                used.update(ids)
+                rows += [(lo + i, direction, r, ids[r], sign * float(vals[i, r]))
+                         for r in range(k)]
+    conn.executemany("INSERT INTO logit_effects VALUES (?,?,?,?,?)", rows)
+    return {"final_norm": norm_name or "none found", "centred": centre,
+            "approximation": "W_U (gain * centre(d)); the norm's 1/sigma scale is dropped"}
+
+
+def _write_board_labels(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec,
+                        spec: ModelSpec, cfg: FeatureBuildConfig, say: _Say) -> dict[str, Any]:
+    from saelab.evals import boardgame as board_eval
+
+    layer = int(spec.hook.rsplit(".", 1)[-1]) if spec.hook.startswith("transformer.h.") else -1
+    if layer < 0:
+        return {"skipped": f"hook {spec.hook} is not a residual-stream block"}
+    eval_cfg = board_eval.BoardEvalConfig(game=spec.game, model=spec.name, layer=layer,
+                                          train_games=cfg.board_games,
+                                          test_games=cfg.board_games, seed=cfg.seed,
+                                          probe=False)
+    say(f"board labels: {cfg.board_games} + {cfg.board_games} games")
+    data = board_eval.collect_board_data(eval_cfg)
+    labels = board_eval.latent_board_labels(sae, data, eval_cfg)
+    details = {"train_games": cfg.board_games, "test_games": cfg.board_games,
+               "layer": layer, "method": "best (threshold, property, cell) by F1 on training "
+               "games; F1 reported on held-out games"}
+    conn.executemany(
+        "INSERT INTO labels (latent, source, text, score, score_name, details) VALUES "
+        "(?, 'boardgame', ?, ?, 'f1_test', ?)",
+        [(lab.latent, f"{lab.property}: {lab.cell}", lab.f1_test,
+          json.dumps({**details, "property": lab.property, "cell": lab.cell,
+                      "threshold": lab.threshold, "f1_train": lab.f1_train,
+                      "precision_test": lab.precision_test, "recall_test": lab.recall_test}))
+         for lab in labels])
+    return {"n_labels": len(labels), **details}
+
+
+def _write_token_strings(conn: sqlite3.Connection, ids: set[int],
+                         loaded: LoadedSpec | None) -> None:
+    ordered = sorted(ids)
+    texts = loaded.codec.token_text(ordered) if loaded is not None else [
+        f"<{i}>" for i in ordered]
+    conn.executemany("INSERT INTO tokens VALUES (?, ?)", list(zip(ordered, texts, strict=True)))
+
+
+def _copy_user_rows(conn: sqlite3.Connection, old: Path) -> None:
+    """Keep what users and later stages wrote into the store this build replaces."""
+    conn.execute("ATTACH DATABASE ? AS old", (str(old),))
+    for table in USER_TABLES:
+        conn.execute(f"INSERT INTO main.{table} SELECT * FROM old.{table}")
+    conn.execute("INSERT INTO main.labels (latent, source, text, score, score_name, details, "
+                 "created) SELECT latent, source, text, score, score_name, details, created "
+                 "FROM old.labels WHERE source != 'boardgame'")
+    conn.commit()
+    conn.execute("DETACH DATABASE old")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The meta table of a finished store (StoreError if it is not one)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT key, value FROM meta").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"{path} is not a readable feature store ({err}); rebuild it with "
+                         "saelab features build") from err
+    return {k: json.loads(v) for k, v in rows}

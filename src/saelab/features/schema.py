@@ -1,0 +1,131 @@
+"""The feature store's SQLite schema and the SAE fingerprint that binds a store to its weights.
+
+One store is one SQLite file, ``features.db``. Tables written by ``saelab features build``:
+``meta``, ``latents``, ``examples``, ``tokens``, ``logit_effects``, ``neighbours`` and
+board-game rows of ``labels``. Tables kept for later work and for users (a rebuild copies them
+over): ``labels`` (user labels), ``explanations``, ``explanation_scores``, ``transcripts``.
+docs/features.md describes every column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import torch
+
+from saelab.architectures.base import SAE
+
+SCHEMA_VERSION = 1
+STORE_NAME = "features.db"
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL                      -- JSON
+);
+CREATE TABLE IF NOT EXISTS latents (
+    id INTEGER PRIMARY KEY,                  -- latent index in the SAE
+    n_fired INTEGER NOT NULL,                -- tokens where the code is > 0
+    density REAL NOT NULL,                   -- n_fired / tokens seen
+    mean_act REAL NOT NULL,                  -- mean code over the tokens where it fired
+    max_act REAL NOT NULL,
+    hist_lo INTEGER NOT NULL,                -- first fine log-bin index with a count
+    hist_counts TEXT NOT NULL,               -- JSON counts of fine log-bins hist_lo, hist_lo+1, ...
+    quantile_edges TEXT NOT NULL             -- JSON activation edges of the equal-count bins
+);
+CREATE INDEX IF NOT EXISTS latents_by_density ON latents(density);
+CREATE INDEX IF NOT EXISTS latents_by_max ON latents(max_act);
+CREATE TABLE IF NOT EXISTS tokens (
+    id INTEGER PRIMARY KEY,                  -- token id of the model's vocabulary
+    text TEXT NOT NULL                       -- how the token is shown
+);
+CREATE TABLE IF NOT EXISTS examples (
+    latent INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'random')),
+    bin INTEGER NOT NULL,                    -- quantile bin (0 = lowest); 0 for top and random
+    rank INTEGER NOT NULL,                   -- order within (latent, kind, bin)
+    sequence INTEGER NOT NULL,               -- context index in the source
+    position INTEGER NOT NULL,               -- position of the centre token in the context
+    start INTEGER NOT NULL,                  -- position of the window's first token
+    value REAL NOT NULL,                     -- the latent's code at the centre token
+    token_ids BLOB NOT NULL,                 -- int32 little-endian, the window's tokens
+    acts BLOB,                               -- float32 code of every window token (NaN = not
+                                             -- counted, e.g. BOS); NULL = all zero
+    PRIMARY KEY (latent, kind, bin, rank)
+);                                           -- rowid table: rows are large (two blobs)
+CREATE TABLE IF NOT EXISTS logit_effects (
+    latent INTEGER NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('promoted', 'suppressed')),
+    rank INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    value REAL NOT NULL,                     -- logit change per unit of code (docs/features.md)
+    PRIMARY KEY (latent, direction, rank)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS neighbours (
+    latent INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    other INTEGER NOT NULL,
+    cosine REAL NOT NULL,                    -- cosine of the two decoder directions
+    PRIMARY KEY (latent, rank)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    latent INTEGER NOT NULL,
+    source TEXT NOT NULL,                    -- 'user', 'boardgame', ...
+    text TEXT NOT NULL,
+    score REAL,                              -- e.g. held-out F1 of a board-game label
+    score_name TEXT,
+    details TEXT NOT NULL DEFAULT '{}',      -- JSON provenance (thresholds, split sizes, author)
+    created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS labels_by_latent ON labels(latent);
+CREATE TABLE IF NOT EXISTS explanations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    latent INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    method TEXT NOT NULL,                    -- e.g. 'delphi-quantile', 'sage'
+    explainer_model TEXT NOT NULL DEFAULT '',
+    provenance TEXT NOT NULL DEFAULT '{}',   -- JSON: prompt version, examples shown, seeds
+    created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS explanations_by_latent ON explanations(latent);
+CREATE TABLE IF NOT EXISTS explanation_scores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    explanation_id INTEGER NOT NULL REFERENCES explanations(id) ON DELETE CASCADE,
+    scorer TEXT NOT NULL,                    -- e.g. 'detection', 'fuzzing', 'simulation'
+    metric TEXT NOT NULL,                    -- e.g. 'balanced_accuracy', 'auroc'
+    value REAL NOT NULL,
+    n_examples INTEGER,
+    scorer_model TEXT NOT NULL DEFAULT '',
+    details TEXT NOT NULL DEFAULT '{}',
+    created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+CREATE INDEX IF NOT EXISTS scores_by_explanation ON explanation_scores(explanation_id);
+CREATE TABLE IF NOT EXISTS transcripts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    explanation_id INTEGER REFERENCES explanations(id) ON DELETE CASCADE,
+    latent INTEGER NOT NULL,
+    kind TEXT NOT NULL,                      -- e.g. 'sage'
+    content TEXT NOT NULL,                   -- JSON list of turns
+    created TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+"""
+
+#: tables users and later stages write; a rebuild of the store copies their rows over
+USER_TABLES = ("explanations", "explanation_scores", "transcripts")
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(DDL)
+
+
+def fingerprint(sae: SAE) -> str:
+    """sha256 over the architecture and every state tensor (name, dtype, shape, bytes): equal
+    for the same weights however they were saved, different for any other weights."""
+    digest = hashlib.sha256(sae.name.encode())
+    for name, tensor in sorted(sae.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

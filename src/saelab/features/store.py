@@ -1,0 +1,215 @@
+"""Read a feature store: one latent's page data, lists, search, labels.
+
+A :class:`FeatureStore` is safe to share between threads: each thread gets its own SQLite
+connection. Opening it against an SAE checks the SAE's fingerprint, so a store never shows one
+SAE's examples for another SAE's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from saelab.architectures.base import SAE
+from saelab.features.build import StoreError, read_meta
+from saelab.features.collect import log_rebin
+from saelab.features.schema import SCHEMA_VERSION, STORE_NAME, create_schema, fingerprint
+
+SortKey = Literal["id", "density", "max_act", "mean_act"]
+SORT_KEYS: tuple[SortKey, ...] = ("id", "density", "max_act", "mean_act")
+
+
+def resolve_store(path: str | Path) -> Path:
+    """The ``features.db`` of a store folder, an SAE folder holding ``features/``, or a file."""
+    path = Path(path)
+    for candidate in (path, path / STORE_NAME, path / "features" / STORE_NAME):
+        if candidate.is_file():
+            return candidate
+    raise StoreError(f"no feature store at {path}: build one with `saelab features build "
+                     f"SAE_DIR` (it writes SAE_DIR/features/{STORE_NAME})")
+
+
+class FeatureStore:
+    """Queries over one store file (read-mostly; labels can be added)."""
+
+    def __init__(self, path: str | Path, sae: SAE | None = None) -> None:
+        self.path = resolve_store(path)
+        self.meta = read_meta(self.path)
+        version = self.meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has store schema version {version}; this saelab "
+                             f"reads version {SCHEMA_VERSION}: rebuild it with --rebuild")
+        if sae is not None:
+            self.check_sae(sae)
+        self._local = threading.local()
+        self.n_latents = int(self.meta["sae"]["d_sae"])
+        self.token_text = dict(self._conn().execute("SELECT id, text FROM tokens").fetchall())
+        # a list indexed by token id: the fastest look-up for a page's few thousand tokens
+        size = max(self.token_text, default=-1) + 1
+        self._texts = [self.token_text.get(i, f"<{i}>") for i in range(size)]
+
+    def check_sae(self, sae: SAE) -> None:
+        """Raise StoreError unless the store was built for exactly these weights."""
+        if fingerprint(sae) != self.meta.get("fingerprint"):
+            raise StoreError(f"{self.path} was built for other SAE weights "
+                             f"({self.meta.get('sae_path') or 'unknown folder'}); build a store "
+                             "for this SAE with `saelab features build`")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            create_schema(conn)  # adds tables a newer saelab knows of (IF NOT EXISTS)
+            self._local.conn = conn
+        return conn
+
+    # ------------------------------------------------------------------ one latent
+
+    def has(self, latent: int) -> bool:
+        return 0 <= latent < self.n_latents
+
+    def summary(self, latent: int) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM latents WHERE id = ?", (latent,)).fetchone()
+        if row is None:
+            return None
+        counts = json.loads(row["hist_counts"])
+        edges, merged = log_rebin(row["hist_lo"], counts)
+        return {"id": row["id"], "n_fired": row["n_fired"], "density": row["density"],
+                "mean_act": row["mean_act"], "max_act": row["max_act"],
+                "histogram": {"edges": edges, "counts": merged},
+                "quantile_edges": json.loads(row["quantile_edges"])}
+
+    def examples(self, latent: int) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {"top": [], "quantile": [], "random": []}
+        rows = self._conn().execute(
+            "SELECT * FROM examples WHERE latent = ? ORDER BY kind, bin DESC, rank",
+            (latent,)).fetchall()
+        texts = self._texts
+        for r in rows:
+            ids = np.frombuffer(r["token_ids"], dtype=np.int32).tolist()
+            if r["acts"] is None:
+                acts: list[float | None] = [0.0] * len(ids)
+            else:  # NaN (not counted) becomes None; x != x only for NaN
+                acts = [None if a != a else a for a in
+                        np.frombuffer(r["acts"], dtype=np.float32).round(4).tolist()]
+            out[r["kind"]].append({
+                "sequence": r["sequence"], "position": r["position"], "start": r["start"],
+                "centre": r["position"] - r["start"], "value": r["value"], "bin": r["bin"],
+                "tokens": [texts[i] if i < len(texts) else f"<{i}>" for i in ids],
+                "token_ids": ids, "acts": acts})
+        return out
+
+    def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {"promoted": [], "suppressed": []}
+        for r in self._conn().execute("SELECT * FROM logit_effects WHERE latent = ? "
+                                      "ORDER BY direction, rank", (latent,)):
+            out[r["direction"]].append({"token": self.token_text.get(r["token_id"], ""),
+                                        "token_id": r["token_id"], "value": r["value"]})
+        return out
+
+    def neighbours(self, latent: int) -> list[dict[str, Any]]:
+        return [{"latent": r["other"], "cosine": r["cosine"]} for r in self._conn().execute(
+            "SELECT other, cosine FROM neighbours WHERE latent = ? ORDER BY rank", (latent,))]
+
+    def labels(self, latent: int) -> list[dict[str, Any]]:
+        return [{**dict(r), "details": json.loads(r["details"])} for r in self._conn().execute(
+            "SELECT * FROM labels WHERE latent = ? ORDER BY source, id", (latent,))]
+
+    def explanations(self, latent: int) -> list[dict[str, Any]]:
+        conn = self._conn()
+        out = []
+        for r in conn.execute("SELECT * FROM explanations WHERE latent = ? ORDER BY id",
+                              (latent,)).fetchall():
+            scores = [dict(s) for s in conn.execute(
+                "SELECT scorer, metric, value, n_examples, scorer_model FROM explanation_scores"
+                " WHERE explanation_id = ? ORDER BY id", (r["id"],))]
+            out.append({**dict(r), "provenance": json.loads(r["provenance"]), "scores": scores})
+        return out
+
+    def transcripts(self, latent: int) -> list[dict[str, Any]]:
+        """Agent transcripts (e.g. SAGE's, from ``saelab explain --agentic``), oldest first."""
+        return [{**dict(r), "content": json.loads(r["content"])} for r in self._conn().execute(
+            "SELECT * FROM transcripts WHERE latent = ? ORDER BY id", (latent,))]
+
+    def feature(self, latent: int) -> dict[str, Any] | None:
+        """Everything a feature page shows; None for an id outside the SAE."""
+        summary = self.summary(latent) if self.has(latent) else None
+        if summary is None:
+            return None
+        return {**summary, "examples": self.examples(latent),
+                "logit_effects": self.logit_effects(latent),
+                "neighbours": self.neighbours(latent), "labels": self.labels(latent),
+                "explanations": self.explanations(latent),
+                "transcripts": self.transcripts(latent)}
+
+    # ------------------------------------------------------------------ lists and search
+
+    def list_latents(self, sort: str = "id", descending: bool = False, limit: int = 50,
+                     offset: int = 0) -> list[dict[str, Any]]:
+        if sort not in SORT_KEYS:
+            raise StoreError(f"unknown sort key {sort!r}; use one of {list(SORT_KEYS)}")
+        order = "DESC" if descending else "ASC"
+        rows = self._conn().execute(
+            f"SELECT id, n_fired, density, mean_act, max_act FROM latents "
+            f"ORDER BY {sort} {order}, id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        return self._with_titles([dict(r) for r in rows])
+
+    def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Latents whose id is ``query`` or whose labels or explanations contain it."""
+        query = query.strip()
+        ids: list[int] = []
+        if query.isdigit() and self.has(int(query)):
+            ids.append(int(query))
+        if query:
+            like = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            for r in self._conn().execute(
+                    "SELECT latent FROM labels WHERE text LIKE ? ESCAPE '\\' UNION "
+                    "SELECT latent FROM explanations WHERE text LIKE ? ESCAPE '\\' "
+                    "ORDER BY latent LIMIT ?", (like, like, limit)):
+                if r["latent"] not in ids:
+                    ids.append(r["latent"])
+        rows = [dict(r) for i in ids[:limit] for r in self._conn().execute(
+            "SELECT id, n_fired, density, mean_act, max_act FROM latents WHERE id = ?", (i,))]
+        return self._with_titles(rows)
+
+    def _with_titles(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        titles = self.titles([r["id"] for r in rows])
+        return [{**r, "title": titles.get(r["id"], "")} for r in rows]
+
+    def titles(self, ids: list[int]) -> dict[int, str]:
+        """Each latent's shown title: its first label, else its first explanation."""
+        titles: dict[int, str] = {}
+        if not ids:
+            return titles
+        marks = ",".join("?" * len(ids))
+        for sql in (f"SELECT latent, text FROM labels WHERE latent IN ({marks}) ORDER BY id",
+                    f"SELECT latent, text FROM explanations WHERE latent IN ({marks}) "
+                    "ORDER BY id"):
+            for r in self._conn().execute(sql, ids):
+                titles.setdefault(r["latent"], r["text"])
+        return titles
+
+    def add_label(self, latent: int, text: str, author: str = "") -> int:
+        """Store a user label; returns its id."""
+        if not self.has(latent):
+            raise StoreError(f"latent {latent} is outside this SAE (0..{self.n_latents - 1})")
+        if not text.strip():
+            raise StoreError("a label needs some text")
+        conn = self._conn()
+        cur = conn.execute("INSERT INTO labels (latent, source, text, details) VALUES "
+                           "(?, 'user', ?, ?)", (latent, text.strip(), json.dumps(
+                               {"author": author})))
+        conn.commit()
+        return int(cur.lastrowid or 0)
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
