@@ -15,7 +15,7 @@ EXPECTED = {"relu", "panneal", "gated", "gated_panneal", "topk", "batchtopk", "j
 
 
 def test_registry_has_every_architecture():
-    assert set(saelab.architectures()) == EXPECTED
+    assert set(saelab.list_architectures()) == EXPECTED
 
 
 def test_unknown_architecture_names_the_known_ones():

@@ -1,9 +1,9 @@
 import torch
 
 from saelab.architectures.jumprelu import _JumpReLUFn, _StepFn
-from saelab.data.toy import ToySource
 from saelab.registry import config_from_dict
 from saelab.toy.generator import ToyConfig, ToyModel
+from saelab.toy.source import ToySource
 from saelab.training import TrainConfig, Trainer
 
 

@@ -20,16 +20,11 @@ from typing import Any
 
 from saelab.architectures.base import SAEConfig
 from saelab.config import ConfigError, from_dict, option, to_dict
+from saelab.data.open import DataConfig
 from saelab.registry import config_from_dict
 from saelab.training.config import TrainConfig
 
-
-@dataclass
-class DataConfig:
-    path: str = option("", "activations: a .npy or .safetensors file (rows × width) or a `saelab cache` folder")
-    key: str = option("", "tensor name inside a .safetensors file with several tensors")
-    shuffle: bool = option(True, "reshuffle rows every epoch")
-    check_finite: bool = option(True, "scan the whole file for NaN/inf before training")
+__all__ = ["DataConfig", "RunConfig", "load_run_config", "run_config_from_file"]
 
 
 @dataclass

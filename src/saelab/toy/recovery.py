@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from saelab.architectures.base import SAE
-from saelab.data.toy import ToySource
 from saelab.metrics.core import core_metrics
 from saelab.metrics.matching import matching_metrics
 from saelab.registry import config_from_dict
 from saelab.toy.generator import ToyConfig, ToyModel
+from saelab.toy.source import ToySource
 from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
 
