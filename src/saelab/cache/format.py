@@ -13,7 +13,6 @@ the activation was read at position p of context s, whose tokens are ``tokens[s]
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from saelab.data.base import DataError
+from saelab.integrity import sha256_file
 
 FORMAT_NAME = "saelab-activation-cache"
 FORMAT_VERSION = 1
@@ -105,14 +105,6 @@ def read_manifest(folder: str | Path) -> CacheManifest:
     except json.JSONDecodeError as err:
         raise CacheError(f"{path} is not valid JSON ({err}); the manifest is corrupt") from err
     return CacheManifest.from_dict(data, str(path))
-
-
-def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_shapes(folder: Path, manifest: CacheManifest) -> None:

@@ -6,12 +6,14 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from saelab.data.base import DataError, batch_schedule
+from saelab.data.fingerprint import file_fingerprint
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 
@@ -89,6 +91,7 @@ class ArrayFileSource:
     def __init__(self, path: str | Path, *, seed: int = 0, shuffle: bool = True,
                  key: str | None = None, check: bool = True) -> None:
         self.path = Path(path)
+        self.key = key
         self.array = open_array(self.path, key)
         self.seed = seed
         self.shuffle = shuffle
@@ -98,6 +101,10 @@ class ArrayFileSource:
     @property
     def d_in(self) -> int:
         return int(self.array.shape[1])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Size and (sampled) hash of the file, plus the tensor key (see data.fingerprint)."""
+        return {**file_fingerprint(self.path), "key": self.key or ""}
 
     @property
     def n_rows(self) -> int:
