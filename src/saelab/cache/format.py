@@ -79,10 +79,21 @@ class CacheManifest:
                              f"saelab reads version {FORMAT_VERSION}")
         try:
             shards = [ShardInfo(**s) for s in data["shards"]]
-            return cls(**{**data, "shards": shards})
+            manifest = cls(**{**data, "shards": shards})
         except (KeyError, TypeError) as err:
             raise CacheError(f"{where} is missing or has unexpected fields ({err}); the "
                              "manifest is corrupt") from err
+        names = [manifest.tokens_file] + [n for s in shards for n in (s.acts_file, s.index_file)]
+        outside = [n for n in names if not _plain_file_name(n)]
+        if outside:
+            raise CacheError(f"{where} names files outside the cache folder {outside}; a cache "
+                             "manifest may only name files in its own folder")
+        return manifest
+
+
+def _plain_file_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\x00" not in name)
 
 
 def is_cache_dir(path: str | Path) -> bool:
