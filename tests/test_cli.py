@@ -8,12 +8,62 @@ import pytest
 from saelab.cli import main
 
 
+def _all_commands() -> list[list[str]]:
+    """Every subcommand path, nested ones included (e.g. ["boardgame", "train-lm"])."""
+    import argparse
+
+    from saelab.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out.append(prefix + [name])
+                    out += walk(sub, prefix + [name])
+        return out
+
+    return walk(build_parser(), [])
+
+
 def test_help_of_every_subcommand(capsys):
-    for cmd in ["train", "eval", "toy", "demo", "architectures"]:
-        with pytest.raises(SystemExit) as exc:
-            main([cmd, "--help"]) if cmd != "train" else (main([cmd, "--help"]), sys.exit(0))
-        assert exc.value.code == 0
-        assert "usage" in capsys.readouterr().out.lower()
+    commands = _all_commands()
+    assert ["boardgame", "train-lm"] in commands and ["train"] in commands
+    for cmd in commands:
+        try:
+            code = main([*cmd, "--help"])  # `train --help` prints and returns 0 itself
+        except SystemExit as exc:
+            code = exc.code
+        assert code == 0, cmd
+        assert "usage" in capsys.readouterr().out.lower(), cmd
+
+
+def test_version(capsys):
+    import saelab
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert saelab.__version__ in capsys.readouterr().out
+
+
+def test_architectures_shows_whole_first_sentence(capsys):
+    assert main(["architectures"]) == 0
+    out = capsys.readouterr().out
+    import re
+
+    entries = [" ".join(e.split()) for e in re.split(r"\n(?=\S)", out.strip())]
+    for entry in entries:  # each description is a whole paragraph, not a cut first line
+        assert entry.endswith("."), entry
+    joined = " ".join(out.split())
+    assert "θ is an EMA of the smallest selected positive activation per batch" in joined
+
+
+def test_toy_options_have_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["toy", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--batch-size BATCH_SIZE rows per" in out and "--lr LR Adam learning rate" in out
 
 
 def test_train_then_eval_from_the_command_line(tmp_path, capsys):

@@ -46,6 +46,8 @@ class RunConfig:
 
 def load_run_config(data: dict[str, Any]) -> RunConfig:
     cfg = from_dict(RunConfig, data)
+    if not cfg.out.strip():
+        raise ConfigError("the output folder (out / --out) is empty; give a folder path")
     cfg.sae_configs()  # validate architecture options early
     return cfg
 

@@ -53,6 +53,11 @@ class SAEConfig:
         """Raise ConfigError for inconsistent options (subclasses extend)."""
         if self.d_sae <= 0:
             raise ConfigError(f"d_sae must be positive, got {self.d_sae}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr} (leave it unset to use the "
+                              "trainer's lr)")
+        if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
+            raise ConfigError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
 
 @dataclass

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 
 from saelab.architectures.base import SAE
-from saelab.config import option
+from saelab.cache.format import is_cache_dir
+from saelab.cache.source import CacheSource
+from saelab.config import ConfigError, option
 from saelab.data.arrays import open_array
 from saelab.data.base import DataError, check_finite
 from saelab.io import atomic_write_json
@@ -23,6 +25,14 @@ class CoreEvalConfig:
     max_rows: int = option(200_000, "evaluate on at most this many rows (0 = all)")
     batch_size: int = option(4096, "rows per forward pass")
     dense_threshold: float = option(0.1, "firing density above which a latent counts as dense")
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_rows < 0:
+            raise ConfigError(f"max_rows must be >= 0 (0 = all rows), got {self.max_rows}")
+        if not 0 < self.dense_threshold <= 1:
+            raise ConfigError(f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
 
 
 @dataclass
@@ -40,7 +50,7 @@ class CoreEvalResult:
 
 
 @torch.no_grad()
-def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
+def evaluate_on_array(sae: SAE, array: Any, cfg: CoreEvalConfig,
                       where: str = "data") -> CoreMetrics:
     """Stream rows through the SAE (in order; the metrics are order-free) and accumulate."""
     if array.shape[1] != sae.cfg.d_in:
@@ -57,8 +67,36 @@ def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
     return acc.compute()
 
 
-def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig) -> CoreEvalResult:
-    metrics = evaluate_on_array(sae, open_array(data_path), cfg, where=data_path)
+class _CacheRows:
+    """Row slices of an activation cache, as evaluate_on_array reads an array."""
+
+    def __init__(self, source: CacheSource) -> None:
+        self.source = source
+        self.shape = (source.n_rows, source.d_in)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.source.n_rows)
+        return self.source.read_rows(start, stop)
+
+
+def open_rows(data_path: str, key: str = "") -> Any:
+    """An activation file (memory-mapped) or a `saelab cache` folder, sliceable by rows."""
+    path = Path(data_path)
+    if path.is_dir():
+        if key:
+            raise DataError(f"data key {key!r} applies to .safetensors files, not to the folder "
+                            f"{path}; remove it")
+        if not is_cache_dir(path):
+            raise DataError(f"{path} is a folder but not an activation cache (no manifest.json); "
+                            "pass a .npy/.safetensors file or a folder made by saelab cache")
+        return _CacheRows(CacheSource(path, shuffle=False))
+    return open_array(path, key or None)
+
+
+def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig,
+        data_key: str = "") -> CoreEvalResult:
+    cfg.validate()
+    metrics = evaluate_on_array(sae, open_rows(data_path, data_key), cfg, where=data_path)
     return CoreEvalResult(sae_path, data_path, metrics)
 
 

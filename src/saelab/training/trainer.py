@@ -289,6 +289,10 @@ class Trainer:
             record.update(out.extras)
             if out.recon_BD is not None:
                 record["explained_variance"] = explained_variance(acts, out.recon_BD)
+                # the evaluators' MSE: per element, in the data's own (unscaled) units; the loss
+                # part "mse" is summed over the width on inputs scaled to E‖x‖² = d_in
+                err = (acts - out.recon_BD).pow(2).mean() / (self.scale ** 2)
+                record["mse_per_element"] = float(err)
             log.write(record)
 
     # ------------------------------------------------------------------ outputs
