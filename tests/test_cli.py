@@ -19,8 +19,8 @@ def _all_commands() -> list[list[str]]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
-                    out.append(prefix + [name])
-                    out += walk(sub, prefix + [name])
+                    out.append([*prefix, name])
+                    out += walk(sub, [*prefix, name])
         return out
 
     return walk(build_parser(), [])
