@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 from pathlib import Path
@@ -128,3 +129,19 @@ def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
             raise ValueError(f"{path}: tensor {key!r} lies outside the file; it is truncated "
                              "or corrupt")
     return header, 8 + n
+
+
+def save_tensors(tensors: dict[str, Any], path: Path) -> None:
+    """safetensors' save_file, with its I/O failures (disk full, read-only, ...) raised as the
+    OSError they are rather than a SafetensorError, so callers report them as such."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as err:
+        found = re.search(r"os error (\d+)", str(err))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from err

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, to_dict
@@ -27,6 +27,7 @@ from saelab.integrity import (
     CheckpointError,
     read_bounded,
     safetensors_header,
+    save_tensors,
     verify_checksums,
     write_checksums,
 )
@@ -107,7 +108,7 @@ def _state_tensors(sae: SAE) -> dict[str, torch.Tensor]:
 def write_sae_files(sae: SAE, folder: Path) -> None:
     """Write cfg.json, sae.safetensors and checksums.json into an existing folder (not atomic
     by itself)."""
-    save_file(_state_tensors(sae), str(folder / WEIGHTS_NAME))
+    save_tensors(_state_tensors(sae), folder / WEIGHTS_NAME)
     (folder / CFG_NAME).write_text(json.dumps(sae_config_dict(sae), indent=2, sort_keys=True) + "\n")
     write_checksums(folder, [CFG_NAME, WEIGHTS_NAME])
 

@@ -17,10 +17,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saelab.architectures.base import SAE
-from saelab.integrity import CheckpointError, read_bounded, verify_checksums, write_checksums
+from saelab.integrity import (
+    CheckpointError,
+    read_bounded,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 from saelab.io import atomic_write_dir, load_state_checked
 
 STATE_FILE = "trainer.json"
@@ -64,13 +70,13 @@ def write_checkpoint(
     def fill(tmp: Path) -> None:
         groups = {}
         for name, sae in saes.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
-                      str(tmp / f"{name}.sae.safetensors"))
+            save_tensors({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
+                         tmp / f"{name}.sae.safetensors")
             flat, groups[name] = optimizer_to_flat(slots[name].optimizer)
-            save_file(flat, str(tmp / f"{name}.optim.safetensors"))
-            save_file({"tokens_since_fired": slots[name].tokens_since_fired_M.contiguous()},
-                      str(tmp / f"{name}.track.safetensors"))
-        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+            save_tensors(flat, tmp / f"{name}.optim.safetensors")
+            save_tensors({"tokens_since_fired": slots[name].tokens_since_fired_M.contiguous()},
+                         tmp / f"{name}.track.safetensors")
+        save_tensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
         doc = {**meta, "step": step, "optimizer_param_groups": groups,
                "format_version": CHECKPOINT_FORMAT_VERSION}
         (tmp / STATE_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
