@@ -364,3 +364,30 @@ def test_full_disk_keeps_the_run_resumable(tmp_path, capsys):
         assert main(train_args(data, run, d_sae=512)) == 0
         a, b = tensors(reference / "final" / "topk"), tensors(run / "final" / "topk")
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_housekeeping_temporaries_metrics_and_modes(tmp_path):
+    data = make_acts(tmp_path / "acts.npy")
+    out = tmp_path / "run"
+    old_umask = os.umask(0o022)
+    try:
+        _tiny_trainer(data, out).fit()
+        # as if killed after the step-15 checkpoint, having logged up to step 20
+        shutil.rmtree(out / "checkpoints" / "step_000000020")
+        shutil.rmtree(out / "final")
+        leftovers = [out / "checkpoints" / ".step_000000020.k2j3.tmp",
+                     out / "checkpoints" / ".step_000000010.old"]
+        for path in leftovers:
+            path.mkdir()
+            (path / "topk.sae.safetensors").write_bytes(b"partial")
+        (out / ".run.json.x8.tmp").write_text("{")
+        _tiny_trainer(data, out).fit()
+    finally:
+        os.umask(old_umask)
+    assert not any(p.exists() for p in leftovers) and not (out / ".run.json.x8.tmp").exists()
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 20
+    for folder in [out / "final" / "topk", *(out / "checkpoints").glob("step_*")]:
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+        for f in folder.iterdir():
+            assert f.stat().st_mode & 0o777 == 0o644, f

@@ -145,3 +145,10 @@ def save_tensors(tensors: dict[str, Any], path: Path) -> None:
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code), str(path)) from err
+    os.chmod(path, 0o666 & ~current_umask())  # safetensors creates 0600 files
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -25,6 +25,7 @@ from saelab.config import ConfigError, to_dict
 from saelab.integrity import (
     CHECKSUMS,
     CheckpointError,
+    current_umask,
     read_bounded,
     safetensors_header,
     save_tensors,
@@ -48,7 +49,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -59,12 +60,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
@@ -73,7 +68,7 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     """A temporary sibling folder ``.<name>.XXXX.tmp`` with the usual (umask) mode, not 0700."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     return tmp
 
 
