@@ -391,3 +391,24 @@ def test_housekeeping_temporaries_metrics_and_modes(tmp_path):
         assert folder.stat().st_mode & 0o777 == 0o755, folder
         for f in folder.iterdir():
             assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_non_finite_weights_are_never_a_good_checkpoint(tmp_path):
+    from saelab.training import TrainingError
+    from saelab.training.checkpoint import list_checkpoints, write_checkpoint
+
+    data = make_acts(tmp_path / "acts.npy")
+    out = tmp_path / "run"
+    trainer = _tiny_trainer(data, out)
+    trainer.fit()
+    good = list_checkpoints(out / "checkpoints")
+    with torch.no_grad():
+        trainer.saes["topk"].W_dec[3, 2] = float("nan")
+    with pytest.raises(TrainingError, match=r"non-finite weights; not writing.*step_000000020"):
+        trainer.checkpoint()
+    assert list_checkpoints(out / "checkpoints") == good
+    # a NaN checkpoint on disk (checksums valid) is skipped on resume like a corrupt one
+    write_checkpoint(out / "checkpoints", 25, {"input_scale": trainer.scale, "tokens": 0},
+                     trainer.saes, trainer.slots, keep=5)
+    with pytest.warns(UserWarning, match=r"step_000000025 holds non-finite weights"):
+        _tiny_trainer(data, out).fit()

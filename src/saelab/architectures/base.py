@@ -192,7 +192,10 @@ def _accepting_arrays(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if isinstance(x, np.ndarray):
             if np.iscomplexobj(x):
                 raise TypeError("complex activations are not supported; pass real values")
-            x = torch.as_tensor(x, dtype=torch.float32, device=self.W_dec.device)
+            arr = np.asarray(x, dtype=np.float32)
+            if not arr.flags.writeable:  # e.g. a read-only memory map; torch wants writable
+                arr = arr.copy()
+            x = torch.from_numpy(arr).to(self.W_dec.device)
         elif not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor or numpy array, got {type(x).__name__}")
         return fn(self, x, *args, **kwargs)
