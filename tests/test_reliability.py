@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import load_file
 
 from saelab.cli import main
+from saelab.data import ArrayFileSource
 from saelab.integrity import CHECKSUMS, CheckpointError
 from saelab.io import load
 from saelab.lock import LOCK_NAME, folder_lock
 from saelab.registry import config_from_dict
-from saelab.data import ArrayFileSource
 from saelab.training import TrainConfig, Trainer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
