@@ -67,3 +67,14 @@ def test_iterator_source_rebatches_and_resumes():
     bad = IteratorSource(lambda: iter([torch.zeros(3, 5)]), d_in=4)
     with pytest.raises(DataError, match=r"shape \(3, 5\), expected \(rows, 4\)"):
         next(bad.batches(2))
+
+
+def test_complex_iterator_items_are_refused():
+    import numpy as np
+    import pytest
+
+    from saelab.data import DataError, IteratorSource
+
+    source = IteratorSource(lambda: [np.ones((10, 4), dtype=np.complex64)], 4)
+    with pytest.raises(DataError, match="complex values"):
+        next(source.batches(5))
