@@ -42,7 +42,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(DataError, match="unsupported"):
         ArrayFileSource(tmp_path / "x.csv")
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{{{{{")
-    with pytest.raises(DataError, match="not a valid safetensors"):
+    with pytest.raises(DataError, match="not a safetensors file"):
         ArrayFileSource(tmp_path / "junk.safetensors")
     save_file({"a": np.zeros((4, 2), np.float32), "b": np.zeros((4, 2), np.float32)},
               str(tmp_path / "two.safetensors"))
