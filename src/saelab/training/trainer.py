@@ -148,9 +148,9 @@ class Trainer:
             self.step = int(meta["step"])
             self.scale = float(meta["input_scale"])
             return
-        raise CheckpointError(f"no checkpoint in {self.ckpt_root} passed its integrity check; "
-                              "use a new output folder (or --fresh after removing the corrupt "
-                              "ones) to start over")
+        raise CheckpointError(f"no checkpoint in {self.ckpt_root} passed its integrity check "
+                              "(all were set aside as corrupt_step_*); rerun to train from the "
+                              "start in this folder, or use a new output folder")
 
     def _check_data(self, saved: dict[str, Any] | None, path: Path,
                     allow_data_change: bool) -> None:
