@@ -115,8 +115,8 @@ def read_only(path: Path) -> Iterator[None]:
 def test_second_train_on_the_same_folder_fails_naming_the_holder(tmp_path):
     data = make_acts(tmp_path / "acts.npy")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "saelab.cli", *train_args(data, out, steps=3000),
-           "--checkpoint-every", "500", "--seed", "7"]
+    cmd = [sys.executable, "-m", "saelab.cli", *train_args(data, out, steps=600),
+           "--checkpoint-every", "100", "--seed", "7"]
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = out / LOCK_NAME
     deadline = time.time() + 60
@@ -126,7 +126,7 @@ def test_second_train_on_the_same_folder_fails_naming_the_holder(tmp_path):
     try:
         assert lock.read_text().strip() == str(first.pid)
         second = subprocess.run([sys.executable, "-m", "saelab.cli",
-                                 *train_args(data, out, steps=3000), "--checkpoint-every", "500",
+                                 *train_args(data, out, steps=600), "--checkpoint-every", "100",
                                  "--seed", "8"], env=ENV, capture_output=True, text=True)
         assert second.returncode == 2
         line = error_line(second.stderr)
