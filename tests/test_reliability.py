@@ -5,7 +5,8 @@ intact.
 
 A full disk and a read-only folder are real file systems: a small tmpfs mounted for the test
 (remounted read-only for the read-only case). That needs root; without it the read-only case
-uses chmod and the disk-full case is skipped.
+uses chmod, and the disk-full case wraps saelab's tensor writer to raise ENOSPC once the folder
+exceeds the limit (so on such machines it tests the handling, not the kernel's error).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -348,19 +349,48 @@ def test_read_only_output_folder(tmp_path, capsys):
         assert snapshot(fs / "run") == before
 
 
-def test_full_disk_keeps_the_run_resumable(tmp_path, capsys):
+@contextlib.contextmanager
+def limited_disk(path: Path, size_kb: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """A folder where writes fail with ENOSPC after about ``size_kb``; yields a function that
+    lifts the limit. As root: a real tmpfs of that size (grown by remounting). Otherwise the
+    tensor writer is wrapped to raise ENOSPC once the folder holds more than the limit."""
+    if os.geteuid() == 0:
+        with small_fs(path, size_kb) as fs:
+            yield lambda: assert_true(_mount("-o", "remount,size=8m", str(fs)))
+        return
+    import errno
+
+    from saelab.integrity import save_tensors as real
+
+    def limited(tensors: dict[str, torch.Tensor], target: Path) -> None:
+        used = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if used + sum(t.numel() * t.element_size() for t in tensors.values()) > size_kb * 1024:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+        real(tensors, target)
+
+    path.mkdir(parents=True, exist_ok=True)
+    for module in ("saelab.training.checkpoint", "saelab.io"):
+        monkeypatch.setattr(f"{module}.save_tensors", limited)
+    yield monkeypatch.undo
+
+
+def assert_true(value: bool) -> None:
+    assert value
+
+
+def test_full_disk_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
     data = make_acts(tmp_path / "acts.npy")
     reference = tmp_path / "reference"
     assert main(train_args(data, reference, d_sae=512)) == 0
-    with small_fs(tmp_path / "fs", 512) as fs:
-        run = fs / "run"
+    with limited_disk(tmp_path / "fs", 512, monkeypatch) as lift_limit:
+        run = tmp_path / "fs" / "run"
         assert main(train_args(data, run, d_sae=512)) == 2
         line = error_line(capsys.readouterr().err)
         assert "No space left on device" in line and "rerun the same command" in line
         ckpts = sorted((run / "checkpoints").glob("step_*"))
         assert ckpts, "no checkpoint was written before the disk filled"
         assert not list((run / "checkpoints").glob(".*.tmp"))  # the partial write is gone
-        assert _mount("-o", "remount,size=8m", str(fs))
+        lift_limit()
         assert main(train_args(data, run, d_sae=512)) == 0
         a, b = tensors(reference / "final" / "topk"), tensors(run / "final" / "topk")
         assert all(torch.equal(a[k], b[k]) for k in a)
