@@ -6,6 +6,7 @@ import torch
 import saelab
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError
+from saelab.integrity import write_checksums
 from saelab.io import CheckpointError, load, save
 from saelab.registry import config_from_dict, get_architecture
 from tests.helpers import all_names, ctx, small_options, small_sae
@@ -15,7 +16,7 @@ EXPECTED = {"relu", "panneal", "gated", "gated_panneal", "topk", "batchtopk", "j
 
 
 def test_registry_has_every_architecture():
-    assert set(saelab.architectures()) == EXPECTED
+    assert set(saelab.list_architectures()) == EXPECTED
 
 
 def test_unknown_architecture_names_the_known_ones():
@@ -117,17 +118,81 @@ def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match=r"no sae\.safetensors"):
         load(no_weights)
 
+    # Hand-edited folders re-sealed with fresh checksums reach the deeper checks.
     cfg_text = (path / "cfg.json").read_text()
     (path / "cfg.json").write_text(cfg_text.replace('"topk"', '"warpdrive"'))
+    write_checksums(path)
     with pytest.raises(CheckpointError, match="unknown architecture 'warpdrive'"):
         load(path)
     (path / "cfg.json").write_text(cfg_text.replace('"d_sae": 48', '"d_sae": 50'))
+    write_checksums(path)
     with pytest.raises(CheckpointError, match=r"has shape \(48, 16\).*d_sae=50.*needs \(50, 16\)"):
         load(path)
     (path / "cfg.json").write_text(cfg_text)
     (path / "sae.safetensors").write_bytes(b"garbage")
+    write_checksums(path)
     with pytest.raises(CheckpointError, match="corrupt"):
         load(path)
+
+
+def test_edited_or_flipped_saved_sae_is_refused(tmp_path):
+    sae = small_sae("topk")
+    path = save(sae, tmp_path / "s")
+    cfg_text = (path / "cfg.json").read_text()
+    for edit in [cfg_text.replace('"k": 4', '"k": 5'), cfg_text.replace('"topk"', '"relu"')]:
+        (path / "cfg.json").write_text(edit)
+        with pytest.raises(CheckpointError, match=r"cfg\.json failed the sha256 check"):
+            load(path)
+    (path / "cfg.json").write_text(cfg_text)
+    data = bytearray((path / "sae.safetensors").read_bytes())
+    data[-5] ^= 0x10
+    (path / "sae.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"sae\.safetensors failed the sha256 check"):
+        load(path)
+    (path / "cfg.json").write_text(cfg_text.replace('"format_version": 2', '"format_version": 9'))
+    with pytest.raises(CheckpointError, match="format_version 9"):
+        load(path)
+
+
+def test_load_checks_sizes_before_allocating(tmp_path):
+    path = save(small_sae("topk"), tmp_path / "s")
+    cfg_text = (path / "cfg.json").read_text()
+    (path / "cfg.json").write_text(cfg_text.replace('"d_sae": 48', '"d_sae": 1000000000'))
+    write_checksums(path)
+    with pytest.raises(CheckpointError, match=r"d_sae=1000000000"):
+        load(path)  # before the fix: tried to allocate 4·16·1e9 bytes per matrix
+    (path / "cfg.json").unlink()
+    (path / "cfg.json").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load(path)
+
+
+def test_pickle_named_safetensors_is_a_clear_error(tmp_path):
+    path = save(small_sae("topk"), tmp_path / "s")
+    torch.save({"W": torch.zeros(3)}, path / "sae.safetensors")  # a zip/pickle, not safetensors
+    (path / "cfg.json").write_text((path / "cfg.json").read_text()
+                                   .replace('"format_version": 2', '"format_version": 1'))
+    (path / "checksums.json").unlink()
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load(path)
+    import struct
+
+    (path / "sae.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"\x80\x04junk")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load(path)
+
+
+def test_repr_and_numpy_input():
+    sae = small_sae("topk")
+    text = repr(sae)
+    assert "topk" in text and "d_in=16" in text and "d_sae=48" in text and "k=4" in text
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+    codes = sae.encode(x)
+    assert isinstance(codes, torch.Tensor) and codes.shape == (3, 48)
+    torch.testing.assert_close(codes, sae.encode(torch.from_numpy(x)))
+    torch.testing.assert_close(sae(x), sae(torch.from_numpy(x)))
 
 
 def test_architecture_mismatch_lists_tensors(tmp_path):
@@ -135,6 +200,7 @@ def test_architecture_mismatch_lists_tensors(tmp_path):
     path = save(sae, tmp_path / "g")
     cfg_text = (path / "cfg.json").read_text()
     (path / "cfg.json").write_text(cfg_text.replace('"gated"', '"relu"'))
+    write_checksums(path)
     with pytest.raises(CheckpointError, match=r"unexpected tensors.*r_mag"):
         load(path)
 

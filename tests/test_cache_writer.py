@@ -144,3 +144,30 @@ def test_source_batches_are_deterministic_and_resume_exactly(tmp_path: Path) -> 
     assert len(set(keys.tolist())) == len(keys)  # later epochs: no row twice
     assert not torch.equal(epoch1, stored)
     assert torch.equal(source.sample(100), stored[:100])
+
+
+def test_writer_random_streams_are_independent() -> None:
+    from saelab.cache.writer import bucket_rng, permutation_rng
+
+    def head(gen: np.random.Generator) -> tuple[int, ...]:
+        return tuple(gen.integers(0, 2**62, size=4).tolist())
+
+    for seed in (0, 3):
+        streams = [head(bucket_rng(seed, b)) for b in range(6)]
+        streams += [head(permutation_rng(seed, b)) for b in range(6)]
+        # [s, 1, 0] and [s, 1] seed one stream: bucket 0's permutation reused batch 1's ids
+        assert len(set(streams)) == len(streams)
+
+
+def test_manifest_file_names_stay_inside_the_cache(tmp_path: Path) -> None:
+    import json
+
+    write_cache(tmp_path / "c", n_batches=2)
+    path = tmp_path / "c" / "manifest.json"
+    doc = json.loads(path.read_text())
+    (tmp_path / "secret.npy").write_bytes(b"x")
+    for bad in ["../secret.npy", "/etc/passwd", "sub/../../secret.npy"]:
+        doc["shards"][0]["acts_file"] = bad
+        path.write_text(json.dumps(doc))
+        with pytest.raises(CacheError, match="outside the cache folder"):
+            read_manifest(tmp_path / "c")

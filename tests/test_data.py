@@ -42,7 +42,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(DataError, match="unsupported"):
         ArrayFileSource(tmp_path / "x.csv")
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{{{{{")
-    with pytest.raises(DataError, match="not a valid safetensors"):
+    with pytest.raises(DataError, match="not a safetensors file"):
         ArrayFileSource(tmp_path / "junk.safetensors")
     save_file({"a": np.zeros((4, 2), np.float32), "b": np.zeros((4, 2), np.float32)},
               str(tmp_path / "two.safetensors"))
@@ -67,3 +67,14 @@ def test_iterator_source_rebatches_and_resumes():
     bad = IteratorSource(lambda: iter([torch.zeros(3, 5)]), d_in=4)
     with pytest.raises(DataError, match=r"shape \(3, 5\), expected \(rows, 4\)"):
         next(bad.batches(2))
+
+
+def test_complex_iterator_items_are_refused():
+    import numpy as np
+    import pytest
+
+    from saelab.data import DataError, IteratorSource
+
+    source = IteratorSource(lambda: [np.ones((10, 4), dtype=np.complex64)], 4)
+    with pytest.raises(DataError, match="complex values"):
+        next(source.batches(5))

@@ -206,3 +206,25 @@ def test_singular_but_valid_correlation_is_accepted() -> None:
 def test_help_metadata_on_every_field() -> None:
     for field in dataclasses.fields(ToyConfig):
         assert field.metadata.get("help"), field.name
+
+
+def test_orderedness_uses_the_live_only_matching_of_stability() -> None:
+    from saelab.registry import build, config_from_dict
+    from saelab.toy.recovery import score_sae
+
+    toy = ToyModel(ToyConfig.chanin_small())
+    feats = toy.features_GD.float()
+    g, d = feats.shape
+    sae = build(config_from_dict({"architecture": "topk", "d_in": d, "d_sae": 2 * g,
+                                  "k": 2}).resolved())
+    noise = 0.3 * torch.randn(g, d, generator=torch.Generator().manual_seed(0))
+    live = torch.nn.functional.normalize(feats + noise, dim=1)  # in order, cos ≈ 0.95
+    dead = feats.flip(0)  # exact copies in reverse order, but they never fire
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([live, dead]))
+        sae.W_enc.copy_(torch.cat([live, dead]).T)
+        sae.b_enc.copy_(torch.cat([torch.zeros(g), torch.full((g,), -1e4)]))
+        sae.b_dec.zero_()
+    score = score_sae("t", sae, toy, n_eval=2000)
+    assert score.dead_share == 0.5
+    assert score.orderedness == 1.0  # the live latents are in the features' order

@@ -170,7 +170,7 @@ def add_arguments(
         tp, _ = _strip_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
             continue
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

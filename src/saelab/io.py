@@ -1,7 +1,9 @@
-"""Saving and loading SAEs: a folder with ``cfg.json`` and ``sae.safetensors``.
+"""Saving and loading SAEs: a folder with ``cfg.json``, ``sae.safetensors`` and
+``checksums.json`` (sha256 of both, see :mod:`saelab.integrity`).
 
 Writes are atomic (write to a temporary sibling, fsync, rename) so a crash never leaves a
-half-written checkpoint where a good one was.
+half-written file where a good one was. Saving into an existing folder replaces only those three
+files: anything else there (an evaluation's JSON and plots) is kept.
 """
 
 from __future__ import annotations
@@ -16,26 +18,38 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, to_dict
+from saelab.integrity import (
+    CHECKSUMS,
+    CheckpointError,
+    current_umask,
+    read_bounded,
+    safetensors_header,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
 from saelab.registry import build, config_from_dict
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
-FORMAT_VERSION = 1
+SAE_FILES = (CFG_NAME, WEIGHTS_NAME, CHECKSUMS)
+#: 2 adds checksums.json; version 1 folders (no checksums) still load.
+FORMAT_VERSION = 2
 
-
-class CheckpointError(ValueError):
-    """A checkpoint folder or file is missing, corrupt or does not match its config."""
+__all__ = ["CFG_NAME", "FORMAT_VERSION", "SAE_FILES", "WEIGHTS_NAME", "CheckpointError",
+           "atomic_write_bytes", "atomic_write_dir", "atomic_write_json", "load", "read_config",
+           "refuse_sae_files", "save"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -46,21 +60,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A temporary sibling folder ``.<name>.XXXX.tmp`` with the usual (umask) mode, not 0700."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def atomic_write_dir(path: Path, fill: Callable[[Path], None]) -> None:
     """Build a folder with ``fill(tmp_dir)`` then move it into place in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(path.parent, path.name)
     try:
         fill(tmp)
         old = None
@@ -86,15 +101,32 @@ def _state_tensors(sae: SAE) -> dict[str, torch.Tensor]:
 
 
 def write_sae_files(sae: SAE, folder: Path) -> None:
-    """Write cfg.json and sae.safetensors into an existing folder (not atomic by itself)."""
-    save_file(_state_tensors(sae), str(folder / WEIGHTS_NAME))
+    """Write cfg.json, sae.safetensors and checksums.json into an existing folder (not atomic
+    by itself)."""
+    save_tensors(_state_tensors(sae), folder / WEIGHTS_NAME)
     (folder / CFG_NAME).write_text(json.dumps(sae_config_dict(sae), indent=2, sort_keys=True) + "\n")
+    write_checksums(folder, [CFG_NAME, WEIGHTS_NAME])
 
 
 def save(sae: SAE, path: str | Path) -> Path:
-    """Save an SAE to folder ``path`` atomically; returns the path."""
+    """Save an SAE to folder ``path``; returns the path.
+
+    Each file is written to a temporary folder next to it and renamed into place, checksums
+    last; other files already in the folder are left alone.
+    """
     path = Path(path)
-    atomic_write_dir(path, lambda tmp: write_sae_files(sae, tmp))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"cannot save an SAE to {path}: it is a file, not a folder")
+    if not path.exists():
+        atomic_write_dir(path, lambda tmp: write_sae_files(sae, tmp))
+        return path
+    tmp = make_temp_dir(path, "saving")
+    try:
+        write_sae_files(sae, tmp)
+        for name in SAE_FILES:  # checksums.json last: it vouches for the two before it
+            os.replace(tmp / name, path / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -107,7 +139,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not cfg_path.exists():
         raise CheckpointError(f"{path} has no {CFG_NAME}; is this an SAE checkpoint folder?")
     try:
-        data = json.loads(cfg_path.read_text())
+        data = json.loads(read_bounded(cfg_path))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({err}); the file is corrupt") from err
     if not isinstance(data, dict):
@@ -118,6 +150,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
 def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Rebuild the exact SAE class and weights saved in folder ``path``.
 
+    Verifies checksums.json (required from format version 2), checks the config's sizes against
+    the weights' header before allocating anything, then loads.
     SAELens and dictionary_learning folders load too (see :mod:`saelab.interop`).
     """
     path = Path(path)
@@ -126,14 +160,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     if (fmt := detect_format(path)) is not None:
         return read_foreign(path, fmt, device)
     data = read_config(path)
-    data.pop("format_version", None)
+    version = data.pop("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(f"{path / CFG_NAME} has format_version {version!r}; this saelab "
+                              f"reads versions 1..{FORMAT_VERSION} (upgrade saelab?)")
+    weights_path = path / WEIGHTS_NAME
+    if not weights_path.exists():
+        raise CheckpointError(f"{path} has {CFG_NAME} but no {WEIGHTS_NAME}")
+    verify_checksums(path, "saved SAE", required=version >= 2)
     try:
         cfg = config_from_dict(data, where=str(path / CFG_NAME))
     except ConfigError as err:
         raise CheckpointError(str(err)) from err
-    weights_path = path / WEIGHTS_NAME
-    if not weights_path.exists():
-        raise CheckpointError(f"{path} has {CFG_NAME} but no {WEIGHTS_NAME}")
+    try:
+        header, _ = safetensors_header(weights_path)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path} could not be read ({err}); the file is corrupt") from err
+    check_header_shapes(header, cfg, str(weights_path), str(data["architecture"]))
     try:
         tensors = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
@@ -141,6 +184,31 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     sae = build(cfg)
     load_state_checked(sae, tensors, str(weights_path))
     return sae.to(device)
+
+
+def check_header_shapes(header: dict[str, Any], cfg: Any, where: str, arch: str) -> None:
+    """The weight matrices' shapes in the file must match cfg's d_in × d_sae (checked before
+    the SAE is built, so a cfg.json with d_sae = 1e9 cannot make saelab allocate it)."""
+    cfg = cfg.resolved() if (cfg.d_in <= 0 or cfg.d_sae <= 0) else cfg
+    expected = {"W_dec": [cfg.d_sae, cfg.d_in], "W_enc": [cfg.d_in, cfg.d_sae],
+                "b_enc": [cfg.d_sae], "b_dec": [cfg.d_in]}
+    for name, shape in expected.items():
+        info = header.get(name)
+        if info is None:
+            raise CheckpointError(f"{where} does not match architecture {arch!r}: missing "
+                                  f"tensors [{name!r}]")
+        if list(info["shape"]) != shape:
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(info['shape'])} but the config "
+                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {tuple(shape)}")
+
+
+def refuse_sae_files(path: Path, flag: str = "--out") -> None:
+    """Raise ConfigError if writing ``path`` would overwrite a saved SAE's own files."""
+    path = Path(path)
+    if path.name in SAE_FILES and (path.parent / CFG_NAME).exists():
+        raise ConfigError(f"{flag} {path} would overwrite the SAE's own {path.name}; write the "
+                          "results to another file name")
 
 
 def load_state_checked(sae: SAE, tensors: dict[str, torch.Tensor], where: str) -> None:

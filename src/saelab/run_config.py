@@ -20,19 +20,11 @@ from typing import Any
 
 from saelab.architectures.base import SAEConfig
 from saelab.config import ConfigError, from_dict, option, to_dict
+from saelab.data.open import DataConfig
 from saelab.registry import config_from_dict
 from saelab.training.config import TrainConfig
 
-
-@dataclass
-class DataConfig:
-    path: str = option("", "activations: a .npy or .safetensors file (rows × width) or a `saelab cache` folder")
-    key: str = option("", "tensor name inside a .safetensors file with several tensors")
-    pair: list[str] = option([], "more activations read row by row with `path` and placed after "
-                             "it: a transcoder's target, a crosscoder's further layers (caches "
-                             "of one model pass, or arrays with the same rows)")
-    shuffle: bool = option(True, "reshuffle rows every epoch")
-    check_finite: bool = option(True, "scan the whole file for NaN/inf before training")
+__all__ = ["DataConfig", "RunConfig", "load_run_config", "run_config_from_file"]
 
 
 @dataclass
@@ -54,6 +46,8 @@ class RunConfig:
 
 def load_run_config(data: dict[str, Any]) -> RunConfig:
     cfg = from_dict(RunConfig, data)
+    if not cfg.out.strip():
+        raise ConfigError("the output folder (out / --out) is empty; give a folder path")
     cfg.sae_configs()  # validate architecture options early
     return cfg
 

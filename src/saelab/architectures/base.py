@@ -8,11 +8,14 @@ checkpoint format, the evaluators and the CLI only talk to this interface.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -50,6 +53,11 @@ class SAEConfig:
         """Raise ConfigError for inconsistent options (subclasses extend)."""
         if self.d_sae <= 0:
             raise ConfigError(f"d_sae must be positive, got {self.d_sae}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr} (leave it unset to use the "
+                              "trainer's lr)")
+        if self.adam_beta1 is not None and not 0 <= self.adam_beta1 < 1:
+            raise ConfigError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
 
 @dataclass
@@ -85,6 +93,18 @@ class SAE(nn.Module, ABC):
     config_class: ClassVar[type[SAEConfig]]
     #: whether the trainer keeps decoder rows at unit norm (and removes the parallel gradient)
     unit_norm_decoder: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in ("encode", "decode", "forward"):
+            if method in cls.__dict__:
+                setattr(cls, method, _accepting_arrays(cls.__dict__[method]))
+
+    def extra_repr(self) -> str:
+        cfg = self.cfg
+        k = getattr(cfg, "k", None)
+        return (f"architecture={getattr(self, 'name', type(self).__name__)!r}, d_in={cfg.d_in}, "
+                f"d_sae={cfg.d_sae}" + (f", k={k}" if k is not None else ""))
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -184,6 +204,26 @@ class SAE(nn.Module, ABC):
 
     def load_extra_state(self, state: dict[str, float]) -> None:
         pass
+
+
+def _accepting_arrays(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Let encode/decode/forward take a NumPy array (converted to a float32 tensor on the SAE's
+    device) as well as a tensor."""
+
+    @functools.wraps(fn)
+    def wrapper(self: SAE, x: Any, *args: Any, **kwargs: Any) -> Tensor:
+        if isinstance(x, np.ndarray):
+            if np.iscomplexobj(x):
+                raise TypeError("complex activations are not supported; pass real values")
+            arr = np.asarray(x, dtype=np.float32)
+            if not arr.flags.writeable:  # e.g. a read-only memory map; torch wants writable
+                arr = arr.copy()
+            x = torch.from_numpy(arr).to(self.W_dec.device)
+        elif not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor or numpy array, got {type(x).__name__}")
+        return fn(self, x, *args, **kwargs)
+
+    return wrapper
 
 
 def recon_loss(acts_BD: Tensor, recon_BD: Tensor) -> Tensor:

@@ -17,6 +17,8 @@ from saelab.registry import register
 
 @dataclass
 class GatedConfig(SAEConfig):
+    adam_beta1: float | None = option(
+        0.0, "Adam beta1 for this SAE: 0 as in the paper (None = the trainer's adam_beta1)")
     l1_coefficient: float = option(
         5.0, "weight λ of the L1 penalty on the rectified gate pre-activations"
     )
@@ -61,8 +63,8 @@ class GatedSAE(SAE):
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         gate_pre, mag_pre = self._paths(acts_BD)
-        active = gate_pre > 0
-        codes = active.to(mag_pre.dtype) * torch.relu(mag_pre)
+        codes = (gate_pre > 0).to(mag_pre.dtype) * torch.relu(mag_pre)
+        active = codes != 0  # an open gate with a non-positive magnitude gives a zero code
         recon = self.decode(codes)
         mse = recon_loss(acts_BD, recon)
         gate_act = torch.relu(gate_pre)

@@ -18,6 +18,8 @@ from saelab.registry import register
 
 @dataclass
 class JumpReLUConfig(SAEConfig):
+    adam_beta1: float | None = option(
+        0.0, "Adam beta1 for this SAE: 0 as in the paper (None = the trainer's adam_beta1)")
     l0_coefficient: float = option(0.05, "weight λ of the L0 penalty λ·Σ_i H(π_i − θ_i)")
     bandwidth: float = option(0.05, "STE kernel width ε (on inputs normalised to E‖x‖² = d_in)")
     threshold_init: float = option(0.1, "initial threshold θ of every latent")
@@ -26,6 +28,9 @@ class JumpReLUConfig(SAEConfig):
         super().validate()
         if self.l0_coefficient < 0 or self.bandwidth <= 0 or self.threshold_init <= 0:
             raise ConfigError("need l0_coefficient >= 0, bandwidth > 0 and threshold_init > 0")
+
+
+THRESHOLD_FLOOR = 1e-6
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -84,7 +89,11 @@ class JumpReLUSAE(SAE):
         self.threshold = nn.Parameter(torch.full((self.cfg.d_sae,), self.cfg.threshold_init))
 
     def theta(self) -> Tensor:
-        return self.threshold.clamp_min(1e-6)
+        """θ clamped to ≥ 1e-6 in the forward pass with the gradient passed straight through,
+        so a threshold pushed below the clamp still gets the STE gradients and can recover
+        (a plain clamp_min would send it zero gradient for ever)."""
+        clamped = self.threshold.clamp_min(THRESHOLD_FLOOR)
+        return self.threshold + (clamped - self.threshold).detach()
 
     def encode(self, acts_BD: Tensor) -> Tensor:
         pre = self.pre_acts(acts_BD)

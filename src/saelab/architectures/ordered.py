@@ -23,21 +23,56 @@ from saelab.registry import register
 @dataclass
 class OrderedConfig(TopKConfig):
     prefix_power: float = option(
-        0.0, "p(ℓ) ∝ ℓ^-prefix_power over prefix lengths ℓ = 1..d_sae (0 = uniform)"
+        0.0, "p(ℓ) ∝ ℓ^-prefix_power over prefix lengths ℓ = 1..d_sae (0 = uniform, saelab's "
+        "default)"
+    )
+    prefix_groups: list[float] = option(
+        [], "piecewise p(ℓ) as in the OSAE paper's LLM runs: group fractions of d_sae summing to "
+        "1 (e.g. [0.0625, 0.125, 0.25, 0.5625]); each group gets equal probability mass, spread "
+        "over its prefix lengths by prefix_power; [] = one group"
     )
 
     def validate(self) -> None:
         super().validate()
         if self.prefix_power < 0:
             raise ConfigError("prefix_power must be >= 0")
+        if self.prefix_groups:
+            if any(f <= 0 for f in self.prefix_groups) or abs(sum(self.prefix_groups) - 1) > 1e-6:
+                raise ConfigError(f"prefix_groups must be positive fractions that sum to 1, got "
+                                  f"{self.prefix_groups}")
+            if len(group_ends(self.d_sae, self.prefix_groups)) != len(self.prefix_groups):
+                raise ConfigError(f"prefix_groups {self.prefix_groups} give empty groups at "
+                                  f"d_sae={self.d_sae}")
 
 
-def prefix_cdf(d_sae: int, power: float, device: torch.device | None = None) -> Tensor:
-    """cdf[j] = P(ℓ ≤ j) for j = 0..d_sae, with p(ℓ) ∝ ℓ^-power on ℓ = 1..d_sae."""
+def group_ends(d_sae: int, fractions: list[float]) -> list[int]:
+    """Last prefix length of each group (distinct, increasing, the last is d_sae)."""
+    ends: list[int] = []
+    total = 0.0
+    for f in fractions:
+        total += f
+        end = min(d_sae, round(total * d_sae))
+        if not ends or end > ends[-1]:
+            ends.append(end)
+    ends[-1] = d_sae
+    return ends
+
+
+def prefix_cdf(d_sae: int, power: float, device: torch.device | None = None,
+               groups: list[float] | None = None) -> Tensor:
+    """cdf[j] = P(ℓ ≤ j) for j = 0..d_sae, float64 (float32 loses up to ~40% of a prefix's
+    weight at 65k latents). p(ℓ) ∝ ℓ^-power on ℓ = 1..d_sae, or, with ``groups``, each group of
+    prefix lengths gets mass 1/n_groups spread ∝ ℓ^-power within it (piecewise)."""
     ell = torch.arange(1, d_sae + 1, dtype=torch.float64, device=device)
     p = ell.pow(-power)
+    if groups:
+        start = 0
+        ends = group_ends(d_sae, groups)
+        for end in ends:
+            p[start:end] = p[start:end] / p[start:end].sum() / len(ends)
+            start = end
     p = p / p.sum()
-    return torch.cat([torch.zeros(1, dtype=torch.float64, device=device), p.cumsum(0)]).float()
+    return torch.cat([torch.zeros(1, dtype=torch.float64, device=device), p.cumsum(0)])
 
 
 def ordered_prefix_loss(
@@ -60,7 +95,8 @@ def ordered_prefix_loss(
     ], dim=1)
     cdf_at = cdf[(bounds - 1).clamp(0, M)]
     cdf_at[:, 0] = 0.0
-    weights_BS = cdf_at[:, 1:] - cdf_at[:, :-1]  # (B, K+1)
+    # differences of the float64 CDF, then cast: tiny prefix weights keep their precision
+    weights_BS = (cdf_at[:, 1:] - cdf_at[:, :-1]).to(acts_BD.dtype)  # (B, K+1)
     chunk = max(1, (1 << 22) // max(1, K * D))
     total = acts_BD.new_zeros(())
     for start in range(0, B, chunk):
@@ -83,7 +119,8 @@ class OrderedSAE(TopKFamilySAE):
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        self.register_buffer("cdf", prefix_cdf(self.cfg.d_sae, self.cfg.prefix_power),
+        self.register_buffer("cdf", prefix_cdf(self.cfg.d_sae, self.cfg.prefix_power,
+                                               groups=self.cfg.prefix_groups),
                              persistent=False)
 
     def encode(self, acts_BD: Tensor) -> Tensor:

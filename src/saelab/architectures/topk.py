@@ -52,6 +52,8 @@ class TopKConfig(SAEConfig):
             raise ConfigError(f"k_start must be in [k, d_sae], got {self.k_start}")
         if self.aux_coefficient < 0:
             raise ConfigError("aux_coefficient must be >= 0")
+        if self.k_aux < 0:
+            raise ConfigError(f"k_aux must be >= 0 (0 = d_in // 2), got {self.k_aux}")
         if self.matmul_dtype != "float32" and not self.sparse_kernels:
             raise ConfigError("matmul_dtype other than float32 needs sparse_kernels = true")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import sys
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from saelab.cache.format import CacheError, CacheManifest
 from saelab.cache.writer import CacheWriter, WriterSettings
 from saelab.config import ConfigError, option
+from saelab.lock import folder_lock
 from saelab.models.hf import token_forward
 from saelab.models.hooks import HookPoint, capture
 from saelab.text.mask import kept_rows
@@ -106,23 +108,26 @@ def build_cache(model: nn.Module, tokenizer: Any, sources: Sequence[str | Path],
                          f"{text.context_size} tokens")
     widths = _hook_widths(model, points, forward, first, cfg.device)
     folders = cache_folders(out, points)
-    exclude = special_ids(tokenizer) if text.exclude_special else []
-    writers = {p: CacheWriter(folders[p], _settings(p, widths[p], max_contexts, cfg, text,
-                                                    model_name, tokenizer, sources, exclude),
-                              commit_every_s=cfg.commit_every_s)
-               for p in points}
-    pending = {p: w for p, w in writers.items() if w.scattering}
-    if pending:
-        resume_at = min(w.batches_done for w in pending.values())
-        if resume_at:
-            say(f"resuming the cache at context batch {resume_at}")
-        _scatter(model, forward, itertools.chain([first], batches), pending, resume_at, cfg,
-                 text, exclude, say)
-    manifests = {}
-    for point, writer in writers.items():
-        manifests[point.name] = writer.finish({"sources": [str(s) for s in sources]})
-    return CacheBuildResult({p.name: folders[p] for p in points}, manifests,
-                            time.perf_counter() - start)
+    with contextlib.ExitStack() as locks:  # one process per cache folder
+        for folder in folders.values():
+            locks.enter_context(folder_lock(folder, "activation cache"))
+        exclude = special_ids(tokenizer) if text.exclude_special else []
+        writers = {p: CacheWriter(folders[p], _settings(p, widths[p], max_contexts, cfg, text,
+                                                        model_name, tokenizer, sources, exclude),
+                                  commit_every_s=cfg.commit_every_s)
+                   for p in points}
+        pending = {p: w for p, w in writers.items() if w.scattering}
+        if pending:
+            resume_at = min(w.batches_done for w in pending.values())
+            if resume_at:
+                say(f"resuming the cache at context batch {resume_at}")
+            _scatter(model, forward, itertools.chain([first], batches), pending, resume_at, cfg,
+                     text, exclude, say)
+        manifests = {}
+        for point, writer in writers.items():
+            manifests[point.name] = writer.finish({"sources": [str(s) for s in sources]})
+        return CacheBuildResult({p.name: folders[p] for p in points}, manifests,
+                                time.perf_counter() - start)
 
 
 def _max_contexts(sources: Sequence[str | Path], tokenizer: Any, cfg: CacheConfig,

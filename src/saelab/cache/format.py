@@ -13,7 +13,6 @@ the activation was read at position p of context s, whose tokens are ``tokens[s]
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from saelab.data.base import DataError
+from saelab.integrity import sha256_file
 
 FORMAT_NAME = "saelab-activation-cache"
 FORMAT_VERSION = 1
@@ -79,10 +79,21 @@ class CacheManifest:
                              f"saelab reads version {FORMAT_VERSION}")
         try:
             shards = [ShardInfo(**s) for s in data["shards"]]
-            return cls(**{**data, "shards": shards})
+            manifest = cls(**{**data, "shards": shards})
         except (KeyError, TypeError) as err:
             raise CacheError(f"{where} is missing or has unexpected fields ({err}); the "
                              "manifest is corrupt") from err
+        names = [manifest.tokens_file] + [n for s in shards for n in (s.acts_file, s.index_file)]
+        outside = [n for n in names if not _plain_file_name(n)]
+        if outside:
+            raise CacheError(f"{where} names files outside the cache folder {outside}; a cache "
+                             "manifest may only name files in its own folder")
+        return manifest
+
+
+def _plain_file_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\x00" not in name)
 
 
 def is_cache_dir(path: str | Path) -> bool:
@@ -105,14 +116,6 @@ def read_manifest(folder: str | Path) -> CacheManifest:
     except json.JSONDecodeError as err:
         raise CacheError(f"{path} is not valid JSON ({err}); the manifest is corrupt") from err
     return CacheManifest.from_dict(data, str(path))
-
-
-def sha256_file(path: Path, chunk_bytes: int = 8 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_shapes(folder: Path, manifest: CacheManifest) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +55,13 @@ class CacheSource:
     @property
     def n_rows(self) -> int:
         return self.manifest.n_rows
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The sha256 checksums the manifest holds for every shard and the tokens, hashed."""
+        doc = [[s.acts_sha256, s.index_sha256, s.rows] for s in self.manifest.shards]
+        digest = hashlib.sha256(json.dumps([doc, self.manifest.tokens_sha256]).encode())
+        return {"kind": "cache", "rows": self.n_rows, "width": self.d_in,
+                "digest": digest.hexdigest()}
 
     @property
     def tokens(self) -> np.ndarray:

@@ -18,7 +18,7 @@ probability 1 / n_b!. So every ordering of the concatenated shards has probabili
 
 Resume: rows are committed in whole context batches. On restart every file is truncated back
 to the length recorded in ``progress.json`` (dropping batches written after the last commit,
-and any half-written one) and the caller continues from ``batches_done``. Bucket ids come from a generator seeded by (seed, batch number), so a
+and any half-written one) and the caller continues from ``batches_done``. Bucket ids come from a generator keyed by (seed, batch number), so a
 resumed cache is byte-identical to an uninterrupted one. Pass 2 records each finished shard;
 redoing a bucket rewrites an identical shard, so pass 2 is idempotent.
 """
@@ -51,6 +51,7 @@ from saelab.cache.format import (
     sha256_file,
 )
 from saelab.io import atomic_write_json
+from saelab.lock import LOCK_NAME
 
 BUCKET_SHARE_OF_LIMIT = 0.5  # one bucket (loaded whole in pass 2) may use half the budget
 MAX_BUCKETS = 480  # two open files per bucket in pass 1; stay under the usual 1024-file limit
@@ -147,7 +148,7 @@ class CacheWriter:
                                  "rerun with the original settings to resume, or use a new folder")
             self._truncate_to(progress)
             return progress
-        if self.folder.exists() and any(self.folder.iterdir()):
+        if self.folder.exists() and any(p.name != LOCK_NAME for p in self.folder.iterdir()):
             raise CacheError(f"{self.folder} is not empty and holds no saelab cache; choose a new "
                              "or empty folder (nothing there was changed)")
         n_buckets = self.settings.n_buckets()
@@ -204,7 +205,7 @@ class CacheWriter:
         self._check_batch(batch_number, acts, index, tokens)
         rows = acts.astype(self.settings.dtype, copy=False)
         index = index.astype(np.int64) + np.array([self.progress.contexts_done, 0])
-        bucket_N = np.random.default_rng([self.settings.seed, batch_number]).integers(
+        bucket_N = bucket_rng(self.settings.seed, batch_number).integers(
             self.progress.n_buckets, size=rows.shape[0])
         order = np.argsort(bucket_N, kind="stable")
         rows, index = rows[order], index[order]  # one gather; each bucket is then a slice
@@ -324,7 +325,7 @@ class CacheWriter:
         if acts.shape[0] != rows or index.shape[0] != rows:
             raise CacheError(f"{acts_path} holds {acts.shape[0]} rows, {rows} were committed; "
                              "delete the folder and rerun")
-        perm = np.random.default_rng([s.seed, 1, b]).permutation(rows)
+        perm = permutation_rng(s.seed, b).permutation(rows)
         name = f"{b:05d}"
         acts_sha = _write_npy_rows(self.folder / f"acts_{name}.npy", acts, perm)
         index_sha = _write_npy_rows(self.folder / f"index_{name}.npy", index, perm)
@@ -352,6 +353,23 @@ class CacheWriter:
     def _cleanup(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
         (self.folder / PROGRESS).unlink(missing_ok=True)
+
+
+# Every random stream of the writer is its own child of SeedSequence(seed), keyed by
+# (purpose, number): the streams are independent by construction, which the uniformity proof
+# above assumes. (Plain entropy lists do not give this: [s, 1, 0] and [s, 1] seed the same
+# stream, so bucket 0's permutation reused the numbers that placed batch 1's rows.)
+_BUCKETS, _PERMUTATION = 0, 1
+
+
+def bucket_rng(seed: int, batch_number: int) -> np.random.Generator:
+    """The generator that assigns context batch ``batch_number``'s rows to buckets."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_BUCKETS, batch_number)))
+
+
+def permutation_rng(seed: int, bucket: int) -> np.random.Generator:
+    """The generator of bucket ``bucket``'s final permutation."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_PERMUTATION, bucket)))
 
 
 def _as_numpy(value: Tensor | np.ndarray) -> np.ndarray:

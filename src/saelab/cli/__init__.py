@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+import saelab
+from saelab.cli.errors import os_error_message
 from saelab.config import ConfigError
 
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sparse autoencoders on neural-network activations: train, evaluate, "
         "measure against ground truth.",
     )
+    parser.add_argument("--version", action="version", version=f"saelab {saelab.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in _commands():
         module.add_parser(sub)
@@ -69,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args, extra, parser) or 0)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"saelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except OSError as err:  # disk full, read-only, permission, not a folder, ...
+        print(f"saelab {args.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume from the last checkpoint",

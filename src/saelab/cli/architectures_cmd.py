@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import Any
 
 from saelab.config import describe
@@ -16,6 +17,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def summary(doc: str) -> str:
+    """The docstring's first paragraph on one line (never cut mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -25,8 +31,8 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         cls = archs.get(name)
         if cls is None:
             raise ValueError(f"unknown architecture {name!r}; known: {sorted(archs)}")
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {doc}")
+        print(textwrap.fill(f"{name}: {summary(cls.__doc__ or '')}", width=100,
+                            subsequent_indent="    "))
         if args.name:
             for field, default, help_text in describe(cls.config_class):
                 print(f"  --{field.replace('_', '-'):24s} {help_text} [default: {default}]")

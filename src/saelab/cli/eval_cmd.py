@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saelab.cli.results import results_path, write_or_print
 from saelab.config import add_arguments, args_to_dict, from_dict
 from saelab.evals import core
 from saelab.io import load
@@ -20,11 +21,14 @@ def add_parser(sub: Any) -> None:
                        "docs/metrics.md.")
     p.add_argument("sae", help="SAE folder")
     p.add_argument("--data", required=True,
-                   help="activation file (.npy or .safetensors) or a saelab cache folder")
+                   help="activations: .npy or .safetensors file, or a `saelab cache` folder")
+    p.add_argument("--data-key", default="",
+                   help="tensor name inside a .safetensors file with several tensors")
     p.add_argument("--data-pair", dest="pair", nargs="+", default=[], metavar="PATH",
                    help="further activations read row by row with --data (a transcoder's "
                    "target, a crosscoder's other layers)")
-    p.add_argument("--out", help="write results JSON here (default: <sae>/eval.json)")
+    p.add_argument("--out", help="results JSON file, or a folder to write eval.json into "
+                   "(default: <sae>/eval.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the density histogram PNG")
     add_arguments(p.add_argument_group("evaluation options"), core.CoreEvalConfig)
     p.set_defaults(run=run)
@@ -34,12 +38,13 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cfg = from_dict(core.CoreEvalConfig, args_to_dict(args, core.CoreEvalConfig))
+    cfg.validate()
+    out = results_path(args.out, Path(args.sae), "eval.json")
     sae = load(args.sae)
-    result = core.run(sae, args.sae, args.data, cfg, pair=args.pair)
-    out = Path(args.out) if args.out else Path(args.sae) / "eval.json"
-    result.write(out)
+    result = core.run(sae, args.sae, args.data, cfg, data_key=args.data_key, pair=args.pair)
     scalars = result.metrics.to_dict()
     print(core.summary_table([(k, v) for k, v in scalars.items()]))  # type: ignore[misc]
+    write_or_print(out, result.to_dict(), result.write)
     if not args.no_plot:
         png = core.density_histogram(result, out.with_suffix(".density.png"))
         print(f"density histogram: {png}")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saelab.cli.results import results_path, write_or_print
 from saelab.config import add_arguments, args_to_dict, from_dict
 from saelab.evals import model as model_eval
 from saelab.evals.core import summary_table
@@ -29,7 +30,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--hook", help="module path the SAE reads, e.g. transformer.h.5")
     p.add_argument("--text", nargs="+", action="extend", default=[], required=True,
                    help="text sources: .txt, .jsonl, .parquet or a saved datasets folder")
-    p.add_argument("--out", help="results JSON (default: <sae>/eval_model.json)")
+    p.add_argument("--out", help="results JSON file, or a folder to write eval_model.json into "
+                   "(default: <sae>/eval_model.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the density histogram PNG")
     add_arguments(p.add_argument_group("evaluation options"), model_eval.ModelEvalConfig)
     add_arguments(p.add_argument_group("text options"), TextConfig)
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cfg = from_dict(model_eval.ModelEvalConfig, args_to_dict(args, model_eval.ModelEvalConfig))
     text = from_dict(TextConfig, args_to_dict(args, TextConfig))
+    out = results_path(args.out, Path(args.sae), "eval_model.json")
     sae = load(args.sae, device=cfg.device)
     model_name = args.model or sae.cfg.model_name
     hook = args.hook or sae.cfg.hook_name
@@ -48,9 +51,8 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         raise ValueError(f"the SAE at {args.sae} records no model_name/hook_name; pass --model "
                          "and --hook")
     result = model_eval.run(sae, args.sae, model_name, hook, list(args.text), text, cfg)
-    out = Path(args.out) if args.out else Path(args.sae) / "eval_model.json"
-    result.write(out)
     print(summary_table(result.scalars()))
+    write_or_print(out, result.to_dict(), result.write)
     if not args.no_plot:
         print(f"density histogram: {result.density_plot(out.with_suffix('.density.png'))}")
     print(f"results: {out}")

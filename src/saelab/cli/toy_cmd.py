@@ -28,12 +28,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--archs", default=",".join(sorted(architectures())),
                    help="comma-separated architectures (default: all)")
     p.add_argument("--steps", type=int, default=3000, help="training steps")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=1024,
+                   help="rows per optimiser step (default: 1024)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="Adam learning rate of every SAE (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the toy model and the SAEs")
     p.add_argument("--d-sae", type=int, default=0, help="latents (default: number of true features)")
     p.add_argument("--out", default="runs/toy", help="output folder")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.set_defaults(run=run)
 
 

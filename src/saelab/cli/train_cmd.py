@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, load_file
@@ -36,6 +37,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--name", help="name of that SAE (default: the architecture name)")
     p.add_argument("--fresh", action="store_true",
                    help="refuse to resume: fail if --out already has checkpoints")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though the data differs from the data the checkpoint was "
+                   "trained on (normally refused)")
     add_arguments(p.add_argument_group("training options"), TrainConfig)
     p.set_defaults(run=run, _parser=p)
 
@@ -51,7 +55,7 @@ def _arch_parser(arch: str) -> argparse.ArgumentParser:
 
 def build_run_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     data: dict[str, Any] = load_file(args.config) if args.config else {}
-    if args.out:
+    if args.out is not None:
         data["out"] = args.out
     data_section = dict(data.get("data", {}))
     data_section.update(args_to_dict(args, DataConfig, prefix="data_"))
@@ -67,6 +71,11 @@ def build_run_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     elif extra:
         raise ValueError(f"unrecognized arguments {extra}; architecture options need --arch")
     return load_run_config(data)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    print(f"saelab train: warning: {message}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
@@ -87,7 +96,10 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
           f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps -> {cfg.out}",
           file=sys.stderr)
-    final = trainer.fit(resume=not args.fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _one_line_warning
+        final = trainer.fit(resume=not args.fresh, allow_data_change=args.allow_data_change)
     summary = {name: str(trainer.out_dir / "final" / name) for name in final}
     print(json.dumps({"saved": summary}, indent=2))
     return 0

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.data.base import DataError, batch_schedule
+from saelab.data.base import DataError, batch_schedule, warn_about_outliers
+from saelab.data.fingerprint import file_fingerprint
+from saelab.integrity import safetensors_header
 
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None}
 
@@ -22,15 +23,23 @@ def open_array(path: str | Path, key: str | None = None) -> np.ndarray:
     if not path.exists():
         raise DataError(f"activation file {path} does not exist")
     if path.suffix == ".npy":
+        if path.stat().st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes); it was not written completely — "
+                            "recreate it")
         try:
             arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, EOFError) as err:
             raise DataError(f"{path} is not a readable .npy file ({err})") from err
     elif path.suffix == ".safetensors":
         arr = _mmap_safetensors(path, key)
     else:
         raise DataError(f"{path}: unsupported activation file type {path.suffix!r}; use .npy or "
                         ".safetensors (or an activation cache folder)")
+    if np.iscomplexobj(arr):
+        raise DataError(f"{path} holds complex values ({arr.dtype}); SAEs train on real "
+                        "activations: save the real part, or real and imaginary parts as columns")
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{path} holds {arr.dtype} values; activations must be numbers")
     if arr.ndim != 2:
         raise DataError(f"{path}: activations must be a 2-D array (rows × width), got shape "
                         f"{arr.shape}")
@@ -42,12 +51,10 @@ def open_array(path: str | Path, key: str | None = None) -> np.ndarray:
 def _mmap_safetensors(path: Path, key: str | None) -> np.ndarray:
     # The format is an 8-byte header length, a JSON header, then raw little-endian data, so a
     # tensor can be memory-mapped directly at its offsets.
-    with open(path, "rb") as fh:
-        try:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path} is not a valid safetensors file ({err})") from err
+    try:
+        header, data_start = safetensors_header(path)
+    except ValueError as err:
+        raise DataError(str(err)) from err
     names = [k for k in header if k != "__metadata__"]
     if key is None:
         if len(names) != 1:
@@ -65,11 +72,15 @@ def _mmap_safetensors(path: Path, key: str | None) -> np.ndarray:
     expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if end - start != expected:
         raise DataError(f"{path}: tensor {key!r} size does not match its shape; file is corrupt")
-    return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
 
 
-def scan_for_nonfinite(arr: np.ndarray, where: str, chunk_rows: int = 65536) -> None:
-    """Check every row once, in chunks, and fail before training if any value is NaN/inf."""
+def scan_for_nonfinite(arr: np.ndarray, where: str, chunk_rows: int = 65536) -> np.ndarray:
+    """Check every row once, in chunks, and fail before training if any value is NaN/inf.
+
+    Returns every row's L2 norm (float64, so 1e30-sized rows do not overflow), which the
+    caller uses to warn about extreme outliers."""
+    norms = np.empty(arr.shape[0], dtype=np.float64)
     for start in range(0, arr.shape[0], chunk_rows):
         block = np.asarray(arr[start:start + chunk_rows])
         if not np.isfinite(block).all():
@@ -78,6 +89,8 @@ def scan_for_nonfinite(arr: np.ndarray, where: str, chunk_rows: int = 65536) -> 
                 f"{where}: NaN/infinite value at row {start + int(bad[0])}, column {int(bad[1])}; "
                 "clean the activations (or filter those rows) before training"
             )
+        norms[start:start + block.shape[0]] = np.linalg.norm(block.astype(np.float64), axis=1)
+    return norms
 
 
 class ArrayFileSource:
@@ -89,15 +102,20 @@ class ArrayFileSource:
     def __init__(self, path: str | Path, *, seed: int = 0, shuffle: bool = True,
                  key: str | None = None, check: bool = True) -> None:
         self.path = Path(path)
+        self.key = key
         self.array = open_array(self.path, key)
         self.seed = seed
         self.shuffle = shuffle
         if check:
-            scan_for_nonfinite(self.array, str(self.path))
+            warn_about_outliers(scan_for_nonfinite(self.array, str(self.path)), str(self.path))
 
     @property
     def d_in(self) -> int:
         return int(self.array.shape[1])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Size and (sampled) hash of the file, plus the tensor key (see data.fingerprint)."""
+        return {**file_fingerprint(self.path), "key": self.key or ""}
 
     @property
     def n_rows(self) -> int:
@@ -143,6 +161,9 @@ class IteratorSource:
 
     def _rows(self) -> Iterator[Tensor]:
         for i, item in enumerate(self.factory()):
+            if (torch.is_tensor(item) and item.is_complex()) or np.iscomplexobj(item):
+                raise DataError(f"iterator item {i} holds complex values; SAEs train on real "
+                                "activations")
             t = torch.as_tensor(item, dtype=torch.float32)
             if t.ndim != 2 or t.shape[1] != self._d_in:
                 raise DataError(f"iterator item {i} has shape {tuple(t.shape)}, expected "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -54,3 +56,31 @@ def check_finite(batch: Tensor, where: str) -> None:
             f"{where}: {n_bad} NaN/infinite value(s), first at row {row}, column {col}; "
             "clean the activations (or filter those rows) before training"
         )
+
+
+#: a row whose norm exceeds this multiple of the median row norm is an extreme outlier
+OUTLIER_NORM_MULTIPLE = 1000.0
+
+
+def outlier_warning(norms_N: np.ndarray, where: str,
+                    multiple: float = OUTLIER_NORM_MULTIPLE) -> str | None:
+    """A message naming how many rows have norms above ``multiple`` × the median, and their
+    norms; None when there are none."""
+    if norms_N.size == 0:
+        return None
+    median = float(np.median(norms_N))
+    limit = multiple * max(median, float(np.finfo(np.float32).tiny))
+    rows = np.flatnonzero(norms_N > limit)
+    if rows.size == 0:
+        return None
+    worst = rows[np.argsort(-norms_N[rows])][:5]
+    shown = ", ".join(f"row {int(r)}: {norms_N[r]:.3g}" for r in worst)
+    return (f"{where}: {rows.size} row(s) have norms over {multiple:g}× the median row norm "
+            f"({median:.3g}): {shown}{', ...' if rows.size > 5 else ''}; such rows dominate the "
+            "input scale and the loss — remove them (e.g. attention-sink tokens) before training")
+
+
+def warn_about_outliers(norms_N: np.ndarray, where: str) -> None:
+    message = outlier_warning(norms_N, where)
+    if message:
+        warnings.warn(message, stacklevel=3)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from saelab.cache.format import is_cache_dir
 from saelab.cache.source import CacheSource
+from saelab.config import option
 from saelab.data.arrays import ArrayFileSource
 from saelab.data.base import DataError
 from saelab.data.paired import PairedSource, open_paired
-from saelab.run_config import DataConfig
+
+
+@dataclass
+class DataConfig:
+    """Where a training run's activations come from (the ``[data]`` table of a run file)."""
+
+    path: str = option("", "activations: a .npy or .safetensors file (rows × width) or a `saelab cache` folder")
+    key: str = option("", "tensor name inside a .safetensors file with several tensors")
+    pair: list[str] = option([], "more activations read row by row with `path` and placed after "
+                             "it: a transcoder's target, a crosscoder's further layers (caches "
+                             "of one model pass, or arrays with the same rows)")
+    shuffle: bool = option(True, "reshuffle rows every epoch")
+    check_finite: bool = option(True, "scan the whole file for NaN/inf before training")
 
 
 def open_source(data: DataConfig, seed: int) -> ArrayFileSource | CacheSource | PairedSource:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,10 @@ class PairedSource:
     @property
     def d_in(self) -> int:
         return sum(self.widths)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The members' fingerprints, in order (resume refuses changed data in any of them)."""
+        return {"kind": "paired", "members": [m.fingerprint() for m in self.members]}
 
     @property
     def hooks(self) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 from saelab.architectures.base import SAE
 from saelab.cache.format import is_cache_dir
 from saelab.cache.source import CacheSource
-from saelab.config import option
+from saelab.config import ConfigError, option
 from saelab.data.arrays import open_array
 from saelab.data.base import DataError, check_finite
 from saelab.data.paired import PairedSource, open_paired
@@ -26,6 +26,14 @@ class CoreEvalConfig:
     max_rows: int = option(200_000, "evaluate on at most this many rows (0 = all)")
     batch_size: int = option(4096, "rows per forward pass")
     dense_threshold: float = option(0.1, "firing density above which a latent counts as dense")
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_rows < 0:
+            raise ConfigError(f"max_rows must be >= 0 (0 = all rows), got {self.max_rows}")
+        if not 0 < self.dense_threshold <= 1:
+            raise ConfigError(f"dense_threshold must be in (0, 1], got {self.dense_threshold}")
 
 
 @dataclass
@@ -43,7 +51,7 @@ class CoreEvalResult:
 
 
 @torch.no_grad()
-def evaluate_on_array(sae: SAE, array: np.ndarray, cfg: CoreEvalConfig,
+def evaluate_on_array(sae: SAE, array: Any, cfg: CoreEvalConfig,
                       where: str = "data") -> CoreMetrics:
     """Stream rows through the SAE (in order; the metrics are order-free) and accumulate."""
     if array.shape[1] != sae.data_width:
@@ -75,19 +83,27 @@ class SourceRows:
         return self.source.take(np.arange(start, stop))
 
 
-def open_rows(data_path: str, pair: list[str] | None = None) -> np.ndarray | SourceRows:
-    """An activation file, a cache folder, or (with ``pair``) paired sources, as rows."""
+def open_rows(data_path: str, key: str = "", pair: list[str] | None = None) -> Any:
+    """An activation file (memory-mapped), a `saelab cache` folder, or (with ``pair``) paired
+    sources read row by row, sliceable by rows."""
     if pair:
         return SourceRows(open_paired([data_path, *pair]))
-    if is_cache_dir(data_path):
-        return SourceRows(CacheSource(data_path))
-    return open_array(data_path)
+    path = Path(data_path)
+    if path.is_dir():
+        if key:
+            raise DataError(f"data key {key!r} applies to .safetensors files, not to the folder "
+                            f"{path}; remove it")
+        if not is_cache_dir(path):
+            raise DataError(f"{path} is a folder but not an activation cache (no manifest.json); "
+                            "pass a .npy/.safetensors file or a folder made by saelab cache")
+        return SourceRows(CacheSource(path, shuffle=False))
+    return open_array(path, key or None)
 
 
 def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig,
-        pair: list[str] | None = None) -> CoreEvalResult:
-    rows = open_rows(data_path, pair)
-    metrics = evaluate_on_array(sae, rows, cfg, where=data_path)  # type: ignore[arg-type]
+        data_key: str = "", pair: list[str] | None = None) -> CoreEvalResult:
+    cfg.validate()
+    metrics = evaluate_on_array(sae, open_rows(data_path, data_key, pair), cfg, where=data_path)
     return CoreEvalResult(sae_path, " + ".join([data_path, *(pair or [])]), metrics)
 
 

@@ -22,11 +22,10 @@ from saelab.architectures.base import SAE, SAEConfig
 from saelab.boardgame import lm
 from saelab.boardgame.activations import cache_game_activations
 from saelab.config import option, to_dict
-from saelab.data.open import open_source
+from saelab.data.open import DataConfig, open_source
 from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.registry import config_from_dict
-from saelab.run_config import DataConfig
 from saelab.training import TrainConfig, Trainer
 
 MODEL_KINDS = (("trained", False), ("random-init", True))

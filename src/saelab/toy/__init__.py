@@ -11,12 +11,14 @@ from saelab.toy.generator import (
     validate_correlation_matrix,
     zipf_probabilities,
 )
+from saelab.toy.source import ToySource
 
 __all__ = [
     "CORRELATION_KINDS",
     "FIRING_SCHEDULES",
     "ToyConfig",
     "ToyModel",
+    "ToySource",
     "batch_seed",
     "correlation_matrix",
     "firing_probabilities",

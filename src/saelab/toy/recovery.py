@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from saelab.architectures.base import SAE
-from saelab.data.toy import ToySource
 from saelab.metrics.core import core_metrics
 from saelab.metrics.matching import matching_metrics
 from saelab.registry import config_from_dict
 from saelab.toy.generator import ToyConfig, ToyModel
+from saelab.toy.source import ToySource
 from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
 
@@ -56,11 +56,10 @@ def score_sae(name: str, sae: SAE, toy: ToyModel, n_eval: int = 20000, seed: int
     alive = core.latent_density_M > 0
     # Dead latents keep their (meaningless) initial directions; match only live ones so a dead
     # latent cannot "recover" a feature by accident, but normalise by the true feature count.
+    # Ord comes from the same live-only matching as Stab: it uses only the ranks of the matched
+    # latents, and dropping dead rows keeps the live latents' relative order.
     learned = sae.W_dec.detach()[alive] if bool(alive.any()) else sae.W_dec.detach()
     match = matching_metrics(learned, toy.features_GD)
-    if learned.shape[0] != sae.W_dec.shape[0]:
-        # orderedness needs the original indices: recompute on all rows
-        match["orderedness"] = matching_metrics(sae.W_dec.detach(), toy.features_GD)["orderedness"]
     return ToyScore(name, sae.name, core.l0, core.explained_variance, match["stability"],
                     match["orderedness"], match["recovered_share"], core.shrinkage,
                     core.dead_share, core.dense_share)

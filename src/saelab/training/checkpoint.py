@@ -1,8 +1,10 @@
 """Resumable training checkpoints: weights, optimiser state, dead-latent counters, RNG, step.
 
-Layout: ``<out>/checkpoints/step_<N>/`` holding ``trainer.json`` and, per SAE, ``<name>.sae``,
-``<name>.optim`` and ``<name>.track`` safetensors files. Each checkpoint folder appears in one
-atomic rename, so the newest folder is always complete. Nothing is pickled.
+Layout: ``<out>/checkpoints/step_<N>/`` holding ``trainer.json``, ``rng.safetensors``, per SAE
+``<name>.sae``, ``<name>.optim`` and ``<name>.track`` safetensors files, and ``checksums.json``
+(sha256 of every other file). Each checkpoint folder appears in one atomic rename, so the newest
+folder is always complete; reading verifies every checksum and that the weights are finite.
+Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from saelab.architectures.base import SAE
-from saelab.io import CheckpointError, atomic_write_dir, load_state_checked
+from saelab.integrity import (
+    CheckpointError,
+    read_bounded,
+    save_tensors,
+    verify_checksums,
+    write_checksums,
+)
+from saelab.io import atomic_write_dir, load_state_checked
 
 STATE_FILE = "trainer.json"
+#: 2 adds checksums.json and format_version; version 1 checkpoints (no checksums) still resume.
+CHECKPOINT_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -58,15 +70,17 @@ def write_checkpoint(
     def fill(tmp: Path) -> None:
         groups = {}
         for name, sae in saes.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
-                      str(tmp / f"{name}.sae.safetensors"))
+            save_tensors({k: v.detach().contiguous().cpu() for k, v in sae.state_dict().items()},
+                         tmp / f"{name}.sae.safetensors")
             flat, groups[name] = optimizer_to_flat(slots[name].optimizer)
-            save_file(flat, str(tmp / f"{name}.optim.safetensors"))
-            save_file({"tokens_since_fired": slots[name].tokens_since_fired_M.contiguous()},
-                      str(tmp / f"{name}.track.safetensors"))
-        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        doc = {**meta, "step": step, "optimizer_param_groups": groups}
+            save_tensors(flat, tmp / f"{name}.optim.safetensors")
+            save_tensors({"tokens_since_fired": slots[name].tokens_since_fired_M.contiguous()},
+                         tmp / f"{name}.track.safetensors")
+        save_tensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
+        doc = {**meta, "step": step, "optimizer_param_groups": groups,
+               "format_version": CHECKPOINT_FORMAT_VERSION}
         (tmp / STATE_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True))
+        write_checksums(tmp)
 
     atomic_write_dir(path, fill)
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
@@ -80,18 +94,45 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).exists())
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint to ``corrupt_<name>`` (kept for inspection, never resumed)."""
+    target = path.with_name(f"corrupt_{path.name}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"corrupt_{path.name}.{n}")
+        n += 1
+    path.rename(target)
+    return target
+
+
 def read_checkpoint(
     path: Path, saes: dict[str, SAE], slots: dict[str, SlotState]
 ) -> dict[str, Any]:
-    """Restore weights and optimiser state in place; returns the trainer metadata."""
+    """Verify, then restore weights and optimiser state in place; returns the trainer metadata.
+
+    Raises CheckpointError when a file is missing, fails its checksum, or the weights are not
+    finite (a checkpoint is never "good" just because it exists)."""
     try:
-        meta = json.loads((path / STATE_FILE).read_text())
+        meta = json.loads(read_bounded(path / STATE_FILE))
+        if not isinstance(meta, dict):
+            raise ValueError(f"{STATE_FILE} does not hold a JSON object")
+        version = meta.get("format_version", 1)
+        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has format_version {version!r}; this saelab "
+                                  f"reads versions 1..{CHECKPOINT_FORMAT_VERSION}")
+        verify_checksums(path, "checkpoint", required=version >= 2)
         for name, sae in saes.items():
             sae_file = path / f"{name}.sae.safetensors"
             if not sae_file.exists():
                 raise CheckpointError(f"checkpoint {path} has no weights for SAE {name!r}; "
                                       "the run's SAE list changed since it was written")
-            load_state_checked(sae, load_file(str(sae_file)), str(sae_file))
+            tensors = load_file(str(sae_file))
+            nonfinite = sorted(k for k, t in tensors.items()
+                               if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+            if nonfinite:
+                raise CheckpointError(f"checkpoint {path} holds non-finite weights {nonfinite} "
+                                      f"for SAE {name!r}")
+            load_state_checked(sae, tensors, str(sae_file))
             optimizer_from_flat(slots[name].optimizer,
                                 load_file(str(path / f"{name}.optim.safetensors")),
                                 meta["optimizer_param_groups"][name])
@@ -100,7 +141,7 @@ def read_checkpoint(
         torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     except CheckpointError:
         raise
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
         raise CheckpointError(f"checkpoint {path} is unreadable ({err}); delete it to resume "
                               "from the previous one") from err
     return meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from saelab.config import ConfigError, option
@@ -40,8 +41,23 @@ class TrainConfig:
             )
         if not 0 <= self.lr_decay_start <= 1:
             raise ConfigError("lr_decay_start is a fraction in [0, 1]")
-        if self.lr <= 0:
-            raise ConfigError("lr must be positive")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        positive = {"log_every": self.log_every, "init_samples": self.init_samples,
+                    "dead_after_tokens": self.dead_after_tokens}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        non_negative: dict[str, float] = {"checkpoint_every": self.checkpoint_every,
+                        "keep_checkpoints": self.keep_checkpoints,
+                        "lr_warmup_steps": self.lr_warmup_steps,
+                        "sparsity_warmup_steps": self.sparsity_warmup_steps,
+                        "grad_clip": self.grad_clip}
+        for name, amount in non_negative.items():
+            if amount < 0:
+                raise ConfigError(f"{name} must be >= 0, got {amount}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1 and self.adam_eps > 0):
+            raise ConfigError("need 0 <= adam_beta1, adam_beta2 < 1 and adam_eps > 0")
 
     @property
     def total_steps(self) -> int:
@@ -62,3 +78,35 @@ class TrainConfig:
         if self.sparsity_warmup_steps <= 0:
             return 1.0
         return min(1.0, (step + 1) / self.sparsity_warmup_steps)
+
+
+#: more passes over the data than this draw a warning (the SAE may memorise rows)
+MANY_EPOCHS = 10
+
+
+def schedule_warnings(cfg: TrainConfig, n_rows: int | None) -> list[str]:
+    """Plain-language warnings about a schedule that defeats itself (empty if none)."""
+    out = []
+    steps = cfg.total_steps
+    if n_rows:
+        epochs = cfg.total_tokens / n_rows
+        if epochs > MANY_EPOCHS:
+            out.append(f"the run reads its {n_rows:,} rows {epochs:.0f} times over; SAEs trained "
+                       "on many repeats of the same rows can memorise them: use more data or "
+                       "fewer total_tokens")
+    if cfg.lr_warmup_steps > steps:
+        out.append(f"lr_warmup_steps={cfg.lr_warmup_steps} is longer than the run ({steps} steps): "
+                   "the learning rate never reaches its set value")
+    if cfg.sparsity_warmup_steps > steps:
+        out.append(f"sparsity_warmup_steps={cfg.sparsity_warmup_steps} is longer than the run "
+                   f"({steps} steps): the sparsity penalty never reaches full strength")
+    if cfg.dead_after_tokens > cfg.total_tokens:
+        out.append(f"dead_after_tokens={cfg.dead_after_tokens:,} exceeds the run's "
+                   f"{cfg.total_tokens:,} tokens: no latent can count as dead, so the logged "
+                   "dead share always reads 0 and AuxK never runs; lower dead_after_tokens")
+    return out
+
+
+def warn_about_schedule(cfg: TrainConfig, n_rows: int | None) -> None:
+    for message in schedule_warnings(cfg, n_rows):
+        warnings.warn(message, stacklevel=3)

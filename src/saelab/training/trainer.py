@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +15,30 @@ from torch import Tensor
 from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
+from saelab.data.fingerprint import describe_difference
 from saelab.data.metadata import with_source_metadata
+from saelab.integrity import CheckpointError, read_bounded
 from saelab.io import atomic_write_json, save
+from saelab.lock import folder_lock
 from saelab.metrics.core import explained_variance
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
     list_checkpoints,
     read_checkpoint,
+    set_aside,
     write_checkpoint,
 )
-from saelab.training.config import TrainConfig
+from saelab.training.config import TrainConfig, warn_about_schedule
 from saelab.training.init import geometric_median, input_scale
 from saelab.training.logging import MetricsLog, Progress
+from saelab.training.run_folder import (
+    RUN_FILE,
+    check_output_folder,
+    comparable_config,
+    remove_stale_temporaries,
+    trim_metrics,
+)
 from saelab.training.throughput import measure_matmul_peak
 
 
@@ -76,7 +88,7 @@ class Trainer:
             self.saes[name] = sae
             opt = torch.optim.Adam(
                 sae.parameters(),
-                lr=cfg.lr or train.lr,
+                lr=train.lr if cfg.lr is None else cfg.lr,
                 betas=(train.adam_beta1 if cfg.adam_beta1 is None else cfg.adam_beta1,
                        train.adam_beta2),
                 eps=train.adam_eps,
@@ -88,6 +100,7 @@ class Trainer:
         }
         self.step = 0
         self.scale = 1.0
+        self.data_fingerprint: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -105,41 +118,78 @@ class Trainer:
                 sae.init_decoder_bias(median)
 
     def _check_run_config(self) -> None:
-        path = self.out_dir / "run.json"
+        path = self.out_dir / RUN_FILE
         if not path.exists():
             return
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(self.run_config)):
-            diffs = _diff_keys(saved, json.loads(json.dumps(self.run_config)))
+        try:
+            saved = comparable_config(json.loads(read_bounded(path)))
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{path} is unreadable ({err}); restore it, or use a new output "
+                              "folder") from err
+        current = comparable_config(self.run_config)
+        if saved != current:
+            diffs = _diff_keys(saved, current)
             raise ConfigError(
                 f"{self.out_dir} holds a run with a different config (differs at {diffs[:8]}); "
                 "resume with the same config, or use a new output folder"
             )
 
-    def _resume(self) -> bool:
-        ckpts = list_checkpoints(self.ckpt_root)
-        if not ckpts:
-            return False
-        meta = read_checkpoint(ckpts[-1], self.saes, self.slots)
-        self.step = int(meta["step"])
-        self.scale = float(meta["input_scale"])
-        return True
+    def _resume(self, allow_data_change: bool) -> None:
+        """Restore the newest checkpoint that verifies; set aside corrupt ones with a warning."""
+        for path in reversed(list_checkpoints(self.ckpt_root)):
+            try:
+                meta = read_checkpoint(path, self.saes, self.slots)
+            except CheckpointError as err:
+                moved = set_aside(path)
+                warnings.warn(f"{err}; set it aside as {moved.name} and trying the previous "
+                              "checkpoint", stacklevel=3)
+                continue
+            self._check_data(meta.get("data_fingerprint"), path, allow_data_change)
+            self.step = int(meta["step"])
+            self.scale = float(meta["input_scale"])
+            return
+        raise CheckpointError(f"no checkpoint in {self.ckpt_root} passed its integrity check "
+                              "(all were set aside as corrupt_step_*); rerun to train from the "
+                              "start in this folder, or use a new output folder")
+
+    def _check_data(self, saved: dict[str, Any] | None, path: Path,
+                    allow_data_change: bool) -> None:
+        current = self.data_fingerprint
+        if saved is None or current is None or saved == current or allow_data_change:
+            return
+        raise ConfigError(
+            f"the training data changed since checkpoint {path} was written "
+            f"({describe_difference(saved, current)}); resume on the same data, or pass "
+            "--allow-data-change (allow_data_change=True) to continue on the new data")
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool = True) -> dict[str, SAE]:
-        """Train to ``total_tokens`` (resuming from the newest checkpoint if there is one) and
-        return the SAEs, normalisation folded in and saved under ``final/``."""
+    def fit(self, resume: bool = True, allow_data_change: bool = False) -> dict[str, SAE]:
+        """Train to ``total_tokens`` (resuming from the newest good checkpoint if there is one)
+        and return the SAEs, normalisation folded in and saved under ``final/``.
+
+        Holds the output folder's lock throughout: a second run on the same folder fails."""
+        check_output_folder(self.out_dir)
+        with folder_lock(self.out_dir, "training run"):
+            remove_stale_temporaries(self.out_dir)
+            return self._fit_locked(resume, allow_data_change)
+
+    def _fit_locked(self, resume: bool, allow_data_change: bool) -> dict[str, SAE]:
         cfg = self.train_cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._check_run_config()
-        resumed = resume and self._resume()
-        if not resumed:
-            if list_checkpoints(self.ckpt_root):
+        self._check_source_fits()
+        warn_about_schedule(cfg, getattr(self.source, "n_rows", None))
+        fingerprint = getattr(self.source, "fingerprint", None)
+        self.data_fingerprint = fingerprint() if callable(fingerprint) else None
+        if list_checkpoints(self.ckpt_root):
+            if not resume:
                 raise ConfigError(f"{self.ckpt_root} already has checkpoints; resume, or use a "
                                   "new output folder")
+            self._check_run_config()
+            self._resume(allow_data_change)
+        else:
             self.initialise()
-        atomic_write_json(self.out_dir / "run.json", self.run_config)
+        trim_metrics(self.out_dir, self.step)
+        atomic_write_json(self.out_dir / RUN_FILE, self.run_config)
         log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config)
         total = cfg.total_steps
         self.peak_flops = measure_matmul_peak() if cfg.measure_peak else 0.0
@@ -198,7 +248,7 @@ class Trainer:
             remove_parallel_gradient(sae.W_dec)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        base_lr = sae.cfg.lr or cfg.lr
+        base_lr = cfg.lr if sae.cfg.lr is None else sae.cfg.lr
         for group in slot.optimizer.param_groups:
             group["lr"] = base_lr * cfg.lr_scale(self.step)
         slot.optimizer.step()
@@ -239,12 +289,29 @@ class Trainer:
             record.update(out.extras)
             if out.recon_BD is not None:
                 record["explained_variance"] = explained_variance(acts, out.recon_BD)
+                # the evaluators' MSE: per element, in the data's own (unscaled) units; the loss
+                # part "mse" is summed over the width on inputs scaled to E‖x‖² = d_in
+                err = (acts - out.recon_BD).pow(2).mean() / (self.scale ** 2)
+                record["mse_per_element"] = float(err)
             log.write(record)
 
     # ------------------------------------------------------------------ outputs
 
+    def _check_source_fits(self) -> None:
+        n_rows = getattr(self.source, "n_rows", None)
+        if n_rows is not None and self.train_cfg.batch_size > n_rows:
+            raise ConfigError(f"the data has {n_rows} rows, fewer than one batch "
+                              f"({self.train_cfg.batch_size}); lower the batch size or use more "
+                              "data")
+
     def checkpoint(self) -> Path:
-        meta = {"input_scale": self.scale, "tokens": self.step * self.train_cfg.batch_size}
+        bad = [name for name, sae in self.saes.items()
+               if not all(bool(torch.isfinite(p).all()) for p in sae.parameters())]
+        if bad:
+            raise TrainingError(f"step {self.step}: SAE(s) {bad} have non-finite weights; not "
+                                f"writing a checkpoint. {self._last_good()}")
+        meta = {"input_scale": self.scale, "tokens": self.step * self.train_cfg.batch_size,
+                "data_fingerprint": self.data_fingerprint}
         return write_checkpoint(self.ckpt_root, self.step, meta, self.saes, self.slots,
                                 self.train_cfg.keep_checkpoints)
 

@@ -1,0 +1,47 @@
+"""Imports go downward only (core → data sources → training → …) and names do not shadow
+subpackages."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "saelab"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_data_sources_do_not_import_the_run_config_or_the_toy_benchmark():
+    for path in sorted((SRC / "data").glob("*.py")):
+        if path.name == "toy.py":  # a lazy, deprecated alias of saelab.toy.ToySource
+            continue
+        bad = {m for m in _imports(path)
+               if m == "saelab.run_config" or m.startswith("saelab.toy")
+               or m.startswith("saelab.training")}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_architectures_subpackage_is_importable_and_not_shadowed():
+    code = ("import saelab, types; import saelab.architectures.jumprelu as j; "
+            "assert isinstance(saelab.architectures, types.ModuleType), saelab.architectures; "
+            "assert saelab.architectures.jumprelu is j; "
+            "assert 'topk' in saelab.list_architectures()")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_names_still_work():
+    from saelab.data.open import DataConfig as D1
+    from saelab.run_config import DataConfig as D2
+    from saelab.toy import ToySource
+
+    assert D1 is D2
+    assert ToySource.__module__ == "saelab.toy.source"
