@@ -8,7 +8,8 @@
    activations; the goal is flat.
 3. **latency** — feature-page latency (HTML, and the JSON API) over ``--pages`` random latents on
    the largest store, served by ``saelab explore`` in its own process; goal p95 < 50 ms at
-   ≥ 16k latents × 1M tokens.
+   ≥ 16k latents × 1M tokens. ``page_cpu`` adds the CPU time of the query and the rendering
+   per page (what a page costs the server, whatever else runs on the machine).
 4. **load** — ``--clients`` concurrent clients for ``--load-seconds``: requests/s, p95, errors.
 
 Synthetic rows: Gaussian activations (``--d-in``) with random token ids, read by a random-init
@@ -200,6 +201,25 @@ def latency(url: str, n_latents: int, pages: int) -> dict:
     return out
 
 
+def page_cpu(store_path: str, n_latents: int, pages_n: int) -> dict:
+    """CPU time (this process, one thread) of the store query and the HTML rendering of a
+    feature page: the server's own cost per page, free of other processes' contention."""
+    from saelab.explore import pages
+    from saelab.features import FeatureStore
+
+    store = FeatureStore(store_path)
+    query, render = [], []
+    for latent in np.random.default_rng(2).integers(0, n_latents, pages_n):
+        t0 = time.process_time()
+        data = store.feature(int(latent))
+        t1 = time.process_time()
+        pages.feature_page(data, store.meta, pages.Links())
+        query.append(t1 - t0)
+        render.append(time.process_time() - t1)
+    return {"pages": pages_n, "query_p50_ms": pct(query, 50), "query_p95_ms": pct(query, 95),
+            "render_p50_ms": pct(render, 50), "render_p95_ms": pct(render, 95)}
+
+
 def load(url: str, n_latents: int, clients: int, seconds: float) -> dict:
     times: list[float] = []
     errors = [0]
@@ -262,6 +282,7 @@ def main() -> None:
         proc, url = start_server(args.serve_store)
         try:
             print(json.dumps({"store": {"latents": n_latents, "tokens": meta["n_rows"]},
+                              "page_cpu": page_cpu(args.serve_store, n_latents, args.pages),
                               "latency": latency(url, n_latents, args.pages),
                               "load": load(url, n_latents, args.clients, args.load_seconds)},
                              indent=2))
@@ -287,6 +308,8 @@ def main() -> None:
             return
         proc, url = start_server(report["memory"][-1]["store"])
         try:
+            report["page_cpu"] = page_cpu(report["memory"][-1]["store"], args.latents,
+                                          args.pages)
             report["latency"] = latency(url, args.latents, args.pages)
             report["load"] = load(url, args.latents, args.clients, args.load_seconds)
         finally:

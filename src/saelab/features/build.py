@@ -427,7 +427,6 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
                     cfg: FeatureBuildConfig, say: _Say) -> set[int]:
     """Turn every selected example into a window with the latent's code at every token;
     inserted block by block of latents, in primary-key order (fast B-tree appends)."""
-    values, latents, offsets, _ = codes.open()
     size = tokens.shape[1]
     used: set[int] = set()
     per_latent = cfg.top_n + cfg.quantile_bins * cfg.per_bin + cfg.n_random
@@ -435,6 +434,9 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
     start = time.perf_counter()
     for m0 in range(0, n_latents, block):
         ex = _selected(top, quant, randoms, m0, min(n_latents, m0 + block), cfg)
+        # mapped afresh per block: the pages a block touches are released with its maps, so
+        # memory does not grow with the size of the codes file
+        values, latents, offsets, _ = codes.open()
         latent, kind = ex[:, 0].astype(np.int64), ex[:, 1].astype(np.int64)
         seq, pos = ex[:, 4].astype(np.int64), ex[:, 5].astype(np.int64)
         lo, hi = _window(pos, cfg, size)
@@ -458,6 +460,7 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
             ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
             [act_bytes[a:b] if k != 1 else None
              for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
+        del values, latents, offsets
         say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
     return used
 
