@@ -187,20 +187,24 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
 
 
 def check_header_shapes(header: dict[str, Any], cfg: Any, where: str, arch: str) -> None:
-    """The weight matrices' shapes in the file must match cfg's d_in × d_sae (checked before
-    the SAE is built, so a cfg.json with d_sae = 1e9 cannot make saelab allocate it)."""
-    cfg = cfg.resolved() if (cfg.d_in <= 0 or cfg.d_sae <= 0) else cfg
-    expected = {"W_dec": [cfg.d_sae, cfg.d_in], "W_enc": [cfg.d_in, cfg.d_sae],
-                "b_enc": [cfg.d_sae], "b_dec": [cfg.d_in]}
-    for name, shape in expected.items():
-        info = header.get(name)
-        if info is None:
-            raise CheckpointError(f"{where} does not match architecture {arch!r}: missing "
-                                  f"tensors [{name!r}]")
-        if list(info["shape"]) != shape:
-            raise CheckpointError(
-                f"{where}: tensor {name!r} has shape {tuple(info['shape'])} but the config "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {tuple(shape)}")
+    """Every tensor the architecture holds must be in the file with the shape cfg gives it.
+
+    Checked before the SAE is built for real: the skeleton is built on the meta device, which
+    allocates nothing, so a cfg.json with d_sae = 1e9 cannot make saelab allocate it. Each
+    architecture's own shapes are used (a transcoder's W_dec is d_sae × d_out, not × d_in).
+    """
+    with torch.device("meta"):
+        skeleton = build(cfg)
+    expected = {name: list(t.shape) for name, t in skeleton.state_dict().items()}
+    missing = sorted(name for name in expected if name not in header)
+    if missing:
+        raise CheckpointError(f"{where} does not match architecture {arch!r}: missing "
+                              f"tensors {missing}")
+    wrong = [f"tensor {name!r} has shape {tuple(header[name]['shape'])} but the config "
+             f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {tuple(shape)}"
+             for name, shape in expected.items() if list(header[name]["shape"]) != shape]
+    if wrong:
+        raise CheckpointError(f"{where}: " + "; ".join(wrong))
 
 
 def refuse_sae_files(path: Path, flag: str = "--out") -> None:
