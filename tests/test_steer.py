@@ -169,3 +169,36 @@ def test_steering_a_tiny_gpt2_through_generate(gpt2) -> None:  # type: ignore[no
 def test_steer_text_needs_interventions(gpt2, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match="at least one"):
         steer_text(gpt2.model, gpt2.tokenizer, "hi", [])
+
+
+def test_cli_prints_side_by_side_and_kl(gpt2, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from saelab.cli import main
+    from saelab.io import save
+
+    folder = tmp_path / "gpt2"
+    gpt2.model.save_pretrained(folder)
+    gpt2.tokenizer.save_pretrained(folder)
+    sae_dir = save(small_sae("topk", d_in=32, d_sae=64), tmp_path / "sae")
+    out = tmp_path / "steer.json"
+    assert main(["steer", str(sae_dir), "--model", str(folder), "--hook", HOOK, "--prompt",
+                 "the town is", "--edit", "3:add:40", "--max-new-tokens", "5",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "unsteered" in text and "| steered" in text and "KL(p_unsteered || p_steered)" in text
+    saved = json.loads(out.read_text())["results"][0]
+    assert saved["kl_next_token"] > 0 and saved["interventions"][0]["edits"] == ["3:add:40"]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"interventions": [
+        {"sae": str(sae_dir), "hook": HOOK, "edits": ["3:add:0"]},
+        {"sae": str(sae_dir), "hook": "transformer.h.1", "edits": ["5:scale:1"],
+         "positions": [0]}]}))
+    assert main(["steer", "--spec", str(spec), "--model", str(folder), "--prompt", "the town",
+                 "--max-new-tokens", "3", "--json", str(out)]) == 0
+    capsys.readouterr()
+    assert json.loads(out.read_text())["results"][0]["kl_next_token"] == 0.0
+    assert main(["steer", str(sae_dir), "--model", str(folder), "--hook", HOOK, "--prompt",
+                 "x", "--edit", "3:push:1"]) == 2
+    assert "bad edit" in capsys.readouterr().err

@@ -18,12 +18,14 @@ def _commands() -> list[ModuleType]:
         demo_cmd,
         eval_cmd,
         eval_model_cmd,
+        sarm_cmd,
+        steer_cmd,
         toy_cmd,
         train_cmd,
     )
 
     return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, toy_cmd, boardgame_cmd, demo_cmd,
-            architectures_cmd]
+            architectures_cmd, steer_cmd, sarm_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
