@@ -140,8 +140,13 @@ def _set_trainable(sarm: SARM, cfg: SARMTrainConfig) -> None:
     sarm.backbone.requires_grad_(cfg.mode == "all")
 
 
-def train_sarm(sarm: SARM, pairs: PairTokens, cfg: SARMTrainConfig) -> TrainHistory:
-    """Train ``sarm`` in place on ``pairs``; returns the loss history."""
+def train_sarm(sarm: SARM, pairs: PairTokens, cfg: SARMTrainConfig,
+               acts: tuple[Tensor, Tensor, Tensor] | None = None) -> TrainHistory:
+    """Train ``sarm`` in place on ``pairs``; returns the loss history.
+
+    ``acts``: the pairs' activations from :func:`pair_acts` when already computed (several
+    heads on one frozen backbone); ignored in mode ``all``.
+    """
     cfg.validate()
     if cfg.mode != "head" and sarm.sae is None:
         raise ConfigError(f"mode {cfg.mode} trains the SAE, but this SARM has none "
@@ -154,7 +159,7 @@ def train_sarm(sarm: SARM, pairs: PairTokens, cfg: SARMTrainConfig) -> TrainHist
     sarm.backbone.eval()  # no dropout: rewards are deterministic functions of the text
     cached: tuple[Tensor, Tensor, Tensor] | None = None
     if frozen or sarm.cfg.features == "raw":
-        cached = pair_acts(sarm, pairs)
+        cached = acts if acts is not None and frozen else pair_acts(sarm, pairs)
         if cached[2].shape[0] > cfg.recon_rows:
             keep = torch.randperm(cached[2].shape[0], generator=generator)[:cfg.recon_rows]
             cached = (cached[0], cached[1], cached[2][keep])

@@ -86,15 +86,21 @@ class _Editor:
         return out
 
     def _edit(self, x: Tensor) -> Tensor:
-        iv, sae = self.intervention, self.intervention.sae
-        weight = sae.W_dec
-        codes = sae.encode(x.to(weight.dtype))
-        new_codes = apply_edits(codes, iv.edits)
-        if not iv.keep_error:
-            return sae.decode(new_codes).to(x.dtype)
-        cols = edited_latents(iv.edits)
-        delta = (new_codes[..., cols] - codes[..., cols]) @ weight[cols]
-        return x + delta.to(x.dtype)
+        iv = self.intervention
+        return edit_activation(iv.sae, x, iv.edits, iv.keep_error)
+
+
+def edit_activation(sae: SAE, x: Tensor, edits: Sequence[LatentEdit],
+                    keep_error: bool = True) -> Tensor:
+    """x' for activations ``x`` (… × d_in): x + (z' − z)·W_dec, or x̂(z') without the error term."""
+    weight = sae.W_dec
+    codes = sae.encode(x.to(weight.dtype))
+    new_codes = apply_edits(codes, edits)
+    if not keep_error:
+        return sae.decode(new_codes).to(x.dtype)
+    cols = edited_latents(edits)
+    delta = (new_codes[..., cols] - codes[..., cols]) @ weight[cols]
+    return x + delta.to(x.dtype)
 
 
 @contextmanager
