@@ -36,9 +36,9 @@ def sae_configs(k: int, expansion: int, steps: int) -> dict[str, Any]:
     return {name: config_from_dict({**spec, **base}) for name, spec in {
         "topk": {"architecture": "topk", "k": k},
         "batchtopk": {"architecture": "batchtopk", "k": k, "threshold_start_step": steps // 2},
-        "relu": {"architecture": "relu", "l1_coefficient": 2.0},
-        "panneal": {"architecture": "panneal", "l1_coefficient": 2.0},
-        "gated": {"architecture": "gated", "l1_coefficient": 4.0},
+        "relu": {"architecture": "relu", "l1_coefficient": 4.0},
+        "panneal": {"architecture": "panneal", "l1_coefficient": 4.0},
+        "gated": {"architecture": "gated", "l1_coefficient": 8.0},
     }.items()}
 
 
@@ -51,13 +51,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--layer", type=int, default=2)
-    p.add_argument("--sae-games", type=int, default=1500)
-    p.add_argument("--sae-tokens", type=int, default=300_000)
+    p.add_argument("--sae-games", type=int, default=600)
+    p.add_argument("--sae-tokens", type=int, default=100_000)
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--expansion", type=int, default=8)
-    p.add_argument("--train-games", type=int, default=300)
-    p.add_argument("--test-games", type=int, default=300)
-    p.add_argument("--cases", type=int, default=1500)
+    p.add_argument("--train-games", type=int, default=150)
+    p.add_argument("--test-games", type=int, default=100)
+    p.add_argument("--cases", type=int, default=600)
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=Path("runs/bench_board_interventions"))
     args = p.parse_args()
