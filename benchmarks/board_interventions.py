@@ -27,6 +27,7 @@ import torch
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
 from saelab.boardgame.demo import train_saes
+from saelab.io import load
 from saelab.registry import config_from_dict
 from saelab.steer import board
 
@@ -59,6 +60,8 @@ def main() -> None:
     p.add_argument("--test-games", type=int, default=100)
     p.add_argument("--cases", type=int, default=600)
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--reuse-saes", action="store_true",
+                   help="load the SAEs a previous run left in --out instead of training")
     p.add_argument("--out", type=Path, default=Path("runs/bench_board_interventions"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -68,9 +71,14 @@ def main() -> None:
         start = time.perf_counter()
         acts = game_activations(model, "othello", args.layer, args.sae_games,
                                 seed=SAE_GAMES_SEED + seed)
-        path = write_npy(args.out / f"acts_seed{seed}.npy", acts)
-        saes = train_saes(path, sae_configs(args.k, args.expansion, args.sae_tokens // 512),
-                          args.out / f"saes_seed{seed}", args.sae_tokens, 512, 2e-3, seed=seed)
+        final = args.out / f"saes_seed{seed}" / "final"
+        if args.reuse_saes and final.is_dir():
+            saes = {p.name: load(p) for p in sorted(final.iterdir()) if p.is_dir()}
+        else:
+            path = write_npy(args.out / f"acts_seed{seed}.npy", acts)
+            saes = train_saes(path, sae_configs(args.k, args.expansion, args.sae_tokens // 512),
+                              args.out / f"saes_seed{seed}", args.sae_tokens, 512, 2e-3,
+                              seed=seed)
         sample = torch.from_numpy(acts[:20_000])
         l0s = {name: l0(sae, sample) for name, sae in saes.items()}
         print(f"seed {seed}: SAEs trained in {time.perf_counter() - start:.0f} s; L0 "
