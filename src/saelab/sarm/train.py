@@ -105,14 +105,19 @@ class TrainHistory:
 
 
 @torch.no_grad()
-def pair_acts(sarm: SARM, pairs: PairTokens, batch_size: int = 256, keep_tokens: bool = True
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def pair_acts(sarm: SARM, pairs: PairTokens, batch_size: int = 256, keep_tokens: bool = True,
+              progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Last-token activations of chosen and rejected ``(N, D)`` each, and (``keep_tokens``)
     every real token's activation ``(T, D)`` of both sides (for the reconstruction term)."""
     chosen: list[Tensor] = []
     rejected: list[Tensor] = []
     tokens: list[Tensor] = []
+    tick = time.perf_counter()
     for start in range(0, len(pairs), batch_size):
+        if progress and start and (start // batch_size) % 10 == 0:
+            rate = start / (time.perf_counter() - tick)
+            print(f"sarm: activations of {start}/{len(pairs)} pairs ({rate:.0f} pairs/s, ETA "
+                  f"{(len(pairs) - start) / rate:.0f} s)", file=sys.stderr, flush=True)
         part = pairs.subset(torch.arange(start, min(len(pairs), start + batch_size)))
         for ids, mask, out in ((part.chosen_ids, part.chosen_mask, chosen),
                                (part.rejected_ids, part.rejected_mask, rejected)):
@@ -159,7 +164,8 @@ def train_sarm(sarm: SARM, pairs: PairTokens, cfg: SARMTrainConfig,
     sarm.backbone.eval()  # no dropout: rewards are deterministic functions of the text
     cached: tuple[Tensor, Tensor, Tensor] | None = None
     if frozen or sarm.cfg.features == "raw":
-        cached = acts if acts is not None and frozen else pair_acts(sarm, pairs)
+        cached = acts if acts is not None and frozen else pair_acts(
+            sarm, pairs, progress=cfg.log_every > 0)
         if cached[2].shape[0] > cfg.recon_rows:
             keep = torch.randperm(cached[2].shape[0], generator=generator)[:cfg.recon_rows]
             cached = (cached[0], cached[1], cached[2][keep])
