@@ -24,7 +24,9 @@ def _commands() -> list[ModuleType]:
         explore_cmd,
         export_cmd,
         features_cmd,
+        sarm_cmd,
         sources_cmd,
+        steer_cmd,
         toy_cmd,
         train_cmd,
     )
@@ -39,6 +41,8 @@ def _commands() -> list[ModuleType]:
         features_cmd,
         explore_cmd,
         explain_cmd,
+        steer_cmd,
+        sarm_cmd,
         export_cmd,
         toy_cmd,
         boardgame_cmd,
