@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from saelab.boardgame.demo import train_saes
 
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
-from saelab.boardgame.demo import train_saes
 from saelab.io import load
 from saelab.registry import config_from_dict
 from saelab.steer import board

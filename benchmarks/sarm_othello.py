@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from saelab.boardgame.demo import train_saes
 
 from saelab.architectures.base import SAE
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
-from saelab.boardgame.demo import train_saes
 from saelab.evals.boardgame import default_layer
 from saelab.registry import config_from_dict
 from saelab.sarm import SARM, SARMConfig, SARMTrainConfig, train_sarm
