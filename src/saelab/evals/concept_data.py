@@ -167,3 +167,40 @@ def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: l
 def labels_one_hot(labels: list[int], n_classes: int) -> Tensor:
     y = torch.tensor(labels, dtype=torch.int64)
     return torch.nn.functional.one_hot(y, n_classes).bool()
+
+
+def json_ready(obj: Any) -> Any:
+    """A dataclass/dict/list tree as JSON-ready values: NaN and ±inf become null (strict JSON
+    has no NaN; every NaN in a concept result comes with a reason beside it)."""
+    import dataclasses
+    import math
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: json_ready(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return json_ready(obj.item())
+    return obj
+
+
+@torch.no_grad()
+def sae_l0(sae: SAE, acts_TD: Tensor, batch_size: int = 4096) -> float:
+    """Mean number of nonzero codes per token row (the L0 the results are compared at)."""
+    sae.eval()
+    total = 0.0
+    for i in range(0, acts_TD.shape[0], batch_size):
+        total += float((sae.encode(acts_TD[i:i + batch_size].float()) != 0).sum())
+    return total / max(1, acts_TD.shape[0])
+
+
+def load_text_model(model: str = "") -> Any:
+    """A Hugging Face model + tokenizer (``saelab.models.LoadedModel``) from a hub id or a
+    folder; empty = the packaged MiniLM."""
+    from saelab.models.hf import load_hf_model, packaged_minilm_path
+
+    return load_hf_model(model or packaged_minilm_path(), task="base")

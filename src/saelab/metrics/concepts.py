@@ -183,27 +183,29 @@ def best_cosine(concepts_KD: Tensor, atoms_MD: Tensor) -> tuple[Tensor, Tensor]:
     return (c @ d.T).max(1)
 
 
-def cone_residual(concept_D: np.ndarray, atoms_MD: np.ndarray, s: int) -> tuple[float, list[int]]:
+def cone_residual(concept_D: np.ndarray, atoms_MD: np.ndarray, s: int
+                  ) -> tuple[float, list[int], np.ndarray]:
     """Containment residual of one concept direction in the cone of the top-s atoms:
 
         r = min_{λ ≥ 0} ‖ŵ − Σ_{j∈T_s} λ_j d̂_j‖ / ‖ŵ‖,   ŵ = w/‖w‖,
 
     T_s = the s atoms with the largest cos(w, d_j) (unit-normalised atoms), solved by
     non-negative least squares. r ∈ [0, 1]: 0 when ŵ lies in that cone, 1 when no atom has a
-    positive cosine with it. Returns r and T_s. NaN when w is zero."""
+    positive cosine with it. Returns r, T_s and λ (weights of the unit atoms). NaN when w is
+    zero or not finite."""
     from scipy.optimize import nnls
 
     w = np.asarray(concept_D, dtype=np.float64)
     norm = float(np.linalg.norm(w))
     if norm == 0 or not math.isfinite(norm):
-        return NAN, []
+        return NAN, [], np.zeros(0)
     w = w / norm
     d = np.asarray(atoms_MD, dtype=np.float64)
     d = d / np.clip(np.linalg.norm(d, axis=1, keepdims=True), 1e-12, None)
     cos = d @ w
     top = [int(j) for j in np.argsort(-cos, kind="stable")[:max(1, s)]]
-    _, residual = nnls(d[top].T, w)
-    return float(residual), top
+    weights, residual = nnls(d[top].T, w)
+    return float(residual), top, weights
 
 
 # ---------------------------------------------------------------------------- scores
