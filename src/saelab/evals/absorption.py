@@ -55,8 +55,6 @@ from saelab.metrics.concepts import (
 class AbsorptionConfig:
     """Options of the first-letter absorption evaluation."""
 
-    model: str = option("", "Hugging Face model id or folder; empty = the packaged MiniLM")
-    hook: str = option("encoder.layer.3", "hook point the SAE was trained on")
     max_words: int = option(6000, "use at most this many vocabulary words (seeded sample)")
     test_fraction: float = option(0.2, "share of words held out for scoring")
     k_max: int = option(10, "largest number of main latents per letter")
@@ -85,18 +83,22 @@ class WordData:
     hook: str
 
 
-def collect_words(cfg: AbsorptionConfig, loaded: Any | None = None) -> WordData:
-    """Run every sampled vocabulary word through the model and keep the one-token ones."""
+def collect_words(cfg: AbsorptionConfig, model: str = "", hook: str = "encoder.layer.3",
+                  loaded: Any | None = None) -> WordData:
+    """Run every sampled vocabulary word alone through ``model`` (a Hugging Face id or folder;
+    empty = the packaged MiniLM, or an already ``loaded`` one) and keep the words that are one
+    token, read at ``hook``."""
     import random
 
     from saelab.text.tasks import first_letter_task
 
     cfg.validate()
-    loaded = loaded or load_text_model(cfg.model)
+    loaded = loaded or load_text_model(model)
     task = first_letter_task(loaded.tokenizer)
     if len(task.texts) > cfg.max_words:
         task = task.subsample(max(1, cfg.max_words // len(task.classes)), cfg.seed)
-    inputs, _ = text_activations(loaded.model, loaded.tokenizer, cfg.hook, task.texts)
+    inputs = text_activations(loaded.model, loaded.tokenizer, hook, task.texts,
+                              embed=False)[0]
     one_token = (inputs.offsets[1:] - inputs.offsets[:-1]) == 1
     rows = one_token.nonzero().flatten()
     acts = inputs.acts_TD[inputs.offsets[rows]]
@@ -104,7 +106,7 @@ def collect_words(cfg: AbsorptionConfig, loaded: Any | None = None) -> WordData:
     test = torch.zeros(len(rows), dtype=torch.bool)
     test[rng.sample(range(len(rows)), max(1, round(cfg.test_fraction * len(rows))))] = True
     return WordData([task.texts[i] for i in rows], acts,
-                    torch.tensor([task.labels[i] for i in rows]), test, loaded.name, cfg.hook)
+                    torch.tensor([task.labels[i] for i in rows]), test, loaded.name, hook)
 
 
 @dataclass
@@ -241,9 +243,9 @@ def evaluate_sae(sae: SAE, data: WordData, truth: GroundTruth, cfg: AbsorptionCo
         to_dict(cfg))
 
 
-def run(saes: dict[str, SAE], cfg: AbsorptionConfig, data: WordData | None = None
-        ) -> dict[str, AbsorptionResult]:
+def run(saes: dict[str, SAE], cfg: AbsorptionConfig, data: WordData | None = None,
+        model: str = "", hook: str = "encoder.layer.3") -> dict[str, AbsorptionResult]:
     """Absorption of every named SAE (the words and the ground-truth probe are shared)."""
-    data = data or collect_words(cfg)
+    data = data or collect_words(cfg, model, hook)
     truth = fit_ground_truth(data)
     return {name: evaluate_sae(sae, data, truth, cfg, name) for name, sae in saes.items()}

@@ -124,15 +124,15 @@ class LabelledSet:
 
 @torch.no_grad()
 def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: list[str],
-                     max_length: int = 64, batch_size: int = 64,
+                     max_length: int = 64, batch_size: int = 64, embed: bool = True,
                      progress: Callable[[int, int], None] | None = None
-                     ) -> tuple[InputActivations, Tensor]:
-    """Activations at ``hook`` of every non-special, non-padding token of every text, and the
-    ``(N, D_out)`` sentence embedding of each text (mean of the final hidden states over its
-    tokens, unit-normalised: what sentence-transformers does for MiniLM) — one forward pass.
-    Texts are truncated to ``max_length`` tokens."""
+                     ) -> tuple[InputActivations, Tensor | None]:
+    """Activations at ``hook`` of every non-special, non-padding token of every text, and (with
+    ``embed``) the ``(N, D_out)`` sentence embedding of each text by the same model (mean of the
+    final hidden states over its tokens, unit-normalised: what sentence-transformers does for
+    MiniLM) from the same forward pass. Texts are truncated to ``max_length`` tokens."""
     from saelab.models.hf import output_hidden
-    from saelab.models.hooks import capture_with_output
+    from saelab.models.hooks import capture, capture_with_output
 
     pieces, lengths, embeddings = [], [], []
     for start in range(0, len(texts), batch_size):
@@ -140,12 +140,19 @@ def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: l
                           max_length=max_length, return_tensors="pt",
                           return_special_tokens_mask=True)
         special = batch.pop("special_tokens_mask").bool()
-        output, captured = capture_with_output(model, [hook], lambda b=batch: model(**b))
+        if embed:
+            output, captured = capture_with_output(model, [hook], lambda b=batch: model(**b))
+        else:  # stop the pass at the hook
+            output, captured = None, capture(model, [hook], lambda b=batch: model(**b))
         acts_BSD = next(iter(captured.values()))
         keep_BS = batch["attention_mask"].bool() & ~special
         for b in range(acts_BSD.shape[0]):
             pieces.append(acts_BSD[b][keep_BS[b]].float())
             lengths.append(int(keep_BS[b].sum()))
+        if progress:
+            progress(min(len(texts), start + batch_size), len(texts))
+        if not embed:
+            continue
         hidden = output_hidden(output)
         if hidden is None:
             raise ConfigError("the model's output has no last_hidden_state to embed texts "
@@ -153,15 +160,14 @@ def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: l
         mask = batch["attention_mask"].float()[:, :, None]
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
         embeddings.append(torch.nn.functional.normalize(pooled.float(), dim=1))
-        if progress:
-            progress(min(len(texts), start + batch_size), len(texts))
     if any(n == 0 for n in lengths):
         empty = [texts[i] for i, n in enumerate(lengths) if n == 0][:3]
         raise ConfigError(f"some texts have no tokens besides special ones (e.g. {empty}); "
                           "drop empty texts")
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64),
                          torch.tensor(lengths, dtype=torch.int64).cumsum(0)])
-    return InputActivations(torch.cat(pieces), offsets), torch.cat(embeddings)
+    return (InputActivations(torch.cat(pieces), offsets),
+            torch.cat(embeddings) if embed else None)
 
 
 def labels_one_hot(labels: list[int], n_classes: int) -> Tensor:

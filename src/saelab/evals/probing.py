@@ -79,3 +79,60 @@ def accuracy(probe: LinearProbe, x_NF: Tensor, labels_NK: Tensor) -> Tensor:
     if labels_NK.ndim == 1:
         labels_NK = labels_NK[:, None]
     return (probe.predict(x_NF) == labels_NK.bool()).double().mean(0)
+
+
+def fit_logistic_batched(x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor, l2: float = 1.0,
+                         max_iter: int = 100) -> LinearProbe:
+    """B independent binary logistic regressions, each on its own rows (``mask_BN`` marks the
+    real rows of the padded batch), fit together by one L-BFGS run on the sum of their losses
+    (the problems share no parameters, so the optimum is each one's own). Same loss as
+    :func:`fit_logistic`. The returned probe holds ``(B, F)`` weights: use
+    :func:`batched_accuracy`."""
+    x = x_BNF.double()
+    m = mask_BN.double()
+    n_B = m.sum(1).clamp_min(1)
+    mean = (x * m[..., None]).sum(1) / n_B[:, None]
+    var = (((x - mean[:, None]) ** 2) * m[..., None]).sum(1) / n_B[:, None]
+    std = var.sqrt()
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    z = (x - mean[:, None]) / std[:, None]
+    y = y_BN.double()
+    weight = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(x.shape[0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        logits = torch.einsum("bnf,bf->bn", z, weight) + bias[:, None]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=m,
+                                                                   reduction="none").sum(1)
+        loss = ((bce + 0.5 * l2 * (weight ** 2).sum(1)) / n_B).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return LinearProbe(mean, std, weight.detach(), bias.detach())
+
+
+def batched_accuracy(probe: LinearProbe, x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor
+                     ) -> Tensor:
+    """``(B,)`` accuracy of each of a batched probe's regressions on its own (masked) rows."""
+    z = (x_BNF.double() - probe.mean_F[:, None]) / probe.std_F[:, None]
+    logits = torch.einsum("bnf,bf->bn", z, probe.weight_FK) + probe.bias_K[:, None]
+    right = ((logits > 0) == y_BN.bool()).double() * mask_BN.double()
+    return right.sum(1) / mask_BN.double().sum(1).clamp_min(1)
+
+
+def pad_rows(features: list[Tensor], labels: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-problem ``(n_b, F)`` features and ``(n_b,)`` labels into padded
+    ``(B, N, F)``, ``(B, N)`` tensors and the ``(B, N)`` mask of real rows."""
+    n = max(f.shape[0] for f in features)
+    x = torch.zeros(len(features), n, features[0].shape[1], dtype=features[0].dtype)
+    y = torch.zeros(len(features), n, dtype=torch.bool)
+    mask = torch.zeros(len(features), n, dtype=torch.bool)
+    for b, (f, lab) in enumerate(zip(features, labels, strict=True)):
+        x[b, :f.shape[0]] = f
+        y[b, :f.shape[0]] = lab.bool()
+        mask[b, :f.shape[0]] = True
+    return x, y, mask

@@ -29,7 +29,7 @@ from torch import Tensor
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
 from saelab.evals.concept_data import LabelledSet, json_ready, sae_l0
-from saelab.evals.probing import accuracy, fit_logistic
+from saelab.evals.probing import batched_accuracy, fit_logistic_batched, pad_rows
 from saelab.io import atomic_write_json
 from saelab.metrics.concepts import NAN, Interval, Undefined, nan_mean, top_k_latents
 
@@ -99,7 +99,8 @@ def balanced_rows(y_N: Tensor, rows: Tensor, max_per_class: int, generator: torc
 def probe_task(codes_NM: Tensor, raw_ND: Tensor | None, labels: LabelledSet,
                cfg: SparseProbingConfig, undefined: list[Undefined]) -> TaskScores:
     """Sparse probes of every class of one labelled set (features already pooled), and the full
-    probe on ``raw_ND`` (skipped when None: it does not depend on the SAE)."""
+    probe on ``raw_ND`` (skipped when None: it does not depend on the SAE). The probes of all
+    classes at one k are fit as one batch (independent problems)."""
     ks = sorted(set(cfg.ks))
     per_seed_sparse: dict[int, list[float]] = {k: [] for k in ks}
     per_seed_full: list[float] = []
@@ -110,8 +111,7 @@ def probe_task(codes_NM: Tensor, raw_ND: Tensor | None, labels: LabelledSet,
         seed = cfg.seed + split
         generator = torch.Generator().manual_seed(seed)
         train_rows, test_rows = labels.split(seed, cfg.test_fraction)
-        seed_sparse: dict[int, list[float]] = {k: [] for k in ks}
-        seed_full: list[float] = []
+        problems = []  # (class name, y, train rows, test rows, ranked latents)
         for c, name in enumerate(labels.class_names):
             y = labels.labels_NK[:, c].bool()
             tr = balanced_rows(y, train_rows, cfg.max_per_class, generator)
@@ -122,27 +122,38 @@ def probe_task(codes_NM: Tensor, raw_ND: Tensor | None, labels: LabelledSet,
                     undefined.append(Undefined(f"{labels.name}/{name}", "no positives or no "
                                                f"negatives in the {side} split"))
                 continue
-            ranked = top_k_latents(codes_NM[tr], y[tr], max(ks))
-            for k in ks:
-                chosen = ranked[:k]
-                probe = fit_logistic(codes_NM[tr][:, chosen], y[tr], l2=cfg.l2)
-                acc = float(accuracy(probe, codes_NM[te][:, chosen], y[te])[0])
-                seed_sparse[k].append(acc)
-                per_class[name][k].append(acc)
-            if raw_ND is not None:
-                full = fit_logistic(raw_ND[tr], y[tr], l2=cfg.l2)
-                acc = float(accuracy(full, raw_ND[te], y[te])[0])
-                seed_full.append(acc)
-                per_class_full[name].append(acc)
+            problems.append((name, y, tr, te, top_k_latents(codes_NM[tr], y[tr], max(ks))))
+        if not problems:
+            continue
         for k in ks:
-            per_seed_sparse[k].append(nan_mean(seed_sparse[k]))
-        per_seed_full.append(nan_mean(seed_full))
+            accs = _fit_and_score([codes_NM[:, ranked[:k]] for *_, ranked in problems],
+                                  problems, cfg.l2)
+            for (name, *_), acc in zip(problems, accs, strict=True):
+                per_class[name][k].append(acc)
+            per_seed_sparse[k].append(nan_mean(accs))
+        if raw_ND is not None:
+            accs = _fit_and_score([raw_ND] * len(problems), problems, cfg.l2)
+            for (name, *_), acc in zip(problems, accs, strict=True):
+                per_class_full[name].append(acc)
+            per_seed_full.append(nan_mean(accs))
     scored = [c for c in labels.class_names if per_class[c][ks[0]]]
     return TaskScores(
         labels.name, len(scored), {str(k): Interval.of(v) for k, v in per_seed_sparse.items()},
         Interval.of(per_seed_full),
         {c: {str(k): nan_mean(per_class[c][k]) for k in ks} for c in scored},
-        {c: nan_mean(per_class_full[c]) for c in scored})
+        {c: nan_mean(per_class_full[c]) for c in scored if per_class_full[c]})
+
+
+def _fit_and_score(features: list[Tensor], problems: list[Any], l2: float) -> list[float]:
+    """Held-out accuracy of one logistic probe per problem (its features, labels and rows)."""
+    x_tr, y_tr, m_tr = pad_rows([f[tr] for f, (_, _, tr, _, _) in zip(features, problems,
+                                                                       strict=True)],
+                                [y[tr] for _, y, tr, _, _ in problems])
+    x_te, y_te, m_te = pad_rows([f[te] for f, (_, _, _, te, _) in zip(features, problems,
+                                                                       strict=True)],
+                                [y[te] for _, y, _, te, _ in problems])
+    probe = fit_logistic_batched(x_tr, y_tr, m_tr, l2)
+    return [float(a) for a in batched_accuracy(probe, x_te, y_te, m_te)]
 
 
 def full_probes(sets: dict[str, LabelledSet], cfg: SparseProbingConfig
