@@ -37,7 +37,7 @@ from saelab.evals.concept_data import (
     sae_l0,
     text_activations,
 )
-from saelab.evals.probing import LinearProbe, fit_logistic
+from saelab.evals.probing import LinearProbe, fit_logistic, fit_logistic_batched, pad_rows
 from saelab.io import atomic_write_json
 from saelab.metrics.concepts import (
     NAN,
@@ -180,19 +180,36 @@ def _codes(sae: SAE, acts_ND: Tensor) -> Tensor:
     return InputActivations.one_token_each(acts_ND).pooled_codes(sae, "mean")
 
 
-def main_latents(codes_train: Tensor, y_train: Tensor, codes_test: Tensor, y_test: Tensor,
-                 k_max: int, f1_gain: float) -> tuple[list[int], float]:
-    """The k-sparse rule of step 3: returns the main latents and their probe's test F1."""
-    chosen: list[int] = []
-    best_f1 = NAN
-    ranked = top_k_latents(codes_train, y_train, k_max, signed=True)
-    for k in range(1, len(ranked) + 1):
-        probe = fit_logistic(codes_train[:, ranked[:k]], y_train, balanced=True)
-        f1 = binary_f1(probe.predict(codes_test[:, ranked[:k]])[:, 0], y_test)
-        if chosen and not f1 - best_f1 > f1_gain:
+def main_latents(codes_train: Tensor, y_train_NL: Tensor, codes_test: Tensor,
+                 y_test_NL: Tensor, k_max: int, f1_gain: float
+                 ) -> tuple[list[list[int]], list[float]]:
+    """The k-sparse rule of step 3 for L letters at once (one batched probe fit per k): for
+    each letter, its main latents and their probe's test F1."""
+    n_letters = y_train_NL.shape[1]
+    ranked = [top_k_latents(codes_train, y_train_NL[:, j], k_max, signed=True)
+              for j in range(n_letters)]
+    chosen: list[list[int]] = [[] for _ in range(n_letters)]
+    best = [NAN] * n_letters
+    growing = list(range(n_letters))
+    for k in range(1, k_max + 1):
+        growing = [j for j in growing if len(ranked[j]) >= k]
+        if not growing:
             break
-        chosen, best_f1 = ranked[:k], f1
-    return chosen, best_f1
+        x_tr, y_tr, m_tr = pad_rows([codes_train[:, ranked[j][:k]] for j in growing],
+                                    [y_train_NL[:, j] for j in growing])
+        probe = fit_logistic_batched(x_tr, y_tr, m_tr, balanced=True)
+        z = torch.stack([codes_test[:, ranked[j][:k]] for j in growing]).double()
+        logits = torch.einsum("bnf,bf->bn", (z - probe.mean_F[:, None]) / probe.std_F[:, None],
+                              probe.weight_FK) + probe.bias_K[:, None]
+        still = []
+        for b, j in enumerate(growing):
+            f1 = binary_f1(logits[b] > 0, y_test_NL[:, j])
+            if chosen[j] and not f1 - best[j] > f1_gain:
+                continue  # stop growing this letter
+            chosen[j], best[j] = ranked[j][:k], f1
+            still.append(j)
+        growing = still
+    return chosen, best
 
 
 def evaluate_sae(sae: SAE, data: WordData, truth: GroundTruth, cfg: AbsorptionConfig,
@@ -204,18 +221,21 @@ def evaluate_sae(sae: SAE, data: WordData, truth: GroundTruth, cfg: AbsorptionCo
     W_dec = sae.W_dec.detach()
     undefined: list[Undefined] = []
     rows: list[LetterAbsorption] = []
-    for k, lp in enumerate(truth.letters):
-        y_train = data.letter_N[train] == k
+    letters = [k for k, lp in enumerate(truth.letters)
+               if lp.probe_f1 > cfg.min_probe_f1]  # NaN F1 (no test words) also fails
+    for k in [k for k in letters if not (data.letter_N[train] == k).any()]:
+        reason = "no training words with this letter"
+        lp = truth.letters[k]
+        rows.append(LetterAbsorption(lp.letter, lp.probe_f1, [], NAN, 0, NAN, NAN, reason))
+        undefined.append(Undefined(lp.letter, reason))
+    letters = [k for k in letters if (data.letter_N[train] == k).any()]
+    y_train_NL = data.letter_N[train][:, None] == torch.tensor(letters)[None, :]
+    y_test_NL = data.letter_N[test][:, None] == torch.tensor(letters)[None, :]
+    mains, main_f1s = main_latents(codes_train, y_train_NL, codes_test, y_test_NL, cfg.k_max,
+                                   cfg.f1_gain) if letters else ([], [])
+    for k, main, main_f1 in zip(letters, mains, main_f1s, strict=True):
+        lp = truth.letters[k]
         y_test = data.letter_N[test] == k
-        if not lp.probe_f1 > cfg.min_probe_f1:  # NaN F1 (no test words) also fails
-            continue
-        if not y_train.any() or y_train.all():
-            reason = "no training words with this letter"
-            rows.append(LetterAbsorption(lp.letter, lp.probe_f1, [], NAN, 0, NAN, NAN, reason))
-            undefined.append(Undefined(lp.letter, reason))
-            continue
-        main, main_f1 = main_latents(codes_train, y_train, codes_test, y_test, cfg.k_max,
-                                     cfg.f1_gain)
         candidates = y_test & truth.predicted_test_NK[:, k]
         if not candidates.any():
             reason = "the probe gets no test word of this letter right"

@@ -82,7 +82,7 @@ def accuracy(probe: LinearProbe, x_NF: Tensor, labels_NK: Tensor) -> Tensor:
 
 
 def fit_logistic_batched(x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor, l2: float = 1.0,
-                         max_iter: int = 100) -> LinearProbe:
+                         max_iter: int = 100, balanced: bool = False) -> LinearProbe:
     """B independent binary logistic regressions, each on its own rows (``mask_BN`` marks the
     real rows of the padded batch), fit together by one L-BFGS run on the sum of their losses
     (the problems share no parameters, so the optimum is each one's own). Same loss as
@@ -97,6 +97,10 @@ def fit_logistic_batched(x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor, l2: float
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
     z = (x - mean[:, None]) / std[:, None]
     y = y_BN.double()
+    if balanced:  # each problem's positives and negatives weigh the same in total
+        pos = (y * m).sum(1, keepdim=True).clamp_min(1)
+        neg = ((1 - y) * m).sum(1, keepdim=True).clamp_min(1)
+        m = m * torch.where(y > 0, n_B[:, None] / (2 * pos), n_B[:, None] / (2 * neg))
     weight = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(x.shape[0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter,
