@@ -113,6 +113,9 @@ def evaluate_sae(sae: SAE, inputs: InputActivations, embeddings_NE: Tensor,
 def run(saes: dict[str, SAE], inputs: InputActivations, embeddings_NE: Tensor,
         cfg: MonosemanticityConfig, embedder: str = "") -> dict[str, MonosemanticityResult]:
     """MS of every named SAE's latents and of the raw neurons on the same inputs."""
+    if embeddings_NE.shape[0] != inputs.n_inputs:
+        raise ConfigError(f"{inputs.n_inputs} inputs but {embeddings_NE.shape[0]} embeddings; "
+                          "embed exactly the inputs the activations come from")
     neurons = neuron_scores(inputs, embeddings_NE, cfg)
     return {name: evaluate_sae(sae, inputs, embeddings_NE, cfg, name, embedder, neurons)
             for name, sae in saes.items()}

@@ -82,12 +82,11 @@ def accuracy(probe: LinearProbe, x_NF: Tensor, labels_NK: Tensor) -> Tensor:
 
 
 def fit_logistic_batched(x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor, l2: float = 1.0,
-                         max_iter: int = 100, balanced: bool = False) -> LinearProbe:
+                         max_iter: int = 50, balanced: bool = False) -> LinearProbe:
     """B independent binary logistic regressions, each on its own rows (``mask_BN`` marks the
-    real rows of the padded batch), fit together by one L-BFGS run on the sum of their losses
-    (the problems share no parameters, so the optimum is each one's own). Same loss as
-    :func:`fit_logistic`. The returned probe holds ``(B, F)`` weights: use
-    :func:`batched_accuracy`."""
+    real rows of the padded batch), solved together by damped Newton steps (exact for these
+    small, convex problems; no optimiser state). Same loss as :func:`fit_logistic`. The
+    returned probe holds ``(B, F)`` weights: use :func:`batched_accuracy`."""
     x = x_BNF.double()
     m = mask_BN.double()
     n_B = m.sum(1).clamp_min(1)
@@ -95,28 +94,40 @@ def fit_logistic_batched(x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor, l2: float
     var = (((x - mean[:, None]) ** 2) * m[..., None]).sum(1) / n_B[:, None]
     std = var.sqrt()
     std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    z = (x - mean[:, None]) / std[:, None]
+    z = torch.cat([(x - mean[:, None]) / std[:, None], torch.ones_like(x[..., :1])], 2)
     y = y_BN.double()
     if balanced:  # each problem's positives and negatives weigh the same in total
         pos = (y * m).sum(1, keepdim=True).clamp_min(1)
         neg = ((1 - y) * m).sum(1, keepdim=True).clamp_min(1)
         m = m * torch.where(y > 0, n_B[:, None] / (2 * pos), n_B[:, None] / (2 * neg))
-    weight = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(x.shape[0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+    ridge = torch.full((z.shape[2],), l2, dtype=torch.float64)
+    ridge[-1] = 1e-10  # the bias is not penalised
+    w = torch.zeros(z.shape[0], z.shape[2], dtype=torch.float64)
 
-    def closure() -> Tensor:
-        opt.zero_grad()
-        logits = torch.einsum("bnf,bf->bn", z, weight) + bias[:, None]
+    def loss(w_BF: Tensor) -> Tensor:
+        logits = torch.einsum("bnf,bf->bn", z, w_BF)
         bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=m,
                                                                    reduction="none").sum(1)
-        loss = ((bce + 0.5 * l2 * (weight ** 2).sum(1)) / n_B).sum()
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
+        return bce + 0.5 * (ridge * w_BF ** 2).sum(1)
 
-    opt.step(closure)  # type: ignore[no-untyped-call]
-    return LinearProbe(mean, std, weight.detach(), bias.detach())
+    current = loss(w)
+    for _ in range(max_iter):
+        prob = torch.sigmoid(torch.einsum("bnf,bf->bn", z, w))
+        grad = torch.einsum("bnf,bn->bf", z, m * (prob - y)) + ridge * w
+        hess = torch.einsum("bnf,bn,bng->bfg", z, m * prob * (1 - prob), z) + torch.diag(ridge)
+        step = torch.linalg.solve(hess, grad[..., None])[..., 0]
+        scale = torch.ones(w.shape[0], dtype=torch.float64)
+        for _ in range(30):  # halve the step where the loss would rise
+            trial = w - scale[:, None] * step
+            new = loss(trial)
+            worse = new > current + 1e-12 * current.abs()
+            if not worse.any():
+                break
+            scale = torch.where(worse, scale / 2, scale)
+        w, current = trial, new
+        if float((scale[:, None] * step).abs().max()) < 1e-9:
+            break
+    return LinearProbe(mean, std, w[:, :-1].contiguous(), w[:, -1].contiguous())
 
 
 def batched_accuracy(probe: LinearProbe, x_BNF: Tensor, y_BN: Tensor, mask_BN: Tensor

@@ -220,10 +220,20 @@ def auc(scores_N: Tensor | np.ndarray, labels_N: Tensor | np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return NAN
-    from scipy.stats import rankdata
-
-    ranks = rankdata(s)  # average ranks handle ties
+    ranks = _average_ranks(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    for lo, hi in zip(starts, ends, strict=True):
+        ranks[order[lo:hi]] = (lo + 1 + hi) / 2
+    return ranks
 
 
 def binary_f1(predicted_N: Tensor, labels_N: Tensor) -> float:
@@ -250,9 +260,9 @@ class Interval:
             return cls(NAN, NAN, 0)
         if v.size == 1:
             return cls(float(v[0]), NAN, 1)
-        from scipy.stats import t
+        from scipy.special import stdtrit  # Student-t quantile (scipy.stats imports slowly)
 
-        half = float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+        half = float(stdtrit(v.size - 1, 0.975) * v.std(ddof=1) / math.sqrt(v.size))
         return cls(float(v.mean()), half, int(v.size))
 
     def __str__(self) -> str:
