@@ -40,11 +40,11 @@ from saelab.registry import config_from_dict
 
 FIXED_K = ("topk", "batchtopk", "matryoshka", "ordered")
 SWEEP: dict[str, tuple[str, tuple[float, ...]]] = {
-    "relu": ("l1_coefficient", (1.0, 2.0, 4.0)),
-    "panneal": ("l1_coefficient", (1.0, 2.0, 4.0)),
-    "gated": ("l1_coefficient", (2.0, 4.0, 8.0)),
-    "gated_panneal": ("l1_coefficient", (2.0, 4.0, 8.0)),
-    "jumprelu": ("l0_coefficient", (3.0, 10.0, 30.0)),
+    "relu": ("l1_coefficient", (2.0, 6.0, 20.0)),
+    "panneal": ("l1_coefficient", (2.0, 6.0, 20.0)),
+    "gated": ("l1_coefficient", (4.0, 12.0, 40.0)),
+    "gated_panneal": ("l1_coefficient", (4.0, 12.0, 40.0)),
+    "jumprelu": ("l0_coefficient", (10.0, 30.0, 100.0)),
 }
 METRICS = ("l0", "absorption", "full_absorption", "probe_k1", "probe_k20", "full_probe",
            "ms_latents", "ms_neurons", "cone_containment", "cone_geometric", "cone_semantic")

@@ -245,3 +245,15 @@ def test_cli_concept_suite_on_othello(tmp_path: Path, capsys: pytest.CaptureFixt
     # the core suite still needs --data and one SAE
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path / "one")])
+
+
+def test_input_pooling_and_balanced_rows() -> None:
+    inputs = InputActivations(torch.tensor([[1.0, -1.0], [3.0, 0.0], [5.0, 2.0]]),
+                              torch.tensor([0, 2, 3]))
+    assert inputs.pool(inputs.acts_TD, "mean").tolist() == [[2.0, -0.5], [5.0, 2.0]]
+    assert inputs.pool(inputs.acts_TD, "max").tolist() == [[3.0, 0.0], [5.0, 2.0]]
+    assert inputs.subset([1]).acts_TD.tolist() == [[5.0, 2.0]]
+    y = torch.tensor([True] * 3 + [False] * 10)
+    rows = sparse_probing.balanced_rows(y, torch.arange(13), 100, torch.Generator())
+    assert rows is not None and int(y[rows].sum()) == 3 and len(rows) == 6
+    assert sparse_probing.balanced_rows(y, torch.arange(3, 13), 100, torch.Generator()) is None

@@ -30,26 +30,37 @@ from saelab.metrics.concepts import (
 # probe p = e1; latent 0 (main) = e1, latent 1 = (0.8, 0.6) (cos 0.8), latent 2 = e2 (cos 0)
 W_DEC = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
 PROBE = torch.tensor([3.0, 0.0])  # not unit: the metric normalises it
-X = torch.tensor([[2.0, 0.0]] * 5)  # P = x·p = 2 for every token
+X = torch.tensor([[2.0, 0.0]] * 6)  # P = x·p = 2 for every token
 CODES = torch.tensor([
     [2.0, 0.0, 0.0],   # main carries it all: M = 2 ≥ P → 0
     [0.0, 2.5, 0.0],   # main off, latent 1 projects 2.5·0.8 = 2: S/P = 1, M = 0 → 1
     [1.0, 1.25, 0.0],  # M = 1, S = 1: a = min(1, 2 − 1) = 1 → 1/(1 + 1) = 0.5
     [1.0, 0.5, 0.0],   # S = 0.4, S/P = 0.2 < 0.4 → 0
     [0.0, 0.0, 5.0],   # only an orthogonal latent: S = 0 → 0
+    [1.0, 2.5, 0.0],   # M = 1, S = 2 > P − M: a = min(2, 1) = 1 → 0.5
 ])
 
 
 def test_absorption_fraction_hand_values() -> None:
     got = absorption_fractions(X, CODES, W_DEC, PROBE, [0])
-    assert got.tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0, 0.0])
+    assert got.tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0, 0.0, 0.5])
 
 
 def test_full_absorption_hand_values() -> None:
     got = full_absorption(X, CODES, W_DEC, PROBE, [0])
     # only row 1: main off, top latent cos 0.8 ≥ 0.025, proj/P = 1 ≥ 0.4. Row 4: main off but
     # the top latent (2) has cos 0 < 0.025.
-    assert got.tolist() == [False, True, False, False, False]
+    assert got.tolist() == [False, True, False, False, False, False]
+
+
+def test_full_absorption_needs_an_aligned_top_latent() -> None:
+    # main off; latent 1 has cos 0.02 < 0.025 but projects 100·0.02 = 2 = P: not absorption
+    w_dec = torch.tensor([[1.0, 0.0], [0.02, math.sqrt(1 - 0.02 ** 2)]])
+    codes = torch.tensor([[0.0, 100.0], [0.0, 2.0]])
+    x = torch.tensor([[2.0, 0.0], [4.0, 0.0]])  # row 2: proj/P = 0.04/4 < 0.4 either way
+    assert full_absorption(x, codes, w_dec, PROBE, [0]).tolist() == [False, False]
+    w_dec[1] = torch.tensor([0.03, math.sqrt(1 - 0.03 ** 2)])  # cos 0.03 ≥ 0.025
+    assert full_absorption(x, codes, w_dec, PROBE, [0]).tolist() == [True, False]
 
 
 def test_absorbers_need_cosine_and_top_three() -> None:
@@ -59,6 +70,10 @@ def test_absorbers_need_cosine_and_top_three() -> None:
     codes = torch.tensor([[0.0] + [0.25] * 5])
     assert absorption_fractions(torch.tensor([[2.0, 0.0]]), codes, w_dec, PROBE, [0]).item() == 0
     assert absorption_fractions(torch.tensor([[1.0, 0.0]]), codes, w_dec, PROBE, [0]).item() == 1
+    # an absorber below cos 0.1 does not count, however much it projects (40·0.05 = P)
+    w_low = torch.tensor([[1.0, 0.0], [0.05, math.sqrt(1 - 0.05 ** 2)]])
+    assert absorption_fractions(torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 40.0]]), w_low,
+                                PROBE, [0]).item() == 0
 
 
 def test_top_k_latents_rule() -> None:
@@ -76,15 +91,16 @@ def test_monosemanticity_hand_values_and_nan_reasons() -> None:
     emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 2.0], [5.0, 0.0]])
     acts = torch.tensor([
         # ã = (1, .5, .5, 0): (.5·.6 + .5·0 + .25·.8) / (.5 + .5 + .25) = .5 / 1.25 = 0.4
-        [1.0, 0.5, 0.0, 0.0, 0.0, 2.0],
-        [0.5, 1.0, 1.0, 0.0, 0.0, 2.0],
-        [0.5, 0.0, 1.0, 0.0, 0.0, 2.0],
-        [0.0, 0.0, 0.0, 0.0, 3.0, 2.0],
+        [1.0, 0.5, 0.0, 0.0, 0.0, 2.0, 3.0],
+        [0.5, 1.0, 1.0, 0.0, 0.0, 2.0, 2.0],
+        [0.5, 0.0, 1.0, 0.0, 0.0, 2.0, 2.0],
+        [0.0, 0.0, 0.0, 0.0, 3.0, 2.0, 1.0],
     ])
-    # col 1: ã = (.5, 1, 0, 0): pair (1,2) only → 0.6; col 2: ã = (0, 1, 1, 0) → 0.8
+    # col 1: ã = (.5, 1, 0, 0): pair (1,2) only → 0.6; col 2: ã = (0, 1, 1, 0) → 0.8;
+    # col 6 = col 0 shifted and scaled (min 1): min-max normalisation gives 0.4 again
     ms = monosemanticity_scores(acts, emb)
-    assert ms[:3].tolist() == pytest.approx([0.4, 0.6, 0.8])
-    assert torch.isnan(ms[3:]).all()  # dead, one firing input, constant
+    assert ms[[0, 1, 2, 6]].tolist() == pytest.approx([0.4, 0.6, 0.8, 0.4])
+    assert torch.isnan(ms[3:6]).all()  # dead, one firing input, constant
     reasons = {u.item: u.reason for u in monosemanticity_undefined(acts)}
     assert set(reasons) == {"3", "4", "5"}
     assert reasons["3"].startswith("dead")
