@@ -20,6 +20,7 @@ Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/concept_evals.py [--seeds 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -199,7 +200,7 @@ def findings(results: dict[str, dict[str, Any]], k: int) -> dict[str, str]:
                         for a in r["by_arch"] if a.startswith(f"btk_k{k}_x"))
         if widths:
             out[f"{model}: MS rises with width (BatchTopK k={k})"] = (
-                f"{'yes' if all(b[1] > a[1] for a, b in zip(widths, widths[1:], strict=False)) else 'no'}: "
+                f"{'yes' if all(b[1] > a[1] for a, b in itertools.pairwise(widths)) else 'no'}: "
                 + ", ".join(f"x{w} {v:.3f}" for w, v in widths))
         cont = {a: _mean(r, a, "cone_containment") for a in archs}
         best = max(cont, key=lambda a: cont[a] if math.isfinite(cont[a]) else -1)

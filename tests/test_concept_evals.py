@@ -253,7 +253,7 @@ def test_input_pooling_and_balanced_rows() -> None:
     assert inputs.pool(inputs.acts_TD, "mean").tolist() == [[2.0, -0.5], [5.0, 2.0]]
     assert inputs.pool(inputs.acts_TD, "max").tolist() == [[3.0, 0.0], [5.0, 2.0]]
     assert inputs.subset([1]).acts_TD.tolist() == [[5.0, 2.0]]
-    y = torch.tensor([True] * 3 + [False] * 10)
-    rows = sparse_probing.balanced_rows(y, torch.arange(13), 100, torch.Generator())
-    assert rows is not None and int(y[rows].sum()) == 3 and len(rows) == 6
-    assert sparse_probing.balanced_rows(y, torch.arange(3, 13), 100, torch.Generator()) is None
+    for y in (torch.tensor([True] * 3 + [False] * 10), torch.tensor([False] * 3 + [True] * 10)):
+        rows = sparse_probing.balanced_rows(y, torch.arange(13), 100, torch.Generator())
+        assert rows is not None and len(rows) == 6 and int(y[rows].sum()) == 3
+        assert sparse_probing.balanced_rows(y, torch.arange(3, 13), 100, torch.Generator()) is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,10 +141,11 @@ def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: l
                           max_length=max_length, return_tensors="pt",
                           return_special_tokens_mask=True)
         special = batch.pop("special_tokens_mask").bool()
+        forward = partial(model, **batch)
         if embed:
-            output, captured = capture_with_output(model, [hook], lambda b=batch: model(**b))
+            output, captured = capture_with_output(model, [hook], forward)
         else:  # stop the pass at the hook
-            output, captured = None, capture(model, [hook], lambda b=batch: model(**b))
+            output, captured = None, capture(model, [hook], forward)
         acts_BSD = next(iter(captured.values()))
         keep_BS = batch["attention_mask"].bool() & ~special
         for b in range(acts_BSD.shape[0]):

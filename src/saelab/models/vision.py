@@ -8,6 +8,7 @@ monosemanticity score on images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,15 @@ def image_embeddings(vm: VisionModel, images: list[Any], batch_size: int = 32) -
 @torch.no_grad()
 def image_activations(vm: VisionModel, hook: str, images: list[Any], token: int = 0,
                       batch_size: int = 32) -> Tensor:
-    """``(N, D)`` activations at ``hook`` (a module path such as ``encoder.layer.1``) on token
+    """``(N, D)`` activations at ``hook`` (a module path such as ``encoder.layer.1``, or
+    ``layers.1`` in recent transformers versions) on token
     ``token`` of every image (0 = CLS, as in Pach et al.)."""
     from saelab.models.hooks import capture
 
     out = []
     for start in range(0, len(images), batch_size):
         pixels = _pixels(vm, images[start:start + batch_size])
-        captured = capture(vm.model, [hook], lambda p=pixels: vm.model(pixel_values=p))
+        captured = capture(vm.model, [hook], partial(vm.model, pixel_values=pixels))
         acts = next(iter(captured.values()))
         out.append(acts[:, token].float() if acts.ndim == 3 else acts.float())
     return torch.cat(out)

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,8 @@ def first_letter_task(tokenizer: Any, min_chars: int = 2) -> TextTask:
                     tuple(letters), "tokenizer vocabulary")
 
 
-TEXT_TASKS = {"docstrings": docstring_task, "sentiment": sentiment_task}
+TEXT_TASKS: dict[str, Callable[[], TextTask]] = {"docstrings": docstring_task,
+                                                  "sentiment": sentiment_task}
 
 
 def text_task(name: str) -> TextTask:
