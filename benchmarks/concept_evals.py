@@ -123,7 +123,8 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = concepts.ConceptSuiteConfig(
         model=model if model == "othello" else "", train_games=args.eval_games,
-        test_games=args.eval_games, per_class=args.per_class, ms_inputs=args.ms_inputs)
+        test_games=args.eval_games, per_class=args.per_class, ms_inputs=args.ms_inputs,
+        max_length=args.max_length)
     cfg.probing.n_splits = 3
     cfg.absorption.max_words = args.words
     cfg.absorption.min_probe_f1 = args.min_probe_f1
@@ -241,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-games", type=int, default=60)
     parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--ms-inputs", type=int, default=1500)
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per text (MiniLM)")
     parser.add_argument("--words", type=int, default=30_000, help="vocabulary words (absorption)")
     parser.add_argument("--min-probe-f1", type=float, default=0.3,
                         help="absorption letter filter (SAEBench: 0.6)")
