@@ -211,6 +211,13 @@ def findings(results: dict[str, dict[str, Any]], k: int) -> dict[str, str]:
         ks = sorted((int(a.split("_k")[1].split("_")[0]), _mean(r, a, "cone_containment"))
                     for a in r["by_arch"] if a.startswith("btk_k") and
                     a.endswith(f"_x{r['expansion']}"))
+        ms_ks = sorted((int(a.split("_k")[1].split("_")[0]), _mean(r, a, "ms_latents"))
+                       for a in r["by_arch"] if a.startswith("btk_k") and
+                       a.endswith(f"_x{r['expansion']}"))
+        if len(ms_ks) >= 2:  # Pach et al.: MS rises with sparsity, i.e. falls as k grows
+            out[f"{model}: MS rises with sparsity (falls with k, BatchTopK)"] = (
+                f"{'yes' if all(b[1] < a[1] for a, b in itertools.pairwise(ms_ks)) else 'no'}: "
+                + ", ".join(f"k={kk} {v:.3f}" for kk, v in ms_ks))
         if len(ks) >= 3:
             peak = max(range(len(ks)), key=lambda i: ks[i][1])
             out[f"{model}: containment peaks at intermediate sparsity (BatchTopK)"] = (
