@@ -376,7 +376,11 @@ def plot_comparison(rows: list[dict[str, float | str]], path: str | Path) -> Pat
         ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=45, ha="right",
                       fontsize=7)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6)
+        if all(math.isnan(float(r[key])) for r in rows for key in keys):
+            ax.text(0.5, 0.5, "undefined or not run\n(see the JSON reasons)", ha="center",
+                    va="center", transform=ax.transAxes, fontsize=8)
+        else:
+            ax.legend(fontsize=6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
