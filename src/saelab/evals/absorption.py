@@ -20,7 +20,6 @@ words, or fewer than ``min_letters`` letters passing the probe filter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,15 +29,14 @@ from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
 from saelab.evals.concept_data import (
     InputActivations,
+    JsonResult,
     check_sae_width,
-    json_ready,
     labels_one_hot,
     load_text_model,
     sae_l0,
     text_activations,
 )
 from saelab.evals.probing import LinearProbe, fit_logistic, fit_logistic_batched, pad_rows
-from saelab.io import atomic_write_json
 from saelab.metrics.concepts import (
     NAN,
     Undefined,
@@ -152,7 +150,7 @@ class LetterAbsorption:
 
 
 @dataclass
-class AbsorptionResult:
+class AbsorptionResult(JsonResult):
     """Absorption of one SAE; lower is better. Means and stds run over the scored letters."""
 
     sae: str
@@ -167,12 +165,6 @@ class AbsorptionResult:
     letters: list[LetterAbsorption]
     undefined: list[Undefined] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self)  # type: ignore[no-any-return]
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(Path(path), self.to_dict())
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +27,8 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.evals.concept_data import LabelledSet, check_sae_width, json_ready, sae_l0
+from saelab.evals.concept_data import JsonResult, LabelledSet, check_sae_width, sae_l0
 from saelab.evals.probing import fit_logistic
-from saelab.io import atomic_write_json
 from saelab.metrics.concepts import NAN, Undefined, auc, best_cosine, cone_residual, nan_mean
 
 
@@ -111,19 +109,13 @@ class ConeSetScores:
 
 
 @dataclass
-class ConeResult:
+class ConeResult(JsonResult):
     sae: str
     d_sae: int
     l0: float
     sets: dict[str, ConeSetScores]
     undefined: list[Undefined] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self)  # type: ignore[no-any-return]
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(Path(path), self.to_dict())
 
 
 def score_set(sae: SAE, labels: LabelledSet, head: ConceptHead, cfg: ConeConfig,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,18 @@ def text_activations(model: torch.nn.Module, tokenizer: Any, hook: str, texts: l
 def labels_one_hot(labels: list[int], n_classes: int) -> Tensor:
     y = torch.tensor(labels, dtype=torch.int64)
     return torch.nn.functional.one_hot(y, n_classes).bool()
+
+
+class JsonResult:
+    """Mixin of the concept results: strict JSON (:func:`json_ready`), written atomically."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_ready(self)  # type: ignore[no-any-return]
+
+    def write(self, path: str | Path) -> None:
+        from saelab.io import atomic_write_json
+
+        atomic_write_json(Path(path), self.to_dict())
 
 
 def json_ready(obj: Any) -> Any:

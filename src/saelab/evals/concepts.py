@@ -32,14 +32,13 @@ from saelab.config import ConfigError, option, to_dict
 from saelab.evals import absorption, concept_cones, monosemanticity, sparse_probing
 from saelab.evals.concept_data import (
     InputActivations,
+    JsonResult,
     LabelledSet,
-    json_ready,
     labels_one_hot,
     load_text_model,
     sae_l0,
     text_activations,
 )
-from saelab.io import atomic_write_json
 
 EVALS = ("absorption", "sparse_probing", "monosemanticity", "concept_cones")
 DEFAULT_TEXT_HOOK = "encoder.layer.3"
@@ -243,7 +242,7 @@ def _concat_inputs(parts: list[InputActivations]) -> InputActivations:
 
 
 @dataclass
-class SAEConcepts:
+class SAEConcepts(JsonResult):
     """All concept results of one SAE (an evaluation not run or not applicable is None, with
     the reason in ``skipped``)."""
 
@@ -258,12 +257,6 @@ class SAEConcepts:
     concept_cones: concept_cones.ConeResult | None
     skipped: dict[str, str]
     config: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self)  # type: ignore[no-any-return]
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(Path(path), self.to_dict())
 
 
 def run_suite(saes: dict[str, SAE], cfg: ConceptSuiteConfig, data: ConceptData | None = None,

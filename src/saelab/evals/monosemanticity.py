@@ -17,15 +17,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.evals.concept_data import InputActivations, json_ready, sae_l0
-from saelab.io import atomic_write_json
+from saelab.evals.concept_data import InputActivations, JsonResult, sae_l0
 from saelab.metrics.concepts import (
     Undefined,
     monosemanticity_scores,
@@ -60,7 +58,7 @@ class UnitScores:
 
 
 @dataclass
-class MonosemanticityResult:
+class MonosemanticityResult(JsonResult):
     sae: str
     d_sae: int
     l0: float
@@ -71,12 +69,6 @@ class MonosemanticityResult:
     per_latent: list[float] | None = None
     undefined: list[Undefined] = field(default_factory=list)  # the first 20 latents
     config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self)  # type: ignore[no-any-return]
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(Path(path), self.to_dict())
 
 
 def unit_scores(acts_NM: Tensor, embeddings_NE: Tensor) -> tuple[UnitScores, Tensor,

@@ -20,7 +20,6 @@ NaN with a reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,9 +27,8 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.evals.concept_data import LabelledSet, json_ready, sae_l0
+from saelab.evals.concept_data import JsonResult, LabelledSet, sae_l0
 from saelab.evals.probing import batched_accuracy, fit_logistic_batched, pad_rows
-from saelab.io import atomic_write_json
 from saelab.metrics.concepts import NAN, Interval, Undefined, nan_mean, top_k_latents
 
 
@@ -66,7 +64,7 @@ class TaskScores:
 
 
 @dataclass
-class SparseProbingResult:
+class SparseProbingResult(JsonResult):
     sae: str
     d_sae: int
     l0: float
@@ -75,12 +73,6 @@ class SparseProbingResult:
     mean_full_probe: float
     undefined: list[Undefined] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_ready(self)  # type: ignore[no-any-return]
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(Path(path), self.to_dict())
 
 
 def balanced_rows(y_N: Tensor, rows: Tensor, max_per_class: int, generator: torch.Generator
