@@ -257,3 +257,19 @@ def test_input_pooling_and_balanced_rows() -> None:
         rows = sparse_probing.balanced_rows(y, torch.arange(13), 100, torch.Generator())
         assert rows is not None and len(rows) == 6 and int(y[rows].sum()) == 3
         assert sparse_probing.balanced_rows(y, torch.arange(3, 13), 100, torch.Generator()) is None
+
+
+def test_text_activations_on_packaged_minilm() -> None:
+    pytest.importorskip("transformers")
+    from saelab.evals.concept_data import load_text_model, text_activations
+
+    loaded = load_text_model("")
+    inputs, emb = text_activations(loaded.model, loaded.tokenizer, "encoder.layer.0",
+                                   ["hello world", "cat"], max_length=16)
+    assert inputs.offsets.tolist() == [0, 2, 3]  # [CLS], [SEP] and padding dropped
+    assert inputs.acts_TD.shape == (3, 384)
+    assert emb is not None and emb.shape == (2, 384)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    only, none = text_activations(loaded.model, loaded.tokenizer, "encoder.layer.0", ["cat"],
+                                  embed=False)
+    assert none is None and torch.allclose(only.acts_TD, inputs.acts_TD[2:], atol=1e-5)
