@@ -62,11 +62,16 @@ def fixed_configs(k: int, expansion: int, steps: int) -> dict[str, dict[str, Any
     }
 
 
-def sweep_configs(expansion: int, chosen: dict[str, float] | None) -> dict[str, dict[str, Any]]:
+def sweep_values(arch: str, scale: float) -> tuple[float, ...]:
+    return tuple(v * scale for v in SWEEP[arch][1])
+
+
+def sweep_configs(expansion: int, chosen: dict[str, float] | None, scale: float = 1.0
+                  ) -> dict[str, dict[str, Any]]:
     """Every sweep point (seed 0), or only the chosen coefficient per architecture."""
     out = {}
-    for arch, (key, values) in SWEEP.items():
-        for c in ([chosen[arch]] if chosen else values):
+    for arch, (key, _) in SWEEP.items():
+        for c in ([chosen[arch]] if chosen else sweep_values(arch, scale)):
             out[f"{arch}@{c:g}"] = {"architecture": arch, key: c, "expansion": expansion}
     return out
 
@@ -143,7 +148,7 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
     sweep_l0: dict[str, float] = {}
     for seed in range(args.seeds):
         settings = {**fixed_configs(args.k, args.expansion, steps),
-                    **sweep_configs(args.expansion, chosen or None)}
+                    **sweep_configs(args.expansion, chosen or None, args.sweep_scale)}
         if seed == 0 and not args.no_scaling:
             settings.update(scaling_configs(args.k, args.expansion, steps))
         trained = train(acts_path, settings, out / f"saes_seed{seed}", args, seed)
@@ -151,9 +156,9 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
             for name, sae in trained.items():
                 if "@" in name:
                     sweep_l0[name] = sae_l0(sae, eval_acts)
-            for arch, (_, values) in SWEEP.items():
-                chosen[arch] = min(values, key=lambda c, a=arch: abs(sweep_l0[f"{a}@{c:g}"] -
-                                                                     args.k))
+            for arch in SWEEP:
+                chosen[arch] = min(sweep_values(arch, args.sweep_scale),
+                                   key=lambda c, a=arch: abs(sweep_l0[f"{a}@{c:g}"] - args.k))
         for name, sae in trained.items():
             arch = name.split("@")[0]
             if "@" in name and name != f"{arch}@{chosen[arch]:g}":
@@ -254,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-probe-f1", type=float, default=0.3,
                         help="absorption letter filter (SAEBench: 0.6)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the BatchTopK sweep")
+    parser.add_argument("--sweep-scale", type=float, default=1.0,
+                        help="multiply the penalty coefficients of the L0 sweep")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
