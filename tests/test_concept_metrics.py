@@ -198,3 +198,12 @@ def test_batched_probes_equal_separate_fits() -> None:
         single = fit_logistic(feats[b], labels[b])
         assert acc[b].item() == pytest.approx(
             float((single.predict(feats[b])[:, 0] == labels[b]).double().mean()))
+
+
+def test_monosemanticity_stays_in_range_on_outlier_units() -> None:
+    # one huge activation and many tiny ones: the closed form must not blow up
+    gen = torch.Generator().manual_seed(3)
+    acts = torch.rand(500, 3, generator=gen) * 1e-6
+    acts[7] = 1e6
+    ms = monosemanticity_scores(acts, torch.rand(500, 8, generator=gen))
+    assert (ms[~ms.isnan()].abs() <= 1 + 1e-6).all()

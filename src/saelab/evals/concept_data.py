@@ -58,7 +58,8 @@ class InputActivations:
         if how == "max":
             out = torch.full((self.n_inputs, values_TF.shape[1]), -torch.inf,
                              dtype=values_TF.dtype)
-            return out.scatter_reduce(0, index[:, None].expand_as(values_TF), values_TF, "amax")
+            index_TF = index[:, None].expand_as(values_TF).contiguous()
+            return out.scatter_reduce(0, index_TF, values_TF, "amax")
         raise ValueError(f"pool must be 'mean' or 'max', not {how!r}")
 
     def pooled_raw(self, how: Pool = "mean") -> Tensor:

@@ -149,9 +149,14 @@ def monosemanticity_scores(acts_NM: Tensor, embeddings_NE: Tensor) -> Tensor:
     numerator = (weighted_EM * weighted_EM).sum(0) - sum_sq
     denominator = norm.sum(0) ** 2 - sum_sq
     defined = (span > 0) & (denominator > 1e-12 * norm.sum(0).clamp_min(1) ** 2)
-    return torch.where(defined, numerator / torch.where(defined, denominator,
-                                                        torch.ones_like(denominator)),
-                       torch.full_like(denominator, NAN))
+    ms = torch.where(defined, numerator / torch.where(defined, denominator,
+                                                      torch.ones_like(denominator)),
+                     torch.full_like(denominator, NAN))
+    outside = (ms.abs() > 1 + 1e-6).nonzero().flatten().tolist()
+    if outside:  # a weighted mean of cosines cannot leave [-1, 1]: never report such a number
+        raise ArithmeticError(f"monosemanticity of units {outside[:10]} is outside [-1, 1] "
+                              "(numerical failure); please report it with the inputs")
+    return ms
 
 
 def monosemanticity_undefined(acts_NM: Tensor, names: list[str] | None = None
