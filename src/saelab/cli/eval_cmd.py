@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from saelab.cli import eval_concepts
 from saelab.cli.results import results_path, write_or_print
 from saelab.config import add_arguments, args_to_dict, from_dict
 from saelab.evals import core
@@ -19,24 +20,33 @@ def add_parser(sub: Any) -> None:
                        "on an activation file: L0, explained variance, MSE, cosine, shrinkage, "
                        "firing density (histogram plot), dead and dense latents. Formulas: "
                        "docs/metrics.md.")
-    p.add_argument("sae", help="SAE folder")
-    p.add_argument("--data", required=True,
-                   help="activations: .npy or .safetensors file, or a `saelab cache` folder")
+    p.add_argument("sae", nargs="+", help="SAE folder (several for the concept suite)")
+    p.add_argument("--data", help="activations: .npy or .safetensors file, or a `saelab cache` "
+                   "folder; --suite core only")
     p.add_argument("--data-key", default="",
                    help="tensor name inside a .safetensors file with several tensors")
     p.add_argument("--data-pair", dest="pair", nargs="+", default=[], metavar="PATH",
                    help="further activations read row by row with --data (a transcoder's "
                    "target, a crosscoder's other layers)")
-    p.add_argument("--out", help="results JSON file, or a folder to write eval.json into "
-                   "(default: <sae>/eval.json)")
+    p.add_argument("--suite", choices=eval_concepts.SUITES, default="core",
+                   help="core metrics (default), the concept suite (absorption, sparse probing, "
+                   "monosemanticity, concept cones) or one of those")
+    p.add_argument("--out", help="core: results JSON file, or a folder to write eval.json into "
+                   "(default: <sae>/eval.json); concept suite: a folder (default: <sae>/concepts)")
     p.add_argument("--no-plot", action="store_true", help="skip the density histogram PNG")
     add_arguments(p.add_argument_group("evaluation options"), core.CoreEvalConfig)
+    eval_concepts.add_concept_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.suite != "core":
+        return eval_concepts.run(args)
+    if args.data is None or len(args.sae) != 1:
+        parser.error("--suite core evaluates one SAE on --data ACTIVATIONS")
+    args.sae = args.sae[0]
     cfg = from_dict(core.CoreEvalConfig, args_to_dict(args, core.CoreEvalConfig))
     cfg.validate()
     out = results_path(args.out, Path(args.sae), "eval.json")
