@@ -16,6 +16,7 @@ from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
 from saelab.io import atomic_write_json, save
 from saelab.metrics.core import explained_variance
+from saelab.metrics.proxies import training_proxies
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
@@ -239,6 +240,8 @@ class Trainer:
             record.update(out.extras)
             if out.recon_BD is not None:
                 record["explained_variance"] = explained_variance(acts, out.recon_BD)
+            if self.train_cfg.log_proxies:
+                record.update(training_proxies(self.saes[name], acts))
             log.write(record)
 
     # ------------------------------------------------------------------ outputs
