@@ -7,7 +7,7 @@
 
 Success: both within ±20% of the true L0. Prints one JSON object at the end.
 
-Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/l0_search.py [--steps 4000] [--seeds 3]
+Usage: OMP_NUM_THREADS=1 nice -n 10 python benchmarks/l0_search.py [--steps 600] [--batch-size 512] [--seeds 3]
        [--out runs/bench_l0] [--part search|auto|both]
 """
 
@@ -36,13 +36,13 @@ def train_config(steps: int, batch_size: int, lr: float) -> TrainConfig:
 
 
 def search_part(toy: ToyModel, args: argparse.Namespace) -> dict:
-    cfg = L0SearchConfig(architecture="batchtopk", l0s=[4, 6, 8, 10, 11, 12, 14, 18, 24],
+    cfg = L0SearchConfig(architecture="batchtopk", l0s=[4, 6, 8, 11, 16, 24],
                          seeds=args.seeds, d_sae=toy.cfg.n_features,
                          sae_options={"threshold_start_step": args.steps // 2,
-                                      "threshold_beta": 0.99})
+                                      "threshold_beta": 0.99, "sparse_kernels": False})
     eval_acts, _ = toy.sample(16384, torch.Generator().manual_seed(4242))
     result = run_l0_search(lambda s: ToySource(toy, seed=s), cfg,
-                           train_config(args.steps, 1024, args.lr), args.out / "search", eval_acts)
+                           train_config(args.steps, args.batch_size, args.lr), args.out / "search", eval_acts)
     print((args.out / "search" / "report.md").read_text())
     curve = {p.k: {m: p.summary[m].to_dict() for m in ("c_dec", "s_n_dec", "l0", "mse")}
              for p in result.points}
@@ -61,8 +61,9 @@ def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
     learned, per_seed = [], []
     for seed in range(args.seeds):
         opts = {"architecture": "batchtopk", "d_sae": toy.cfg.n_features, "k": args.auto_start,
-                "auto_l0": True, "threshold_start_step": args.steps // 2, "threshold_beta": 0.99}
-        train = train_config(args.steps, 1024, args.lr)
+                "auto_l0": True, "threshold_start_step": args.steps // 2, "threshold_beta": 0.99,
+                "sparse_kernels": False}
+        train = train_config(args.steps, args.batch_size, args.lr)
         train.seed = seed
         sae = train_toy(toy, {"auto": opts}, train, args.out / f"auto_seed{seed}", data_seed=seed)["auto"]
         assert sae.auto_l0 is not None
@@ -81,9 +82,10 @@ def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--auto-start", type=int, default=30)
     parser.add_argument("--part", choices=("search", "auto", "both"), default="both")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_l0"))
@@ -91,7 +93,7 @@ def main() -> None:
     torch.set_num_threads(1)
     toy = ToyModel(ToyConfig.chanin_large())
     started = time.time()
-    result: dict = {"true_l0": toy.true_l0, "steps": args.steps, "batch_size": 1024,
+    result: dict = {"true_l0": toy.true_l0, "steps": args.steps, "batch_size": args.batch_size,
                     "seeds": args.seeds}
     if args.part in ("search", "both"):
         result["l0_search"] = search_part(toy, args)

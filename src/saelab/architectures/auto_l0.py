@@ -4,14 +4,16 @@ Not an architecture: a controller that TopK-family SAEs own when ``auto_l0 = tru
 the configured ``k`` (start high: moving L0 from high to low recovers the right features, from low
 to high does not) and, every ``auto_l0_every`` steps:
 
-1. m = mean of s_n^dec over the last ``auto_l0_window`` steps of the period (the SAE has had the
+1. m = mean of s_n^dec (or, with ``auto_l0_metric = "c_dec"``, of c_dec) over the last ``auto_l0_window`` steps of the period (the SAE has had the
    rest of the period to adapt to the current L0);
 2. ĝ = (m_t − m_{t−1}) / δ_{t−1}, the finite-difference slope of the proxy in L0;
 3. ĝ_b = clip(ĝ − b·|ĝ|, −1, 1): biased towards "raise L0" (too low an L0 is the worse error);
 4. one Adam step on L0 with ĝ_b as the gradient gives a proposed change; its size is clipped to
    [δ_min, δ_max] keeping its sign, so the next finite difference never divides by ~0.
 
-The first period has no slope yet and moves L0 down by δ_max. All state lives in buffers, so it
+Before that, the SAE trains at the starting L0 for ``auto_l0_start`` of training, because the proxy
+moves fast while the SAE first learns and would swamp the slope. The first period has no slope
+yet and moves L0 down by δ_max. All state lives in buffers, so it
 is checkpointed, resumed exactly and saved with the final SAE (``auto_l0.l0`` is the learned L0).
 """
 
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from saelab.config import ConfigError, option
-from saelab.metrics.proxies import nth_decoder_projection
+from saelab.metrics.proxies import decoder_pairwise_cosine, nth_decoder_projection
 
 _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
@@ -35,8 +38,13 @@ class AutoL0Options:
 
     auto_l0: bool = option(False, "learn L0 during training from the s_n^dec proxy, starting at k "
                                   "(start high); the learned L0 is logged and saved")
+    auto_l0_start: float = option(0.1, "auto-L0: share of training at the starting L0 before the "
+                                  "first change (the proxy drifts fast while the SAE first learns)")
     auto_l0_every: int = option(100, "auto-L0: steps between L0 changes")
     auto_l0_window: int = option(10, "auto-L0: steps at the end of each period averaged into m")
+    auto_l0_metric: Literal["s_n_dec", "c_dec"] = option(
+        "s_n_dec", "auto-L0: proxy minimised: s_n_dec (the paper's) or c_dec (costs latents²·d "
+        "per measured step)")
     auto_l0_n: int = option(0, "auto-L0: n of s_n^dec (0 = half the latents)")
     auto_l0_lr: float = option(1.0, "auto-L0: Adam learning rate on L0 (in L0 units)")
     auto_l0_bias: float = option(0.1, "auto-L0: b in ĝ_b = ĝ − b·|ĝ| (bias towards higher L0)")
@@ -56,6 +64,8 @@ class AutoL0Options:
         if not 0 < self.auto_l0_delta_min <= self.auto_l0_delta_max:
             raise ConfigError("auto-L0 needs 0 < auto_l0_delta_min <= auto_l0_delta_max, got "
                               f"{self.auto_l0_delta_min} and {self.auto_l0_delta_max}")
+        if not 0 <= self.auto_l0_start < 1:
+            raise ConfigError(f"auto_l0_start is a share of training in [0, 1), got {self.auto_l0_start}")
         if self.auto_l0_lr <= 0 or self.auto_l0_bias < 0 or self.auto_l0_min < 1:
             raise ConfigError("auto-L0 needs auto_l0_lr > 0, auto_l0_bias >= 0, auto_l0_min >= 1")
 
@@ -88,13 +98,20 @@ class AutoL0(nn.Module):
         return float(self.l0)
 
     @torch.no_grad()
-    def observe(self, step: int, acts_BD: Tensor, W_dec_MD: Tensor, b_dec_D: Tensor) -> None:
+    def observe(self, step: int, total_steps: int, acts_BD: Tensor, W_dec_MD: Tensor,
+                b_dec_D: Tensor) -> None:
         """Call once per training step, before the SAE's weights change in it."""
         every, window = self.opts.auto_l0_every, self.opts.auto_l0_window
-        phase = step % every
+        start = int(self.opts.auto_l0_start * total_steps)
+        if step < start:
+            return
+        phase = (step - start) % every
         if phase < every - window:
             return
-        self.window_sum += nth_decoder_projection(acts_BD, W_dec_MD, b_dec_D, self.n)
+        if self.opts.auto_l0_metric == "c_dec":
+            self.window_sum += decoder_pairwise_cosine(W_dec_MD)
+        else:
+            self.window_sum += nth_decoder_projection(acts_BD, W_dec_MD, b_dec_D, self.n)
         self.window_count += 1
         if phase == every - 1:
             self._update(float(self.window_sum / self.window_count))
@@ -119,7 +136,13 @@ class AutoL0(nn.Module):
         size = min(o.auto_l0_delta_max, max(o.auto_l0_delta_min, abs(proposal)))
         direction = -1.0 if proposal < 0 else 1.0
         old = float(self.l0)
-        new = min(float(self.d_sae), max(o.auto_l0_min, old + direction * size))
+        low, high = o.auto_l0_min, float(self.d_sae)
+        new = min(high, max(low, old + direction * size))
+        if abs(new - old) < o.auto_l0_delta_min:
+            # Pinned at a bound: step back inside and forget the momentum that pushed it there,
+            # so the next slope is measured rather than the controller staying stuck.
+            new = min(high, max(low, old - direction * o.auto_l0_delta_min))
+            self.adam_m.zero_()
         self.prev_metric.fill_(prev)
         self.metric.fill_(metric)
         self.delta.fill_(new - old)

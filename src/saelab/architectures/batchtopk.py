@@ -19,6 +19,9 @@ from saelab.registry import register
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
+    # BatchTopK keeps round(B·k) entries per batch, so a fractional mean L0 is meaningful.
+    k: float = option(32, "mean active latents per row over a batch; may be fractional "  # type: ignore[assignment]
+                      "(round(batch·k) entries are kept)")
     threshold_beta: float = option(0.999, "EMA factor of the inference threshold θ")
     threshold_start_step: int = option(
         1000, "step from which θ is tracked (early batches are unrepresentative)"

@@ -99,7 +99,7 @@ class TopKFamilySAE(SAE):
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         if self.auto_l0 is not None and self.training:
-            self.auto_l0.observe(ctx.step, acts_BD, self.W_dec, self.b_dec)
+            self.auto_l0.observe(ctx.step, ctx.total_steps, acts_BD, self.W_dec, self.b_dec)
         out = self.sparse_loss(acts_BD, ctx) if self.cfg.sparse_kernels else self.dense_loss(acts_BD, ctx)
         if self.auto_l0 is not None:
             out.extras.update(self.auto_l0.log_extras())
