@@ -1,14 +1,11 @@
 """Automatic L0: the controller's update rule, and that it moves L0 toward the truth on a toy."""
 
-import json
-import math
 
 import pytest
 import torch
 
 from saelab.architectures.auto_l0 import AutoL0, AutoL0Options
 from saelab.data.toy import ToySource
-from saelab.io import load
 from saelab.registry import config_from_dict
 from saelab.toy import ToyConfig, ToyModel
 from saelab.training import TrainConfig, Trainer

@@ -16,7 +16,7 @@ def _sample(cfg: ToyConfig, n: int = 100_000) -> tuple[torch.Tensor, torch.Tenso
 def test_hierarchy_firing_structure():
     cfg = ToyConfig.hierarchical()
     model = ToyModel(cfg)
-    acts, codes = _sample(cfg)
+    _, codes = _sample(cfg)
     fires = codes > 0
     assert cfg.hierarchy is not None
     for parent, *children in cfg.hierarchy:
@@ -59,13 +59,13 @@ def test_orthogonalised_superposition_spreads_features():
 
 def test_hierarchy_validation_names_the_problem():
     base = {"n_features": 4, "d_model": 8, "firing": "explicit", "correlation": "none"}
-    with pytest.raises(ValueError, match="sum to 0.6, more than parent 0"):
+    with pytest.raises(ValueError, match=r"sum to 0\.6, more than parent 0"):
         ToyConfig(**base, firing_probs=[0.5, 0.3, 0.3, 0.1], hierarchy=[[0, 1, 2]])
     with pytest.raises(ValueError, match="child in two hierarchy groups"):
         ToyConfig(**base, firing_probs=[0.5, 0.5, 0.1, 0.1], hierarchy=[[0, 2], [1, 2]])
     with pytest.raises(ValueError, match="cycle"):
         ToyConfig(**base, firing_probs=[0.3, 0.3, 0.1, 0.1], hierarchy=[[0, 1], [1, 0]])
-    with pytest.raises(ValueError, match="outside 0..3"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.3"):
         ToyConfig(**base, firing_probs=[0.5, 0.3, 0.3, 0.1], hierarchy=[[0, 7]])
 
 

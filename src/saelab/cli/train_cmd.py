@@ -9,9 +9,9 @@ from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
+from saelab.metrics.seeds import cross_seed_consistency, summarise_seeds
 from saelab.ops import tune_cpu_allocator
 from saelab.registry import architectures, get_architecture
-from saelab.metrics.seeds import cross_seed_consistency, summarise_seeds
 from saelab.run_config import DataConfig, RunConfig, load_run_config, seed_name
 from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
