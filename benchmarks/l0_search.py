@@ -2,8 +2,9 @@
 
 1. `l0-search`: BatchTopK SAEs over a grid of L0 values × N seeds; the elbow rule on c_dec picks
    the L0 (saelab.search.l0). Prints the curve (mean ± 95% interval over seeds) and the choice.
-2. `--auto-l0`: one BatchTopK SAE per seed starting high (k = 30) with the automatic-L0
-   controller; prints the learned L0 per seed and its mean ± 95% interval.
+2. `--auto-l0`: one BatchTopK SAE per seed starting high (k = --auto-start) with the
+   automatic-L0 controller on --auto-metric; prints the learned L0 per seed and its mean ± 95%
+   interval.
 
 Success: both within ±20% of the true L0. Prints one JSON object at the end.
 
@@ -61,13 +62,15 @@ def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
     learned, per_seed = [], []
     for seed in range(args.seeds):
         opts = {"architecture": "batchtopk", "d_sae": toy.cfg.n_features, "k": args.auto_start,
-                "auto_l0": True, "threshold_start_step": args.steps // 2, "threshold_beta": 0.99,
+                "auto_l0": True, "auto_l0_metric": args.auto_metric,
+                "threshold_start_step": args.auto_steps // 2, "threshold_beta": 0.99,
                 "sparse_kernels": False}
-        train = train_config(args.steps, args.batch_size, args.lr)
+        train = train_config(args.auto_steps, args.batch_size, args.lr)
         train.seed = seed
-        sae = train_toy(toy, {"auto": opts}, train, args.out / f"auto_seed{seed}", data_seed=seed)["auto"]
+        folder = args.out / f"auto_{args.auto_metric}_from{args.auto_start}_seed{seed}"
+        sae = train_toy(toy, {"auto": opts}, train, folder, data_seed=seed)["auto"]
         assert sae.auto_l0 is not None
-        trace = [json.loads(line) for line in (args.out / f"auto_seed{seed}" / "metrics.jsonl").open()]
+        trace = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
         score = score_sae("auto", sae, toy)
         learned.append(sae.auto_l0.value)
         per_seed.append({"seed": seed, "learned_l0": sae.auto_l0.value, "eval_l0": score.l0,
@@ -76,7 +79,8 @@ def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
         print(f"auto-L0 seed {seed}: learned L0 {sae.auto_l0.value:.2f} (start {args.auto_start}); "
               f"eval L0 {score.l0:.2f}, Stab vs truth {score.stability:.3f}")
     ci = mean_ci(learned)
-    return {"start_l0": args.auto_start, "learned_l0": ci.to_dict(), "per_seed": per_seed,
+    return {"start_l0": args.auto_start, "metric": args.auto_metric, "steps": args.auto_steps,
+            "learned_l0": ci.to_dict(), "per_seed": per_seed,
             "within_20pct_all_seeds": all(abs(v / toy.true_l0 - 1) <= 0.2 for v in learned)}
 
 
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--auto-start", type=int, default=30)
+    parser.add_argument("--auto-steps", type=int, default=3000)
+    parser.add_argument("--auto-metric", choices=("s_n_dec", "c_dec"), default="s_n_dec")
     parser.add_argument("--part", choices=("search", "auto", "both"), default="both")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_l0"))
     args = parser.parse_args()
