@@ -60,13 +60,14 @@ def search_part(toy: ToyModel, args: argparse.Namespace) -> dict:
 
 def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
     learned, per_seed = [], []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         opts = {"architecture": "batchtopk", "d_sae": toy.cfg.n_features, "k": args.auto_start,
                 "auto_l0": True, "auto_l0_metric": args.auto_metric,
+                "auto_l0_dither": args.auto_dither,
                 "threshold_start_step": args.auto_steps // 2, "threshold_beta": 0.99,
                 "sparse_kernels": False}
         train = train_config(args.auto_steps, args.batch_size, args.lr)
-        train.seed = seed
+        train.seed, train.lr_decay_start = seed, 1.0
         folder = args.out / f"auto_{args.auto_metric}_from{args.auto_start}_seed{seed}"
         sae = train_toy(toy, {"auto": opts}, train, folder, data_seed=seed)["auto"]
         assert sae.auto_l0 is not None
@@ -80,6 +81,7 @@ def auto_part(toy: ToyModel, args: argparse.Namespace) -> dict:
               f"eval L0 {score.l0:.2f}, Stab vs truth {score.stability:.3f}")
     ci = mean_ci(learned)
     return {"start_l0": args.auto_start, "metric": args.auto_metric, "steps": args.auto_steps,
+            "dither": args.auto_dither,
             "learned_l0": ci.to_dict(), "per_seed": per_seed,
             "within_20pct_all_seeds": all(abs(v / toy.true_l0 - 1) <= 0.2 for v in learned)}
 
@@ -90,9 +92,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--auto-start", type=int, default=30)
+    parser.add_argument("--auto-start", type=int, default=20)
     parser.add_argument("--auto-steps", type=int, default=3000)
-    parser.add_argument("--auto-metric", choices=("s_n_dec", "c_dec"), default="s_n_dec")
+    parser.add_argument("--auto-metric", choices=("s_n_dec", "c_dec"), default="c_dec")
+    parser.add_argument("--auto-dither", type=float, default=1.0)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--part", choices=("search", "auto", "both"), default="both")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_l0"))
     args = parser.parse_args()

@@ -108,7 +108,7 @@ class TopKFamilySAE(SAE):
     def current_l0(self, ctx: StepContext | None = None) -> float:
         """The target L0 now: the learned one under auto-L0, else k (with its warm-up)."""
         if self.auto_l0 is not None:
-            return self.auto_l0.value
+            return self.auto_l0.applied if self.training else self.auto_l0.value
         return float(self.cfg.k if ctx is None else self.cfg.k_at(ctx.step, ctx.total_steps))
 
     def current_k(self, ctx: StepContext | None = None) -> int:
