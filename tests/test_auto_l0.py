@@ -16,7 +16,7 @@ from saelab.training import TrainConfig, Trainer
 
 def _controller(**opts: float) -> AutoL0:
     o = AutoL0Options(auto_l0=True, auto_l0_every=10, auto_l0_window=2, auto_l0_start=0.0,
-                      **opts)  # type: ignore[arg-type]
+                      auto_l0_dither=0.0, **opts)  # type: ignore[arg-type]
     return AutoL0(o, start_l0=20.0, d_sae=64)
 
 
@@ -43,7 +43,8 @@ def test_bias_pushes_up_when_the_slope_is_noise_free_zero():
 
 
 def test_pinned_at_a_bound_steps_back_inside():
-    o = AutoL0Options(auto_l0=True, auto_l0_every=10, auto_l0_window=2, auto_l0_start=0.0)
+    o = AutoL0Options(auto_l0=True, auto_l0_every=10, auto_l0_window=2, auto_l0_start=0.0,
+                      auto_l0_dither=0.0)
     ctl = AutoL0(o, start_l0=1.2, d_sae=8)
     ctl._update(1.0)  # wants −2, clipped to 1.0: |δ| = 0.2 < δ_min → bounces up by δ_min
     assert ctl.value == pytest.approx(1.7)
@@ -62,7 +63,7 @@ def _train(tmp_path, steps: int, seed: int = 0, checkpoint_every: int = 0):
                         progress=False, measure_peak=False, init_samples=1024, seed=seed)
     cfg = config_from_dict({"architecture": "batchtopk", "d_sae": 12, "k": 8, "auto_l0": True,
                             "auto_l0_every": 25, "auto_l0_window": 5, "auto_l0_start": 0.1,
-                            "auto_l0_metric": "c_dec", "auto_l0_delta_min": 1.0,
+                            "auto_l0_metric": "c_dec", "auto_l0_stop": 0.9,
                             "sparse_kernels": False,
                             "threshold_start_step": steps // 2})
     return toy, Trainer({"a": cfg}, train, ToySource(toy, seed=seed), tmp_path)
@@ -74,11 +75,14 @@ def test_auto_l0_moves_toward_the_truth_on_a_tiny_toy(tmp_path, seed):
     start = trainer.saes["a"].cfg.k
     sae = trainer.fit()["a"]
     learned = sae.auto_l0.value
-    # started at 8 with the truth at 2.4: it must end at least twice as close to the truth
-    assert abs(learned - toy.true_l0) < 0.5 * abs(start - toy.true_l0), learned
+    # started at 8 with the truth at 2.4: it must end within 1 of the truth (the same run with
+    # the update's sign flipped ends 2.6-2.9 away)
+    assert abs(learned - toy.true_l0) < 1.0, learned
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert records[-1]["auto_l0"] == pytest.approx(learned)
     assert records[0]["auto_l0"] == start  # logged from the first record, unchanged in warm-up
+    # the dither is gone once the controller stops: training ends at the learned L0
+    assert records[-1]["auto_l0_applied"] == pytest.approx(learned)
     saved = load(tmp_path / "final" / "a")
     assert saved.auto_l0.value == pytest.approx(learned)
     assert not math.isnan(float(saved.auto_l0.metric))

@@ -54,9 +54,9 @@ class AutoL0Options:
     auto_l0_delta_max: float = option(2.0, "auto-L0: largest |δ| per change, in [1, 5]")
     auto_l0_min: float = option(1.0, "auto-L0: L0 never goes below this")
     auto_l0_dither: float = option(
-        0.0, "auto-L0: if > 0, alternate the applied L0 by ± this around the learned one and "
-             "estimate the slope from second differences, which cancels the proxy's drift "
-             "during training (saelab's addition; 0 = the paper's first differences)")
+        1.0, "auto-L0: alternate the applied L0 by ± this around the learned one and estimate "
+             "the slope from second differences, which cancels the proxy's drift during "
+             "training (saelab's addition; 0 = the paper's first differences)")
 
     def validate_auto_l0(self, d_sae: int) -> None:
         if not self.auto_l0:
