@@ -605,7 +605,7 @@ def orthogonalise_directions(rows_GD: torch.Tensor, steps: int = _ORTHOGONALISE_
         loss.backward()
         optimiser.step()
         with torch.no_grad():
-            rows /= rows.norm(dim=1, keepdim=True)
+            rows.div_(rows.norm(dim=1, keepdim=True))
     return rows.detach()
 
 
