@@ -4,7 +4,7 @@ Not an architecture: a controller that TopK-family SAEs own when ``auto_l0 = tru
 the configured ``k`` (start high: moving L0 from high to low recovers the right features, from low
 to high does not) and, every ``auto_l0_every`` steps:
 
-1. m = mean of s_n^dec (or, with ``auto_l0_metric = "c_dec"``, of c_dec) over the last ``auto_l0_window`` steps of the period (the SAE has had the
+1. m = mean of the proxy (``auto_l0_metric``: c_dec by default, or the paper's s_n^dec) over the last ``auto_l0_window`` steps of the period (the SAE has had the
    rest of the period to adapt to the current L0);
 2. ĝ = (m_t − m_{t−1}) / δ_{t−1}, the finite-difference slope of the proxy in L0;
 3. ĝ_b = clip(ĝ − b·|ĝ|, −1, 1): biased towards "raise L0" (too low an L0 is the worse error);
@@ -36,8 +36,8 @@ _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 class AutoL0Options:
     """Options of the automatic-L0 controller (mixed into TopK-family configs)."""
 
-    auto_l0: bool = option(False, "learn L0 during training from the s_n^dec proxy, starting at k "
-                                  "(start high); the learned L0 is logged and saved")
+    auto_l0: bool = option(False, "learn L0 during training from a correct-L0 proxy, starting at "
+                                  "k (start high); the learned L0 is logged and saved")
     auto_l0_start: float = option(0.1, "auto-L0: share of training at the starting L0 before the "
                                   "first change (the proxy drifts fast while the SAE first learns)")
     auto_l0_stop: float = option(0.5, "auto-L0: share of training after which L0 stays fixed at "
@@ -45,8 +45,8 @@ class AutoL0Options:
     auto_l0_every: int = option(100, "auto-L0: steps between L0 changes")
     auto_l0_window: int = option(10, "auto-L0: steps at the end of each period averaged into m")
     auto_l0_metric: Literal["s_n_dec", "c_dec"] = option(
-        "s_n_dec", "auto-L0: proxy minimised: s_n_dec (the paper's) or c_dec (costs latents²·d "
-        "per measured step)")
+        "c_dec", "auto-L0: proxy minimised: c_dec (costs latents²·d per measured step, about "
+        "10% of steps) or s_n_dec (the paper's appendix; less reliable on saelab's toy runs)")
     auto_l0_n: int = option(0, "auto-L0: n of s_n^dec (0 = half the latents)")
     auto_l0_lr: float = option(1.0, "auto-L0: Adam learning rate on L0 (in L0 units)")
     auto_l0_bias: float = option(0.1, "auto-L0: b in ĝ_b = ĝ − b·|ĝ| (bias towards higher L0)")
