@@ -33,15 +33,28 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     saes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: int = option(1, "train every SAE this many times from different initialisations "
+                        "(named NAME_seed0, NAME_seed1, ...) for mean ± 95% intervals")
 
     def sae_configs(self) -> dict[str, SAEConfig]:
         if not self.saes:
             raise ConfigError("the run has no SAEs: add a [saes.NAME] table or pass --arch")
-        return {name: config_from_dict(dict(opts), where=f"saes.{name}")
-                for name, opts in self.saes.items()}
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        configs = {name: config_from_dict(dict(opts), where=f"saes.{name}")
+                   for name, opts in self.saes.items()}
+        if self.seeds == 1:
+            return configs
+        # The trainer seeds each SAE's initialisation by its position, so copies differ.
+        return {seed_name(name, s): cfg for name, cfg in configs.items() for s in range(self.seeds)}
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def seed_name(name: str, seed: int) -> str:
+    """The name of seed `seed` of SAE `name` in a run with several seeds."""
+    return f"{name}_seed{seed}"
 
 
 def load_run_config(data: dict[str, Any]) -> RunConfig:

@@ -19,6 +19,9 @@ from saelab.registry import register
 
 @dataclass
 class BatchTopKConfig(TopKConfig):
+    # BatchTopK keeps round(B·k) entries per batch, so a fractional mean L0 is meaningful.
+    k: float = option(32, "mean active latents per row over a batch; may be fractional "  # type: ignore[assignment]
+                      "(round(batch·k) entries are kept)")
     threshold_beta: float = option(0.999, "EMA factor of the inference threshold θ")
     threshold_start_step: int = option(
         1000, "step from which θ is tracked (early batches are unrepresentative)"
@@ -30,10 +33,11 @@ class BatchTopKConfig(TopKConfig):
             raise ConfigError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
 
 
-def batch_topk_codes(pre_BM: Tensor, k: int) -> Tensor:
-    """Dense codes keeping the B·k largest rectified pre-activations of the whole batch."""
+def batch_topk_codes(pre_BM: Tensor, k: float) -> Tensor:
+    """Dense codes keeping the round(B·k) largest rectified pre-activations of the whole batch
+    (k may be fractional, as under auto-L0)."""
     flat = torch.relu(pre_BM).flatten()
-    n = min(flat.numel(), k * pre_BM.shape[0])
+    n = min(flat.numel(), max(1, round(k * pre_BM.shape[0])))
     vals, idx = flat.topk(n, sorted=False)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre_BM)
 
@@ -46,6 +50,7 @@ class BatchTopKSAE(TopKFamilySAE):
 
     config_class = BatchTopKConfig
     cfg: BatchTopKConfig
+    supports_auto_l0 = True
     threshold: Tensor
 
     def __init__(self, cfg: SAEConfig) -> None:
@@ -56,12 +61,12 @@ class BatchTopKSAE(TopKFamilySAE):
     def encode(self, acts_BD: Tensor) -> Tensor:
         pre = self.pre_acts(acts_BD)
         if float(self.threshold) < 0:
-            return batch_topk_codes(pre, self.cfg.k)
+            return batch_topk_codes(pre, self.current_l0())
         return pre * (pre > self.threshold)
 
     def select(self, pre_BM: Tensor, ctx: StepContext) -> Tensor:
         """Dense reference selection (and threshold update)."""
-        codes = batch_topk_codes(pre_BM, self.cfg.k_at(ctx.step, ctx.total_steps))
+        codes = batch_topk_codes(pre_BM, self.current_l0(ctx))
         if self.training:
             self.update_threshold(codes[codes > 0], ctx.step)
         return codes
@@ -69,8 +74,7 @@ class BatchTopKSAE(TopKFamilySAE):
     def select_sparse(self, acts_BD: Tensor, ctx: StepContext) -> tuple[SparseCodes, SparseCodes | None]:
         """Sparse-path selection (and threshold update) with the AuxK codes."""
         enc = batch_topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
-                                self.cfg.k_at(ctx.step, ctx.total_steps),
-                                matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+                                self.current_l0(ctx), matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
         if self.training:
             values = enc.codes.values.detach()
             self.update_threshold(values[values > 0], ctx.step)

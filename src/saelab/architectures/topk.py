@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from saelab.architectures.auto_l0 import AutoL0, AutoL0Options
 from saelab.architectures.base import (
     SAE,
     LossOutput,
@@ -31,7 +32,7 @@ MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
-class TopKConfig(SAEConfig):
+class TopKConfig(AutoL0Options, SAEConfig):
     k: int = option(32, "active latents per row")
     k_aux: int = option(0, "latents in the AuxK reconstruction of the residual; 0 = d_in // 2")
     aux_coefficient: float = option(1 / 32, "weight α of the AuxK loss (0 turns it off)")
@@ -56,6 +57,9 @@ class TopKConfig(SAEConfig):
             raise ConfigError(f"k_aux must be >= 0 (0 = d_in // 2), got {self.k_aux}")
         if self.matmul_dtype != "float32" and not self.sparse_kernels:
             raise ConfigError("matmul_dtype other than float32 needs sparse_kernels = true")
+        if self.auto_l0 and self.k_start:
+            raise ConfigError("auto_l0 and k_start both schedule k; use one of them")
+        self.validate_auto_l0(self.d_sae)
 
     def k_at(self, step: int, total_steps: int) -> int:
         """k for this step under the optional linear k warm-up."""
@@ -75,9 +79,18 @@ class TopKFamilySAE(SAE):
     """Shared parts of SAEs whose codes come from a top-k selection."""
 
     cfg: TopKConfig
+    #: whether this architecture's selection follows a learned (fractional) L0 when auto_l0 is on
+    supports_auto_l0: bool = False
+    auto_l0: AutoL0 | None
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
+        self.auto_l0 = None
+        if self.cfg.auto_l0:
+            if not self.supports_auto_l0:
+                raise ConfigError(f"auto_l0 is not available for {self.name!r}; use topk, "
+                                  "batchtopk or matryoshka")
+            self.auto_l0 = AutoL0(self.cfg, float(self.cfg.k), self.cfg.d_sae)
         if self.cfg.matmul_dtype != "float32" and not native_low_precision_matmul():
             warnings.warn(
                 f"matmul_dtype={self.cfg.matmul_dtype}: this CPU has no native bf16 matrix "
@@ -87,9 +100,22 @@ class TopKFamilySAE(SAE):
             )
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
-        if self.cfg.sparse_kernels:
-            return self.sparse_loss(acts_BD, ctx)
-        return self.dense_loss(acts_BD, ctx)
+        if self.auto_l0 is not None and self.training:
+            self.auto_l0.observe(ctx.step, ctx.total_steps, acts_BD, self.W_dec, self.b_dec)
+        out = self.sparse_loss(acts_BD, ctx) if self.cfg.sparse_kernels else self.dense_loss(acts_BD, ctx)
+        if self.auto_l0 is not None:
+            out.extras.update(self.auto_l0.log_extras())
+        return out
+
+    def current_l0(self, ctx: StepContext | None = None) -> float:
+        """The target L0 now: the learned one under auto-L0, else k (with its warm-up)."""
+        if self.auto_l0 is not None:
+            return self.auto_l0.applied if self.training else self.auto_l0.value
+        return float(self.cfg.k if ctx is None else self.cfg.k_at(ctx.step, ctx.total_steps))
+
+    def current_k(self, ctx: StepContext | None = None) -> int:
+        """Latents kept per row now (the target L0 rounded, at least 1)."""
+        return max(1, round(self.current_l0(ctx)))
 
     @abstractmethod
     def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
@@ -102,7 +128,7 @@ class TopKFamilySAE(SAE):
     def matmul_flops_per_token(self) -> float:
         if not self.cfg.sparse_kernels:
             return super().matmul_flops_per_token()
-        d, m, k = self.cfg.d_in, self.cfg.d_sae, self.cfg.k
+        d, m, k = self.cfg.d_in, self.cfg.d_sae, self.current_l0()
         # dense encoder product + sparse decode, its backward and the sparse encoder backward
         return 2.0 * d * m + 8.0 * k * d
 
@@ -171,13 +197,13 @@ class TopKSAE(TopKFamilySAE):
     """f = ReLU(TopK_k((x − b_dec)·W_enc + b_enc)); loss = ‖x − x̂‖² + α·AuxK."""
 
     config_class = TopKConfig
+    supports_auto_l0 = True
 
     def encode(self, acts_BD: Tensor) -> Tensor:
-        return topk_codes(self.pre_acts(acts_BD), self.cfg.k)
+        return topk_codes(self.pre_acts(acts_BD), self.current_k())
 
     def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
-        enc = topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
-                          self.cfg.k_at(ctx.step, ctx.total_steps),
+        enc = topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec, self.current_k(ctx),
                           matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
         recon = sparse_decode(enc.codes, self.W_dec, self.b_dec)
         mse = recon_loss(acts_BD, recon)
@@ -185,7 +211,7 @@ class TopKSAE(TopKFamilySAE):
 
     def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)
-        codes = topk_codes(pre, self.cfg.k_at(ctx.step, ctx.total_steps))
+        codes = topk_codes(pre, self.current_k(ctx))
         recon = self.decode(codes)
         mse = recon_loss(acts_BD, recon)
         return self.finish_loss(acts_BD, pre, codes, recon, mse, ctx, {"mse": mse})

@@ -24,7 +24,8 @@ def add_parser(sub: Any) -> None:
         "results.json, report.md, report.html and recovery.png to --out.")
     p.add_argument("--preset", choices=sorted(PRESETS), default="chanin_large",
                    help="toy model: chanin_large (g=50, d=100, L0≈11), osae (g=100, d=80, L0=5, "
-                   "Zipf 1.2), chanin_small (g=5, d=20, L0=2)")
+                   "Zipf 1.2), chanin_small (g=5, d=20, L0=2), hierarchical (g=40 in d=32, "
+                   "parent/child hierarchies, data mean, L0=5.2)")
     p.add_argument("--archs", default=",".join(sorted(architectures())),
                    help="comma-separated architectures (default: all)")
     p.add_argument("--steps", type=int, default=3000, help="training steps")

@@ -10,9 +10,10 @@ from typing import Any
 
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
+from saelab.metrics.seeds import cross_seed_consistency, summarise_seeds
 from saelab.ops import tune_cpu_allocator
 from saelab.registry import architectures, get_architecture
-from saelab.run_config import DataConfig, RunConfig, load_run_config
+from saelab.run_config import DataConfig, RunConfig, load_run_config, seed_name
 from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
 
@@ -35,6 +36,9 @@ def add_parser(sub: Any) -> None:
     add_arguments(p.add_argument_group("data options"), DataConfig, prefix="data_", skip=("path",))
     p.add_argument("--arch", choices=sorted(architectures()), help="architecture of a single SAE")
     p.add_argument("--name", help="name of that SAE (default: the architecture name)")
+    p.add_argument("--seeds", type=int, help="train each SAE N times from different "
+                   "initialisations (NAME_seed0..); prints mean ± 95%% interval and Stab/Ord "
+                   "across seeds")
     p.add_argument("--fresh", action="store_true",
                    help="refuse to resume: fail if --out already has checkpoints")
     p.add_argument("--allow-data-change", action="store_true",
@@ -57,6 +61,8 @@ def build_run_config(args: argparse.Namespace, extra: list[str]) -> RunConfig:
     data: dict[str, Any] = load_file(args.config) if args.config else {}
     if args.out is not None:
         data["out"] = args.out
+    if args.seeds is not None:
+        data["seeds"] = args.seeds
     data_section = dict(data.get("data", {}))
     data_section.update(args_to_dict(args, DataConfig, prefix="data_"))
     data["data"] = data_section
@@ -101,5 +107,32 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         warnings.showwarning = _one_line_warning
         final = trainer.fit(resume=not args.fresh, allow_data_change=args.allow_data_change)
     summary = {name: str(trainer.out_dir / "final" / name) for name in final}
-    print(json.dumps({"saved": summary}, indent=2))
+    report: dict[str, Any] = {"saved": summary}
+    if cfg.seeds > 1:
+        report["across_seeds"] = seed_summary(trainer, list(cfg.saes), cfg.seeds)
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def seed_summary(trainer: Trainer, names: list[str], seeds: int) -> dict[str, Any]:
+    """Per SAE: the last logged metrics as mean ± 95% interval over seeds, and Stab/Ord between
+    the seeds' decoders."""
+    last: dict[str, dict[str, float]] = {}
+    log = trainer.out_dir / "metrics.jsonl"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            last[record["sae"]] = record
+    out: dict[str, Any] = {}
+    for name in names:
+        members = [seed_name(name, s) for s in range(seeds)]
+        metrics = [{k: v for k, v in last[m].items() if k not in ("step", "tokens", "time", "sae")}
+                   for m in members if m in last]
+        entry: dict[str, Any] = {}
+        if len(metrics) == seeds:
+            entry["last_logged"] = {k: ci.to_dict() for k, ci in summarise_seeds(metrics).items()}
+        consistency = cross_seed_consistency([trainer.saes[m].W_dec.detach() for m in members])
+        entry["stability_across_seeds"] = consistency.stability.to_dict()
+        entry["orderedness_across_seeds"] = consistency.orderedness.to_dict()
+        out[name] = entry
+    return out

@@ -19,6 +19,7 @@ from saelab.data.base import DataError, check_finite
 from saelab.data.paired import PairedSource, open_paired
 from saelab.io import atomic_write_json
 from saelab.metrics.core import CoreMetrics, CoreMetricsAccumulator
+from saelab.metrics.proxies import DEFAULT_PROXY_BATCH, ProxyAccumulator, ProxyMetrics
 
 
 @dataclass
@@ -26,6 +27,8 @@ class CoreEvalConfig:
     max_rows: int = option(200_000, "evaluate on at most this many rows (0 = all)")
     batch_size: int = option(4096, "rows per forward pass")
     dense_threshold: float = option(0.1, "firing density above which a latent counts as dense")
+    proxy_n: int = option(0, "n of the nth decoder projection s_n^dec (0 = half the latents)")
+    proxy_batch_size: int = option(DEFAULT_PROXY_BATCH, "rows per batch of s_n^dec")
 
     def validate(self) -> None:
         if self.batch_size <= 0:
@@ -41,10 +44,23 @@ class CoreEvalResult:
     sae_path: str
     data_path: str
     metrics: CoreMetrics
+    proxies: ProxyMetrics | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sae": self.sae_path, "data": self.data_path,
-                "metrics": self.metrics.to_dict(include_density=True)}
+        out = {"sae": self.sae_path, "data": self.data_path,
+               "metrics": self.metrics.to_dict(include_density=True)}
+        if self.proxies is not None:
+            out["proxies"] = self.proxies.to_dict()
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        """Every scalar metric, proxies included (c_dec, s_n_dec), as one flat dict."""
+        out: dict[str, float] = {k: float(v) for k, v in self.metrics.to_dict().items()
+                                 if isinstance(v, int | float)}
+        if self.proxies is not None:
+            out["c_dec"] = self.proxies.decoder_pairwise_cosine
+            out["s_n_dec"] = self.proxies.nth_decoder_projection
+        return out
 
     def write(self, path: Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -52,8 +68,9 @@ class CoreEvalResult:
 
 @torch.no_grad()
 def evaluate_on_array(sae: SAE, array: Any, cfg: CoreEvalConfig,
-                      where: str = "data") -> CoreMetrics:
-    """Stream rows through the SAE (in order; the metrics are order-free) and accumulate."""
+                      where: str = "data", proxies: ProxyAccumulator | None = None) -> CoreMetrics:
+    """Stream rows through the SAE (in order; the metrics are order-free) and accumulate; the
+    reconstruction targets also go to `proxies` when given."""
     if array.shape[1] != sae.data_width:
         raise DataError(f"{where} has width {array.shape[1]} but the SAE expects rows of width "
                         f"{sae.data_width}; evaluate on activations from the SAE's hook(s)")
@@ -66,6 +83,8 @@ def evaluate_on_array(sae: SAE, array: Any, cfg: CoreEvalConfig,
         inputs, target = sae.split_data(x)  # a transcoder predicts a target from its input
         codes = sae.encode(inputs)
         acc.update(target, sae.reconstruct(inputs, codes), codes)
+        if proxies is not None:
+            proxies.update(target)
     return acc.compute()
 
 
@@ -103,8 +122,14 @@ def open_rows(data_path: str, key: str = "", pair: list[str] | None = None) -> A
 def run(sae: SAE, sae_path: str, data_path: str, cfg: CoreEvalConfig,
         data_key: str = "", pair: list[str] | None = None) -> CoreEvalResult:
     cfg.validate()
-    metrics = evaluate_on_array(sae, open_rows(data_path, data_key, pair), cfg, where=data_path)
-    return CoreEvalResult(sae_path, " + ".join([data_path, *(pair or [])]), metrics)
+    rows = open_rows(data_path, data_key, pair)
+    # The proxies read the decoder against what it reconstructs; they need its output width to
+    # be the row width (plain SAEs and crosscoders, not transcoders' [input | target] rows).
+    proxies = (ProxyAccumulator(sae.W_dec, sae.b_dec, cfg.proxy_n or None, cfg.proxy_batch_size)
+               if sae.cfg.d_sae >= 2 and sae.W_dec.shape[1] == rows.shape[1] else None)
+    metrics = evaluate_on_array(sae, rows, cfg, where=data_path, proxies=proxies)
+    return CoreEvalResult(sae_path, " + ".join([data_path, *(pair or [])]), metrics,
+                          proxies.compute() if proxies is not None else None)
 
 
 def density_histogram(result: CoreEvalResult, path: Path) -> Path:

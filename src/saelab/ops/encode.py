@@ -8,6 +8,7 @@ matmul.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -185,8 +186,8 @@ def _global_topk(
         width_B[rows_S] = c
 
 
-def _select_batch(pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | None) -> _Entries:
-    """BatchTopK: the B·k largest entries of the whole batch, grouped by row."""
+def _select_batch(pre: _Preacts, k: float, n_cand: int, aux_sel: _AuxSelector | None) -> _Entries:
+    """BatchTopK: the round(B·k) largest entries of the whole batch, grouped by row."""
     B, M = pre.n_rows, pre.n_latents
     c = min(M, max(n_cand, 1))
     cand = _select_per_row(pre, c, aux_sel)
@@ -200,7 +201,7 @@ def _select_batch(pre: _Preacts, k: int, n_cand: int, aux_sel: _AuxSelector | No
         return _Entries(rows_S.repeat_interleave(width), i_SC.reshape(-1), v_SC.reshape(-1))
 
     width_B = torch.full((B,), c, dtype=torch.long, device=pre.W_DM.device)
-    chosen = _global_topk(cand, width_B, B * k, M, refill)
+    chosen = _global_topk(cand, width_B, max(1, round(B * k)), M, refill)
     # ReLU would zero non-positive winners anyway; dropping them keeps the codes truly sparse.
     pos_N = chosen.vals_N > 0
     order_N = torch.argsort(chosen.rows_N[pos_N].int())
@@ -303,7 +304,7 @@ def batch_topk_encode(
     W_enc_DM: Tensor,
     b_enc_M: Tensor,
     b_dec_D: Tensor,
-    k: int,
+    k: float,
     *,
     matmul_dtype: torch.dtype | None = None,
     aux: AuxSpec | None = None,
@@ -311,7 +312,8 @@ def batch_topk_encode(
     candidates: int | None = None,
     chunk_rows: int | None = None,
 ) -> Encoded:
-    """BatchTopK encoder: keep the B·k largest pre-activations of the whole batch, then ReLU.
+    """BatchTopK encoder: keep the round(B·k) largest pre-activations of the whole batch, then
+    ReLU (k may be fractional).
 
     Rows get variable counts, so ``codes`` is CSR (non-positive winners, which ReLU would zero,
     are dropped). Selection is exact: each row contributes its top ``candidates`` (default 2k)
@@ -321,7 +323,7 @@ def batch_topk_encode(
     params = _Params(x_BD, W_enc_DM, b_enc_M, b_dec_D)
 
     def select(pre: _Preacts, aux_sel: _AuxSelector | None) -> _Entries:
-        return _select_batch(pre, k, candidates or 2 * k, aux_sel)
+        return _select_batch(pre, k, candidates or math.ceil(2 * k), aux_sel)
 
     return _encode(params, select, None, matmul_dtype, aux, exact_values, chunk_rows)
 

@@ -1,10 +1,12 @@
 """Synthetic activations with known ground-truth features.
 
-Each sample is x = Σ_i m_i f_i, a sparse sum of g unit feature directions f_i ∈ R^d. Feature i
-fires with probability p_i (optionally correlated with the others through a Gaussian copula), and
-a firing feature gets magnitude m_i = a_i · ReLU(μ_i + σ_i ε), ε ~ N(0, 1). This is the toy setup
-of Chanin & Garriga-Alonso ("Sparse but Wrong") and, with a Zipf prior on p, the toy model of the
-Ordered SAE paper. See docs/toy.md.
+Each sample is x = b + Σ_i m_i f_i, a sparse sum of g unit feature directions f_i ∈ R^d plus an
+optional fixed data mean b. Feature i fires with probability p_i (optionally correlated with the
+others through a Gaussian copula, and optionally in parent/child hierarchies whose children fire
+only with their parent and exclude each other), and a firing feature gets magnitude
+m_i = a_i · ReLU(μ_i + σ_i ε), ε ~ N(0, 1). This is the toy setup of Chanin & Garriga-Alonso
+("Sparse but Wrong") and, with a Zipf prior on p, the toy model of the Ordered SAE paper. See
+docs/toy.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ _SAMPLE_CHUNK_ROWS = 65_536
 # on or off leaves the feature directions unchanged.
 _FEATURE_STREAM = 0
 _CORRELATION_STREAM = 1
+_BIAS_STREAM = 2
+
+# Orthogonalising features in superposition: Adam steps on the directions and its learning rate.
+_ORTHOGONALISE_STEPS = 500
+_ORTHOGONALISE_LR = 0.01
+# Tolerance of Σ p_child <= p_parent.
+_PROBABILITY_TOL = 1e-9
 
 ScalarOrPerFeature = float | list[float]
 
@@ -110,11 +119,31 @@ class ToyConfig:
         default=0.15,
         metadata={"help": "sigma in m = a·ReLU(mu + sigma·eps), >= 0: scalar or one per feature."},
     )
+    hierarchy: list[list[int]] | None = field(
+        default=None,
+        metadata={
+            "help": "Parent/child groups [parent, child, child, ...] (feature indices): a child "
+            "fires only when its parent fires, and children of one parent exclude each other. "
+            "Children's firing_probs are their marginal rates, so they must sum to <= the "
+            "parent's. A child may be the parent of another group (deeper trees)."
+        },
+    )
+    bias_norm: float = field(
+        default=0.0,
+        metadata={"help": "Norm of a fixed data mean b added to every sample (random direction)."},
+    )
+    orthogonalise: bool = field(
+        default=False,
+        metadata={
+            "help": "With g > d (superposition), spread the random feature directions so their "
+            "overlaps are as small as possible, instead of leaving them random."
+        },
+    )
     seed: int = field(
         default=0,
         metadata={
             "help": "Seed of the dataset's structure (feature directions, random correlation "
-            "matrix). Sampling has its own seed."
+            "matrix, bias direction). Sampling has its own seed."
         },
     )
 
@@ -132,6 +161,9 @@ class ToyConfig:
             _per_feature(getattr(self, name), self.n_features, name)
         std_G = _per_feature(self.magnitude_std, self.n_features, "magnitude_std")
         _require(bool((std_G >= 0).all()), "magnitude_std must be >= 0 for every feature")
+        _require(self.bias_norm >= 0, f"bias_norm must be >= 0, got {self.bias_norm}")
+        if self.hierarchy is not None:
+            hierarchy_order(self.hierarchy, self.n_features, firing_probabilities(self))
 
     def _validate_firing(self) -> None:
         _require(
@@ -226,6 +258,32 @@ class ToyConfig:
         )
 
     @classmethod
+    def hierarchical(cls, seed: int = 0) -> ToyConfig:
+        """A harder toy with a known answer: hierarchies, a data mean and superposition.
+
+        g = 40 features in d = 32 dimensions, spread apart (orthogonalised as far as possible);
+        features 0–4 are parents, each with 3 mutually exclusive children (features 5–19, child
+        rate 0.08 each, so a parent's children cover 0.24 of its 0.3); features 20–39 are
+        independent with rates falling linearly 0.2 → 0.05. Every sample carries a fixed mean b
+        of norm 1. True L0 = 5·0.3 + 15·0.08 + 2.5 = 5.2.
+        """
+        parents = [0.3] * 5
+        children = [0.08] * 15
+        loners = torch.linspace(0.2, 0.05, 20, dtype=torch.float64).tolist()
+        return cls(
+            n_features=40,
+            d_model=32,
+            firing="explicit",
+            firing_probs=parents + children + loners,
+            correlation="none",
+            hierarchy=[[p, *range(5 + 3 * p, 8 + 3 * p)] for p in range(5)],
+            bias_norm=1.0,
+            orthogonalise=True,
+            magnitude_std=0.15,
+            seed=seed,
+        )
+
+    @classmethod
     def osae(cls, seed: int = 0) -> ToyConfig:
         """The Ordered SAE paper's toy model: d=80, g=100, expected L0=5, Zipf prior alpha=1.2.
 
@@ -253,12 +311,21 @@ class ToyModel:
     def __init__(self, cfg: ToyConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self._features_GD = _make_features(cfg.n_features, cfg.d_model, cfg.seed)
+        self._features_GD = _make_features(cfg.n_features, cfg.d_model, cfg.seed,
+                                           cfg.orthogonalise)
+        self._bias_D = _make_bias(cfg.d_model, cfg.bias_norm, cfg.seed)
         self._probs_G = firing_probabilities(cfg)
+        self._hierarchy = (hierarchy_order(cfg.hierarchy, cfg.n_features, self._probs_G)
+                           if cfg.hierarchy else [])
+        # Base firing rate drawn for each feature: children are decided by their parent instead.
+        base_probs_G = self._probs_G.clone()
+        for _, children in self._hierarchy:
+            base_probs_G[children] = 0.0
         self._correlation_GG = correlation_matrix(cfg)
         self._copula_factor_GG = _copula_factor(self._correlation_GG)
         # Feature i fires iff z_i < Φ⁻¹(p_i) with z_i ~ N(0, 1), i.e. with probability p_i.
-        self._thresholds_G = torch.special.ndtri(self._probs_G).float()
+        self._base_probs_G = base_probs_G
+        self._thresholds_G = torch.special.ndtri(base_probs_G).float()
         self._scale_G = _per_feature(cfg.magnitude_scale, cfg.n_features, "magnitude_scale")
         self._mean_G = _per_feature(cfg.magnitude_mean, cfg.n_features, "magnitude_mean")
         self._std_G = _per_feature(cfg.magnitude_std, cfg.n_features, "magnitude_std")
@@ -267,6 +334,11 @@ class ToyModel:
     def features_GD(self) -> torch.Tensor:
         """Ground-truth feature directions, one unit-norm float32 row per feature."""
         return self._features_GD.clone()
+
+    @property
+    def bias_D(self) -> torch.Tensor:
+        """The fixed data mean b added to every sample (zeros when bias_norm = 0)."""
+        return self._bias_D.clone()
 
     @property
     def firing_probs_G(self) -> torch.Tensor:
@@ -301,7 +373,8 @@ class ToyModel:
     def sample(
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw n samples; returns (acts_ND, codes_NG), float32, with acts_ND = codes_NG @ features_GD.
+        """Draw n samples; returns (acts_ND, codes_NG), float32, with
+        acts_ND = codes_NG @ features_GD + bias_D.
 
         codes_NG holds each feature's magnitude (0 where it did not fire). Rows are generated in
         fixed-size chunks with in-place arithmetic, which keeps memory traffic low; the result is
@@ -315,6 +388,8 @@ class ToyModel:
             codes_CG = codes_NG[start:stop]
             self._sample_codes_into(codes_CG, generator)
             torch.mm(codes_CG, self._features_GD, out=acts_ND[start:stop])
+        if self.cfg.bias_norm > 0:
+            acts_ND += self._bias_D
         return acts_ND, codes_NG
 
     def batch_at(self, index: int, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,9 +416,27 @@ class ToyModel:
         g = self.cfg.n_features
         if self._copula_factor_GG is None:
             # Independent Bernoulli; uniform < p is cheaper than a normal against a threshold.
-            return torch.rand(n, g, generator=generator) < self._probs_G.float()
-        latent_NG = torch.randn(n, g, generator=generator) @ self._copula_factor_GG.T
-        return latent_NG < self._thresholds_G
+            fires_NG = torch.rand(n, g, generator=generator) < self._base_probs_G.float()
+        else:
+            latent_NG = torch.randn(n, g, generator=generator) @ self._copula_factor_GG.T
+            fires_NG = latent_NG < self._thresholds_G
+        if self._hierarchy:
+            self._apply_hierarchy(fires_NG, generator)
+        return fires_NG
+
+    def _apply_hierarchy(self, fires_NG: torch.Tensor, generator: torch.Generator | None) -> None:
+        """Children fire only with their parent, at most one per parent: given the parent fired,
+        child c fires with probability p_c / p_parent (one uniform per row picks which)."""
+        for parent, children in self._hierarchy:
+            p_parent = float(self._probs_G[parent])
+            if p_parent == 0:
+                continue
+            edges_C = torch.cumsum(self._probs_G[children] / p_parent, 0).float()
+            u_N = torch.rand(fires_NG.shape[0], generator=generator)
+            pick_N = torch.searchsorted(edges_C, u_N, right=True)  # len(children) = none
+            parent_N = fires_NG[:, parent]
+            for slot, child in enumerate(children):
+                fires_NG[:, child] = parent_N & (pick_N == slot)
 
     def _sample_codes_into(self, codes_CG: torch.Tensor, generator: torch.Generator | None) -> None:
         """Fill codes_CG in place: magnitudes where a feature fires, 0 elsewhere."""
@@ -440,6 +533,40 @@ def validate_correlation_matrix(matrix_GG: torch.Tensor, n_features: int) -> Non
     )
 
 
+def hierarchy_order(groups: list[list[int]], n_features: int,
+                    probs_G: torch.Tensor) -> list[tuple[int, list[int]]]:
+    """Check hierarchy groups and return (parent, children) pairs, parents before their children.
+
+    Raises ValueError for out-of-range indices, a feature that is a child twice, a cycle, or
+    children whose rates sum to more than their parent's.
+    """
+    parent_of: dict[int, int] = {}
+    pairs: list[tuple[int, list[int]]] = []
+    for i, group in enumerate(groups):
+        _require(len(group) >= 2, f"hierarchy[{i}] must be [parent, child, ...], got {group}")
+        for f in group:
+            _require(isinstance(f, int) and 0 <= f < n_features,
+                     f"hierarchy[{i}] has feature {f!r} outside 0..{n_features - 1}")
+        parent, children = group[0], list(group[1:])
+        _require(len(set(group)) == len(group), f"hierarchy[{i}] repeats a feature: {group}")
+        for c in children:
+            _require(c not in parent_of, f"feature {c} is a child in two hierarchy groups; a "
+                     "feature has at most one parent")
+            parent_of[c] = parent
+        total = float(probs_G[children].sum())
+        _require(total <= float(probs_G[parent]) + _PROBABILITY_TOL,
+                 f"hierarchy[{i}]: children's firing probabilities sum to {total:.4g}, more than "
+                 f"parent {parent}'s {float(probs_G[parent]):.4g}; children fire only with their "
+                 "parent, so lower the children's rates or raise the parent's")
+        pairs.append((parent, children))
+
+    def depth(f: int, seen: frozenset[int] = frozenset()) -> int:
+        _require(f not in seen, f"the hierarchy has a cycle through feature {f}")
+        return 0 if f not in parent_of else 1 + depth(parent_of[f], seen | {f})
+
+    return sorted(pairs, key=lambda pair: depth(pair[0]))
+
+
 def batch_seed(seed: int, index: int) -> int:
     """A 63-bit generator seed that depends only on (seed, index), well mixed by SeedSequence."""
     _require(seed >= 0 and index >= 0, f"seed and index must be >= 0, got {seed}, {index}")
@@ -447,15 +574,46 @@ def batch_seed(seed: int, index: int) -> int:
     return ((int(high) << 32) | int(low)) & ((1 << 63) - 1)
 
 
-def _make_features(n_features: int, d_model: int, seed: int) -> torch.Tensor:
-    """Orthonormal rows when g <= d (QR of a Gaussian matrix), else random unit rows."""
+def _make_features(n_features: int, d_model: int, seed: int,
+                   orthogonalise: bool = False) -> torch.Tensor:
+    """Orthonormal rows when g <= d (QR of a Gaussian matrix), else random unit rows, spread
+    apart by `orthogonalise_directions` if asked."""
     generator = torch.Generator().manual_seed(batch_seed(seed, _FEATURE_STREAM))
     gaussian_DG = torch.randn(d_model, n_features, generator=generator, dtype=torch.float64)
     if n_features <= d_model:
         q_DG, _ = torch.linalg.qr(gaussian_DG)
         return q_DG.T.contiguous().float()
     rows_GD = gaussian_DG.T
-    return (rows_GD / rows_GD.norm(dim=1, keepdim=True)).contiguous().float()
+    rows_GD = rows_GD / rows_GD.norm(dim=1, keepdim=True)
+    if orthogonalise:
+        rows_GD = orthogonalise_directions(rows_GD)
+    return rows_GD.contiguous().float()
+
+
+def orthogonalise_directions(rows_GD: torch.Tensor, steps: int = _ORTHOGONALISE_STEPS,
+                             lr: float = _ORTHOGONALISE_LR) -> torch.Tensor:
+    """Unit rows with overlaps made as small as possible: Adam on the mean of cos(f_i, f_j)^4
+    over pairs i ≠ j (the fourth power weights the largest overlaps most), rows renormalised
+    after every step. Deterministic (float64, no randomness)."""
+    rows = torch.nn.Parameter(rows_GD.double().clone())
+    optimiser = torch.optim.Adam([rows], lr=lr)
+    off_diagonal_GG = ~torch.eye(rows.shape[0], dtype=torch.bool)
+    for _ in range(steps):
+        unit = rows / rows.norm(dim=1, keepdim=True)
+        loss = (unit @ unit.T)[off_diagonal_GG].pow(4).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            rows.div_(rows.norm(dim=1, keepdim=True))
+    return rows.detach()
+
+
+def _make_bias(d_model: int, norm: float, seed: int) -> torch.Tensor:
+    """A fixed vector of the given norm in a random direction (its own random stream)."""
+    generator = torch.Generator().manual_seed(batch_seed(seed, _BIAS_STREAM))
+    direction_D = torch.randn(d_model, generator=generator, dtype=torch.float64)
+    return (norm * direction_D / direction_D.norm()).float()
 
 
 def _copula_factor(correlation_GG: torch.Tensor) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ from saelab.training.config import TrainConfig
 from saelab.training.trainer import Trainer
 
 PRESETS: dict[str, Callable[..., ToyConfig]] = {"chanin_large": ToyConfig.chanin_large, "osae": ToyConfig.osae,
-           "chanin_small": ToyConfig.chanin_small}
+           "chanin_small": ToyConfig.chanin_small, "hierarchical": ToyConfig.hierarchical}
 
 
 

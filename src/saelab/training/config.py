@@ -28,6 +28,8 @@ class TrainConfig:
     checkpoint_every: int = option(1000, "write a resumable checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")
     log_every: int = option(50, "log metrics every N steps")
+    log_proxies: bool = option(True, "log the correct-L0 proxies c_dec and s_n^dec (n = half the "
+                               "latents) with the metrics (costs one latents² · d product per log)")
     progress: bool = option(True, "print a progress line (tokens/s, ETA) to stderr")
     measure_peak: bool = option(True, "measure this machine's matmul FLOP/s at start and log the share of it reached")
     tensorboard: bool = option(False, "also log to TensorBoard under <out>/tensorboard")

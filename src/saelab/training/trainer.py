@@ -21,6 +21,7 @@ from saelab.integrity import CheckpointError, read_bounded
 from saelab.io import atomic_write_json, save
 from saelab.lock import folder_lock
 from saelab.metrics.core import explained_variance
+from saelab.metrics.proxies import training_proxies
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
@@ -293,6 +294,8 @@ class Trainer:
                 # part "mse" is summed over the width on inputs scaled to E‖x‖² = d_in
                 err = (acts - out.recon_BD).pow(2).mean() / (self.scale ** 2)
                 record["mse_per_element"] = float(err)
+            if self.train_cfg.log_proxies:
+                record.update(training_proxies(self.saes[name], acts))
             log.write(record)
 
     # ------------------------------------------------------------------ outputs
