@@ -5,6 +5,9 @@
 import saelab.architectures as architectures
 from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
 from saelab.io import load, save
+
+# saelab.interop registers the SAELens / dictionary_learning readers that `saelab.load` tries.
+import saelab.interop  # noqa: F401  isort: skip
 from saelab.registry import architectures as list_architectures
 from saelab.registry import build, config_from_dict, get_architecture, register
 

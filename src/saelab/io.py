@@ -147,6 +147,19 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Readers of other libraries' SAE folders, tried in order by :func:`load`; each returns None for
+# a folder it does not recognise. Formats live above io (saelab.interop registers its readers),
+# so io stays at the bottom of the import graph.
+ForeignReader = Callable[[Path, "str | torch.device"], "SAE | None"]
+FOREIGN_READERS: list[ForeignReader] = []
+
+
+def register_foreign_reader(reader: ForeignReader) -> None:
+    """Let :func:`load` open another library's SAE folders (see saelab.interop)."""
+    if reader not in FOREIGN_READERS:
+        FOREIGN_READERS.append(reader)
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     """Rebuild the exact SAE class and weights saved in folder ``path``.
 
@@ -155,10 +168,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     SAELens and dictionary_learning folders load too (see :mod:`saelab.interop`).
     """
     path = Path(path)
-    from saelab.interop.common import detect_format, read_foreign  # interop builds on io
-
-    if (fmt := detect_format(path)) is not None:
-        return read_foreign(path, fmt, device)
+    for reader in FOREIGN_READERS:
+        if (foreign := reader(path, device)) is not None:
+            return foreign
     data = read_config(path)
     version = data.pop("format_version", 1)
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:

@@ -70,8 +70,12 @@ class TranscoderSAE(TopKSAE):
         assert isinstance(cfg, TranscoderConfig)
         if cfg.d_in <= 0 or cfg.d_out <= 0 or cfg.d_sae <= 0:
             cfg = cfg.resolved()
+        if cfg.auto_l0:
+            raise ConfigError("auto_l0 is not available for transcoders (the L0 proxies read a "
+                              "decoder in the input's space); set k")
         nn.Module.__init__(self)  # not SAE.__init__: its decoder would have the input's width
         self.cfg = cfg
+        self.auto_l0 = None
         d, o, m = cfg.d_in, cfg.d_out, cfg.d_sae
         self.W_enc = nn.Parameter(torch.empty(d, m))
         self.b_enc = nn.Parameter(torch.zeros(m))

@@ -127,8 +127,10 @@ def read_checkpoint(
                 raise CheckpointError(f"checkpoint {path} has no weights for SAE {name!r}; "
                                       "the run's SAE list changed since it was written")
             tensors = load_file(str(sae_file))
-            nonfinite = sorted(k for k, t in tensors.items()
-                               if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+            # Parameters only: buffers may hold NaN on purpose (auto-L0's empty history slots).
+            params = {k for k, _ in sae.named_parameters()}
+            nonfinite = sorted(k for k, t in tensors.items() if k in params
+                               and t.is_floating_point() and not bool(torch.isfinite(t).all()))
             if nonfinite:
                 raise CheckpointError(f"checkpoint {path} holds non-finite weights {nonfinite} "
                                       f"for SAE {name!r}")

@@ -36,12 +36,20 @@ def check_output_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output folder {out} is an existing file; give a folder path for --out")
     if out.is_dir() and not (out / RUN_FILE).exists():
-        foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+        # The lock and saelab's own temporaries may be there without run.json yet: another run
+        # that is just starting (the lock then names it), or one killed before it wrote run.json.
+        foreign = sorted(p.name for p in out.iterdir()
+                         if p.name != LOCK_NAME and not _is_temporary(p.name))
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise ConfigError(
                 f"output folder {out} is not empty ({shown}) and holds no saelab run "
                 f"({RUN_FILE}); choose a new or empty folder so nothing there is overwritten")
+
+
+def _is_temporary(name: str) -> bool:
+    """``.NAME.XXXX.tmp`` / ``.NAME.old``: what saelab's atomic writes leave while under way."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".old"))
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
@@ -52,7 +60,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.endswith(".old")):
+            if _is_temporary(p.name):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

@@ -172,6 +172,7 @@ class Trainer:
         Holds the output folder's lock throughout: a second run on the same folder fails."""
         check_output_folder(self.out_dir)
         with folder_lock(self.out_dir, "training run"):
+            check_output_folder(self.out_dir)  # again: it may have changed before we held the lock
             remove_stale_temporaries(self.out_dir)
             return self._fit_locked(resume, allow_data_change)
 
@@ -295,7 +296,8 @@ class Trainer:
                 err = (acts - out.recon_BD).pow(2).mean() / (self.scale ** 2)
                 record["mse_per_element"] = float(err)
             if self.train_cfg.log_proxies:
-                record.update(training_proxies(self.saes[name], acts))
+                sae = self.saes[name]  # proxies read the decoder against its target (a transcoder's output)
+                record.update(training_proxies(sae, sae.split_data(acts)[1]))
             log.write(record)
 
     # ------------------------------------------------------------------ outputs
