@@ -78,3 +78,28 @@ def test_dying_rank_fails_clearly_and_the_run_resumes_to_the_same_weights(setup:
     assert_same(W.final_weights(tmp / "resumed1"), reference)
     assert run_ranks(tmp, "resume2", out, data) == [{"ok": True, "step": 12}] * 2
     assert_same(W.final_weights(out), reference)
+
+
+def test_latent_sharded_topk_equals_unsharded(setup: tuple) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tmp, data, _ = setup
+    steps = 8
+    initial, reference = W.latent_reference(data, tmp / "latent_ref", steps)
+    save_file(initial, str(tmp / "latent_init.safetensors"))
+    ctx = mp.get_context("spawn")
+    result = str(tmp / "latent_sharded.safetensors")
+    procs = [ctx.Process(target=W.latent_sharded_worker,
+                         args=(r, 2, str(tmp / "latent.rdzv"), str(data),
+                               str(tmp / "latent_init.safetensors"), result, steps))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = load_file(result)
+    assert json.loads(Path(result + ".json").read_text())["aux_steps"] > 0  # AuxK exercised
+    for key, want in reference.items():
+        torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-5, msg=key)
+    assert not torch.equal(reference["W_enc"], initial["W_enc"])  # it trained

@@ -18,12 +18,13 @@ def _commands() -> list[ModuleType]:
         demo_cmd,
         eval_cmd,
         eval_model_cmd,
+        sweep_cmd,
         toy_cmd,
         train_cmd,
     )
 
     return [cache_cmd, train_cmd, eval_cmd, eval_model_cmd, toy_cmd, boardgame_cmd, demo_cmd,
-            architectures_cmd]
+            architectures_cmd, sweep_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

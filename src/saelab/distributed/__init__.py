@@ -1,12 +1,13 @@
 """Training on many processes and machines with torch.distributed (launched by ``torchrun``).
 
-Two layouts, chosen with ``TrainConfig.parallel``:
+Two layouts:
 
-- ``data`` (:mod:`saelab.distributed.data_parallel`): every rank holds every SAE whole and reads
+- data parallel (:mod:`saelab.distributed.data_parallel`, what ``torchrun ... saelab train``
+  runs): every rank holds every SAE whole and reads
   its own shard of each batch; gradients are averaged, and batch-wide statistics (BatchTopK's
   selection and threshold, the AuxK normaliser, dead-latent counters) are reduced, so N ranks
   train exactly what one process would on the full batch.
-- ``latent`` (:mod:`saelab.distributed.latent_sharded`): each rank holds a slice of a TopK
+- latent sharded (:mod:`saelab.distributed.latent_sharded`, a library API): each rank holds a slice of a TopK
   SAE's latents; selection is exact across slices by exchanging per-slice candidates (the
   OpenAI TopK paper's layout), for SAEs too wide for one device.
 

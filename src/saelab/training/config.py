@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from saelab.config import ConfigError, option
 
@@ -26,9 +25,6 @@ class TrainConfig:
     grad_clip: float = option(0.0, "clip each SAE's gradient norm to this (0 = off)")
     seed: int = option(0, "seed for initialisation and data order")
     device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps (under torchrun, cuda = each rank's own GPU)")
-    parallel: Literal["data", "latent"] = option(
-        "data", "how torchrun ranks split the work: data = each rank a shard of every batch; "
-        "latent = each rank a slice of each TopK SAE's latents")
     dist_timeout_s: float = option(600.0, "under torchrun: fail (resumably) when a rank has been silent this long")
     checkpoint_every: int = option(1000, "write a resumable checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")

@@ -96,9 +96,6 @@ class Trainer:
         if dist is not None:
             from saelab.distributed import RankShard
 
-            if train.parallel != "data":
-                raise ConfigError("parallel = 'latent' runs through saelab.distributed.latent_sharded, "
-                                  "not this trainer")
             shard = RankShard(source, dist.rank, dist.world_size)
             self.data, self.local_batch_size = shard, shard.local_batch_size(train.batch_size)
         self.out_dir = Path(out_dir)
@@ -125,6 +122,7 @@ class Trainer:
         }
         self.step = 0
         self.scale = 1.0
+        self.last_metrics: dict[str, dict[str, Any]] = {}  # newest logged record per SAE
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -150,9 +148,10 @@ class Trainer:
         path = self.out_dir / "run.json"
         if not path.exists():
             return
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(self.run_config)):
-            diffs = _diff_keys(saved, json.loads(json.dumps(self.run_config)))
+        saved = _without_placement(json.loads(path.read_text()))
+        current = _without_placement(json.loads(json.dumps(self.run_config)))
+        if saved != current:
+            diffs = _diff_keys(saved, current)
             raise ConfigError(
                 f"{self.out_dir} holds a run with a different config (differs at {diffs[:8]}); "
                 "resume with the same config, or use a new output folder"
@@ -169,9 +168,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool = True) -> dict[str, SAE]:
+    def fit(self, resume: bool = True, until_step: int | None = None) -> dict[str, SAE]:
         """Train to ``total_tokens`` (resuming from the newest checkpoint if there is one) and
-        return the SAEs, normalisation folded in and saved under ``final/``."""
+        return the SAEs, normalisation folded in and saved under ``final/``.
+
+        ``until_step`` pauses earlier, after a checkpoint at that step (for schedulers that
+        train in slices, such as population-based training); the live SAEs are returned.
+        """
         cfg = self.train_cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_run_config()
@@ -196,10 +199,11 @@ class Trainer:
         try:
             batches = to_device_ahead(self.data.batches(cfg.batch_size, start_batch=self.step),
                                       self.device)
-            while self.step < total:
+            end = total if until_step is None else min(total, until_step)
+            while self.step < end:
                 batch = next(batches)
                 acts, outputs = self.train_step(batch)
-                if self.step % cfg.log_every == 0 or self.step == total:
+                if self.step % cfg.log_every == 0 or self.step == end:
                     self._log(log, acts, outputs, progress)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
@@ -212,7 +216,7 @@ class Trainer:
             log.close()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every != 0:
             self.checkpoint()
-        return self.finalise()
+        return self.finalise() if self.step >= total else self.saes
 
     def train_step(self, batch_BD: Tensor) -> tuple[Tensor, dict[str, LossOutput]]:
         """One optimiser step of every SAE on one raw batch; returns the scaled batch and the
@@ -302,6 +306,7 @@ class Trainer:
             if out.recon_BD is not None:
                 record["explained_variance"] = explained_variance(acts, out.recon_BD)
             log.write(record)
+            self.last_metrics[name] = record
 
     # ------------------------------------------------------------------ outputs
 
@@ -329,6 +334,18 @@ class Trainer:
                 save(out, self.out_dir / "final" / name)
             final[name] = out
         return final
+
+
+#: Train options that say where a run executes, not what it computes: a run may resume with
+#: other values (another device or number of ranks).
+PLACEMENT_OPTIONS = ("device", "dist_timeout_s")
+
+
+def _without_placement(run_config: dict[str, Any]) -> dict[str, Any]:
+    train = run_config.get("train")
+    if not isinstance(train, dict):
+        return run_config
+    return {**run_config, "train": {k: v for k, v in train.items() if k not in PLACEMENT_OPTIONS}}
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
