@@ -66,10 +66,9 @@ def keep_global_topk(codes: SparseCodes, k: int, world_size: int) -> SparseCodes
     """Of this rank's fixed-k candidates per row, keep those among the row's top k over all
     ranks (exact up to exact ties)."""
     vals_BK = codes.values_BK.detach()
-    B, K = vals_BK.shape
-    width = max(k, 1)
-    padded = vals_BK.new_full((B, width), float("-inf"))
-    padded[:, :K] = vals_BK[:, :width] if K > width else vals_BK
+    B, K = vals_BK.shape  # K <= k: a shard narrower than k proposes all its latents
+    padded = vals_BK.new_full((B, k), float("-inf"))
+    padded[:, :K] = vals_BK
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
     everyone_BC = torch.cat(parts, dim=1)

@@ -210,7 +210,10 @@ class Trainer:
                 progress.update(self.step)
             progress.update(self.step, force=True)
         except Exception as err:
-            raise self._lost_rank(err) or err
+            lost = self._lost_rank(err)
+            if lost is None:
+                raise
+            raise lost from err
         finally:
             progress.close()
             log.close()
