@@ -61,6 +61,8 @@ class SweepConfig:
             raise ConfigError("the sweep has no [sweep.params]: name at least one option to vary")
         if self.num_samples < 1 or self.report_every < 1:
             raise ConfigError("sweep.num_samples and sweep.report_every must be >= 1")
+        if len(self.pbt.perturbation_factors) != 2:
+            raise ConfigError("sweep.pbt.perturbation_factors takes two factors, e.g. [1.2, 0.8]")
         if self.search == "pbt" and self.num_samples < 2:
             raise ConfigError("pbt needs a population: set sweep.num_samples >= 2")
         arch = get_architecture(sae_options(run)["architecture"])

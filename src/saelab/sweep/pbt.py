@@ -38,7 +38,8 @@ def population_based_training(mutations: dict[str, Any], cfg: PBTConfig, seed: i
         time_attr="training_iteration", perturbation_interval=1,
         burn_in_period=cfg.burn_in_reports, hyperparam_mutations=mutations,
         quantile_fraction=cfg.quantile_fraction, resample_probability=cfg.resample_probability,
-        perturbation_factors=tuple(cfg.perturbation_factors), synch=cfg.synch)
+        perturbation_factors=(cfg.perturbation_factors[0], cfg.perturbation_factors[1]),
+        synch=cfg.synch)
 
 
 def current_trial_id() -> str:

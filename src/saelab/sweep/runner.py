@@ -67,8 +67,9 @@ def run_sweep(sf: SweepFile, out: Path, resume: bool = True) -> list[dict[str, A
                                       stop={"step": sf.run.train.total_steps},
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
     grid = tuner.fit()
-    rows = [_row(result, s.params) for result in grid]
-    write_results(rows, out, s.metric, s.mode, [r.metrics_dataframe for r in grid])
+    results = [grid[i] for i in range(len(grid))]
+    rows = [_row(result, s.params) for result in results]
+    write_results(rows, out, s.metric, s.mode, [r.metrics_dataframe for r in results])
     return rows
 
 
