@@ -68,7 +68,7 @@ def run_sweep(sf: SweepFile, out: Path, resume: bool = True) -> list[dict[str, A
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
     grid = tuner.fit()
     results = [grid[i] for i in range(len(grid))]
-    rows = [_row(result, s.params) for result in results]
+    rows = [_row(result, s.params, sf.run.train.total_steps) for result in results]
     write_results(rows, out, s.metric, s.mode, [r.metrics_dataframe for r in results])
     return rows
 
@@ -84,12 +84,13 @@ def _check_same_sweep(path: Path, spec: dict[str, Any], resume: bool) -> None:
                           "or use a new output folder")
 
 
-def _row(result: Any, params: dict[str, Any]) -> dict[str, Any]:
+def _row(result: Any, params: dict[str, Any], total_steps: int) -> dict[str, Any]:
     metrics = result.metrics or {}
     row: dict[str, Any] = {"trial": metrics.get("trial_id", Path(result.path).name)}
     row.update({key: result.config.get(key) for key in params})
     row.update({col: metrics.get(col) for col in METRIC_COLUMNS})
-    row["status"] = "error" if result.error else "done"
+    finished = (metrics.get("step") or 0) >= total_steps
+    row["status"] = "error" if result.error else "done" if finished else "stopped (resumable)"
     return row
 
 
@@ -157,7 +158,8 @@ def format_table(rows: list[dict[str, Any]], metric: str, mode: str) -> str:
         lines.append(f"Warning: {len(dead)} trial(s) have over half their latents dead.")
     lines.append("Columns: the swept options; step = last reported training step; mse, l0, "
                  "explained_variance, dead_share = the SAE's training metrics at that step; "
-                 "exploits = times PBT replaced the trial's weights by a better trial's.")
+                 "exploits = times PBT replaced the trial's weights by a better trial's; "
+                 "status = done, stopped (rerun the command to resume) or error.")
     return "\n".join(lines)
 
 
