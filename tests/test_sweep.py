@@ -73,6 +73,18 @@ def test_sweep_file_is_checked(tmp_path: Path) -> None:
             load_sweep_file(write_sweep(tmp_path, text))
 
 
+def test_search_space_per_search_kind() -> None:
+    pytest.importorskip("ray.tune")
+    from ray.tune.search.sample import Categorical, Float
+
+    from saelab.sweep.config import tune_domain
+
+    assert tune_domain([16, 32], "grid") == {"grid_search": [16, 32]}
+    assert isinstance(tune_domain([16, 32], "random"), Categorical)
+    lr = tune_domain({"loguniform": [1e-4, 1e-2]}, "pbt")
+    assert isinstance(lr, Float) and 1e-4 <= lr.sample() <= 1e-2
+
+
 def _sweep(folder: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled",
            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
