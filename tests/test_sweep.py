@@ -121,8 +121,13 @@ def test_local_pbt_sweep_exploits_and_resumes(tmp_path: Path) -> None:
     trials = results["trials"]
     assert len(trials) == 2 and all(t["step"] == 16 and t["status"] == "done" for t in trials)
     assert sum(t["exploits"] for t in trials) >= 1
-    exploit = json.loads(next(out.glob("trials/*/pbt_exploits.jsonl")).read_text().splitlines()[0])
+    exploits_file = next(out.glob("trials/*/pbt_exploits.jsonl"))
+    exploit = json.loads(exploits_file.read_text().splitlines()[0])
     assert exploit["step"] == 8 and exploit["from_trial"] in {t["trial"] for t in trials}
+    # The exploiting trial continued from the donor's weights: its step-8 checkpoint is theirs.
+    weights = "checkpoints/step_000000008/sae.sae.safetensors"
+    donor = out / "trials" / exploit["from_trial"]
+    assert (exploits_file.parent / weights).read_bytes() == (donor / weights).read_bytes()
     assert (out / "sweep_plot.png").stat().st_size > 1000
     assert "Best trial" in stdout and all((out / "trials" / t["trial"] / "final" / "sae").is_dir()
                                           for t in trials)
