@@ -50,6 +50,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     return tmp, data, W.final_weights(single)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_the_same_weights_as_one_process(setup: tuple) -> None:
     tmp, data, reference = setup
     out = tmp / "dp2"
@@ -62,6 +63,7 @@ def test_two_gloo_ranks_train_the_same_weights_as_one_process(setup: tuple) -> N
     assert any("auxk" in r for r in log if r["sae"] == "topk"), "AuxK never ran"
 
 
+@pytest.mark.slow
 def test_dying_rank_fails_clearly_and_the_run_resumes_to_the_same_weights(setup: tuple) -> None:
     tmp, data, reference = setup
     out = tmp / "dying"
@@ -80,6 +82,7 @@ def test_dying_rank_fails_clearly_and_the_run_resumes_to_the_same_weights(setup:
     assert_same(W.final_weights(out), reference)
 
 
+@pytest.mark.slow
 def test_latent_sharded_topk_equals_unsharded(setup: tuple) -> None:
     from safetensors.torch import load_file, save_file
 
