@@ -9,6 +9,7 @@ import torch
 from saelab.architectures.base import StepContext
 from saelab.ops import native_low_precision_matmul
 from saelab.registry import build
+from saelab.training.device import available_devices
 from tests.helpers import small_sae
 
 SPARSE_ARCHS = ["topk", "batchtopk", "matryoshka", "ordered"]
@@ -29,14 +30,15 @@ def run(sae, x, dead):
     return out, grads
 
 
+@pytest.mark.parametrize("device", available_devices())
 @pytest.mark.parametrize("name", SPARSE_ARCHS)
 @pytest.mark.parametrize("with_dead", [False, True])
-def test_sparse_loss_and_every_gradient_match_dense(name, with_dead):
-    sae = small_sae(name, d_in=16, d_sae=48, seed=4)
+def test_sparse_loss_and_every_gradient_match_dense(name, with_dead, device):
+    sae = small_sae(name, d_in=16, d_sae=48, seed=4).to(device)
     assert sae.cfg.sparse_kernels
-    dense = twin(sae, sparse_kernels=False)
-    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(9)) * 2
-    dead = torch.zeros(48, dtype=torch.bool)
+    dense = twin(sae, sparse_kernels=False).to(device)
+    x = (torch.randn(64, 16, generator=torch.Generator().manual_seed(9)) * 2).to(device)
+    dead = torch.zeros(48, dtype=torch.bool, device=device)
     if with_dead:
         dead[::3] = True
     out_s, grads_s = run(sae, x, dead)

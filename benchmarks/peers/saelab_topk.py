@@ -24,8 +24,14 @@ cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-
 with tempfile.TemporaryDirectory() as out:
     trainer = Trainer({"topk": config_from_dict(opts)}, cfg, source, out)
     trainer.initialise()
-    times = time_steps(lambda x: trainer.train_step(x), pool, args.warmup, args.steps)
-    # The one unavoidable dense product, timed in this process under the same conditions.
     W_enc = trainer.saes["topk"].W_enc.detach()
-    matmul = time_steps(lambda x: x @ W_enc, pool, 1, 3)
-report("saelab", args, times, encoder_matmul_s=sorted(matmul)[1])
+    times, matmul = [], []
+    time_steps(lambda x: trainer.train_step(x), pool, args.warmup, 0)
+    for i in range(args.steps):
+        # The one unavoidable dense product, timed right after each step under the same load:
+        # the pair gives the share of the step spent outside it.
+        times += time_steps(lambda x: trainer.train_step(x), pool[i % len(pool):], 0, 1)
+        matmul += time_steps(lambda x: x @ W_enc, pool[i % len(pool):], 0, 1)
+shares = sorted(1 - mm / st for mm, st in zip(matmul, times, strict=True))
+report("saelab", args, times, encoder_matmul_s=sorted(matmul)[len(matmul) // 2],
+       outside_encoder_share=shares[len(shares) // 2])

@@ -60,6 +60,30 @@ class SAEConfig:
             raise ConfigError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
 
 
+class BatchGroup:
+    """The processes that together hold one training batch, each a shard of its rows.
+
+    This default is a single process: every reduction is the identity. Under data parallelism
+    ``saelab.distributed`` passes a torch.distributed group, so that statistics over the whole
+    batch (BatchTopK's selection and threshold, the AuxK normaliser) match one process on the
+    full batch. All ranks must make the same calls in the same order.
+    """
+
+    world_size: int = 1
+
+    def mean(self, t: Tensor) -> Tensor:
+        """Mean of ``t`` over the ranks (no gradient)."""
+        return t
+
+    def min(self, t: Tensor) -> Tensor:
+        """Element-wise minimum of ``t`` over the ranks (no gradient)."""
+        return t
+
+    def gather(self, t: Tensor) -> Tensor:
+        """Every rank's ``t`` (equal shapes) concatenated along dim 0, in rank order."""
+        return t
+
+
 @dataclass
 class StepContext:
     """What the trainer tells an SAE about the current step."""
@@ -68,6 +92,7 @@ class StepContext:
     total_steps: int
     sparsity_scale: float = 1.0  # sparsity-coefficient warm-up factor in [0, 1]
     dead_mask_M: Tensor | None = None  # latents that have not fired for `dead_after_tokens`
+    batch_group: BatchGroup = field(default_factory=BatchGroup)  # ranks sharing this batch
 
 
 @dataclass
@@ -231,11 +256,21 @@ def recon_loss(acts_BD: Tensor, recon_BD: Tensor) -> Tensor:
     return (acts_BD - recon_BD).pow(2).sum(dim=-1).mean()
 
 
-def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor) -> Tensor:
-    """AuxK-style loss ‖e − ê‖² divided by the variance of e (scale-free)."""
+def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor,
+                        group: BatchGroup | None = None) -> Tensor:
+    """AuxK-style loss ‖e − ê‖² divided by the variance of e (scale-free).
+
+    The variance is a constant (e is detached); under data parallelism it is taken over the
+    whole batch, so the loss equals the single-process one.
+    """
     err = (residual_BD - aux_recon_BD).pow(2).sum(-1).mean()
-    var = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-    return err / var
+    with torch.no_grad():
+        if group is None or group.world_size == 1:
+            var = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()
+        else:
+            mean_D = group.mean(residual_BD.mean(0))
+            var = group.mean(residual_BD.pow(2).sum(-1).mean()) - mean_D.pow(2).sum()
+    return err / var.clamp_min(1e-12)
 
 
 def linear_warmup(step: int, warmup_steps: int) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
+from saelab.architectures.base import BatchGroup, LossOutput, SAEConfig, StepContext, recon_loss
 from saelab.architectures.topk import TopKConfig, TopKFamilySAE
 from saelab.config import ConfigError, option
 from saelab.ops import SparseCodes, batch_topk_encode, sparse_decode
@@ -33,13 +33,32 @@ class BatchTopKConfig(TopKConfig):
             raise ConfigError(f"threshold_beta must be in [0, 1), got {self.threshold_beta}")
 
 
-def batch_topk_codes(pre_BM: Tensor, k: float) -> Tensor:
+def batch_topk_codes(pre_BM: Tensor, k: float, group: BatchGroup | None = None) -> Tensor:
     """Dense codes keeping the round(B·k) largest rectified pre-activations of the whole batch
-    (k may be fractional, as under auto-L0)."""
+    (k may be fractional, as under auto-L0).
+
+    With a data-parallel ``group`` the batch is every rank's rows together: each rank proposes
+    its largest (global B·k) entries and keeps those at or above the global cutoff.
+    """
+    world = group.world_size if group is not None else 1
     flat = torch.relu(pre_BM).flatten()
-    n = min(flat.numel(), max(1, round(k * pre_BM.shape[0])))
-    vals, idx = flat.topk(n, sorted=False)
+    n_keep = max(1, round(k * pre_BM.shape[0] * world))
+    vals, idx = flat.topk(min(flat.numel(), n_keep), sorted=False)
+    if group is not None and world > 1:
+        vals = vals * (vals >= global_cutoff(vals.detach(), n_keep, group))
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre_BM)
+
+
+def global_cutoff(candidates_N: Tensor, n_keep: int, group: BatchGroup) -> Tensor:
+    """The n_keep-th largest value among every rank's candidates (−inf if there are fewer).
+
+    Exact when each rank proposes at least its own share of the winners: its top n_keep.
+    """
+    padded = candidates_N.new_full((n_keep,), float("-inf"))
+    n = min(n_keep, candidates_N.numel())
+    padded[:n] = candidates_N.topk(n, sorted=False).values
+    everyone = group.gather(padded)
+    return everyone.topk(n_keep, sorted=False).values.min()
 
 
 @register("batchtopk")
@@ -66,26 +85,39 @@ class BatchTopKSAE(TopKFamilySAE):
 
     def select(self, pre_BM: Tensor, ctx: StepContext) -> Tensor:
         """Dense reference selection (and threshold update)."""
-        codes = batch_topk_codes(pre_BM, self.current_l0(ctx))
+        codes = batch_topk_codes(pre_BM, self.current_l0(ctx), ctx.batch_group)
         if self.training:
-            self.update_threshold(codes[codes > 0], ctx.step)
+            self.update_threshold(codes[codes > 0], ctx.step, ctx.batch_group)
         return codes
 
     def select_sparse(self, acts_BD: Tensor, ctx: StepContext) -> tuple[SparseCodes, SparseCodes | None]:
         """Sparse-path selection (and threshold update) with the AuxK codes."""
-        enc = batch_topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec,
-                                self.current_l0(ctx), matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+        k, group = self.current_l0(ctx), ctx.batch_group
+        # Data parallel: propose this rank's top (global B·k), keep those above the global cutoff.
+        enc = batch_topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec, k * group.world_size,
+                                matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
+        codes = enc.codes
+        if group.world_size > 1:
+            values = codes.values.detach()
+            n_keep = max(1, round(k * acts_BD.shape[0] * group.world_size))
+            codes = codes.filter(values >= global_cutoff(values, n_keep, group))
         if self.training:
-            values = enc.codes.values.detach()
-            self.update_threshold(values[values > 0], ctx.step)
-        return enc.codes, enc.aux
+            values = codes.values.detach()
+            self.update_threshold(values[values > 0], ctx.step, group)
+        return codes, enc.aux
 
     @torch.no_grad()
-    def update_threshold(self, positive_values: Tensor, step: int) -> None:
-        """θ ← EMA of the smallest selected positive activation of the batch."""
-        if positive_values.numel() == 0 or step < self.cfg.threshold_start_step:
+    def update_threshold(self, positive_values: Tensor, step: int,
+                         group: BatchGroup | None = None) -> None:
+        """θ ← EMA of the smallest selected positive activation of the (whole) batch."""
+        if step < self.cfg.threshold_start_step:
             return
-        batch_min = positive_values.min()
+        batch_min = (positive_values.min() if positive_values.numel()
+                     else positive_values.new_tensor(float("inf")))
+        if group is not None:
+            batch_min = group.min(batch_min)
+        if not torch.isfinite(batch_min):
+            return
         if float(self.threshold) < 0:
             self.threshold.copy_(batch_min)
         else:
@@ -96,7 +128,7 @@ class BatchTopKSAE(TopKFamilySAE):
         codes, aux = self.select_sparse(acts_BD, ctx)
         recon = sparse_decode(codes, self.W_dec, self.b_dec)
         mse = recon_loss(acts_BD, recon)
-        return self.finish_sparse_loss(acts_BD, codes, aux, recon, mse, {"mse": mse})
+        return self.finish_sparse_loss(acts_BD, codes, aux, recon, mse, {"mse": mse}, ctx)
 
     def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)

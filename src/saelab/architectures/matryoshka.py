@@ -76,4 +76,4 @@ class MatryoshkaSAE(BatchTopKSAE):
         prefix_loss = per_prefix.mean()
         recon = prefix_recon_BGD[:, -1]
         parts = {"mse": per_prefix[-1].detach(), "prefix_mse": prefix_loss}
-        return self.finish_sparse_loss(acts_BD, codes, aux, recon, prefix_loss, parts)
+        return self.finish_sparse_loss(acts_BD, codes, aux, recon, prefix_loss, parts, ctx)

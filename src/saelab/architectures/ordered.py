@@ -135,7 +135,7 @@ class OrderedSAE(TopKFamilySAE):
         nested = ordered_prefix_loss(acts_BD, codes.indices_BK, codes.values_BK, self.W_dec,
                                      self.b_dec, self.cdf)
         parts = {"mse": recon_loss(acts_BD, recon).detach(), "ordered_mse": nested}
-        return self.finish_sparse_loss(acts_BD, codes, enc.aux, recon, nested, parts)
+        return self.finish_sparse_loss(acts_BD, codes, enc.aux, recon, nested, parts, ctx)
 
     def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         k = self.cfg.k_at(ctx.step, ctx.total_steps)

@@ -147,12 +147,14 @@ class TopKFamilySAE(SAE):
     def finish_sparse_loss(
         self, acts_BD: Tensor, codes: SparseCodes, aux_codes: SparseCodes | None,
         recon_BD: Tensor, main_loss: Tensor, parts: dict[str, Tensor],
+        ctx: StepContext | None = None,
     ) -> LossOutput:
         """Add AuxK (from codes selected with the main ones) and package the output."""
         total = main_loss
         if aux_codes is not None:
             residual = (acts_BD - recon_BD).detach()
-            aux = normalised_aux_loss(residual, sparse_decode(aux_codes, self.W_dec))
+            aux = normalised_aux_loss(residual, sparse_decode(aux_codes, self.W_dec),
+                                      ctx.batch_group if ctx is not None else None)
             total = total + self.cfg.aux_coefficient * aux
             parts["auxk"] = aux
         return LossOutput(
@@ -171,7 +173,7 @@ class TopKFamilySAE(SAE):
         k_aux = min(self.cfg.k_aux or default_k_aux(self.cfg.d_in, self.cfg.d_sae), int(dead.sum()))
         masked = pre_BM.masked_fill(~dead, float("-inf"))
         aux_codes = topk_codes(masked, k_aux)
-        return normalised_aux_loss(residual_BD, aux_codes @ self.W_dec)
+        return normalised_aux_loss(residual_BD, aux_codes @ self.W_dec, ctx.batch_group)
 
     def finish_loss(
         self, acts_BD: Tensor, pre_BM: Tensor, codes_BM: Tensor, recon_BD: Tensor,
@@ -207,7 +209,7 @@ class TopKSAE(TopKFamilySAE):
                           matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
         recon = sparse_decode(enc.codes, self.W_dec, self.b_dec)
         mse = recon_loss(acts_BD, recon)
-        return self.finish_sparse_loss(acts_BD, enc.codes, enc.aux, recon, mse, {"mse": mse})
+        return self.finish_sparse_loss(acts_BD, enc.codes, enc.aux, recon, mse, {"mse": mse}, ctx)
 
     def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         pre = self.pre_acts(acts_BD)

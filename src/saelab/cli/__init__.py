@@ -28,6 +28,7 @@ def _commands() -> list[ModuleType]:
         sarm_cmd,
         sources_cmd,
         steer_cmd,
+        sweep_cmd,
         toy_cmd,
         train_cmd,
     )
@@ -40,6 +41,7 @@ def _commands() -> list[ModuleType]:
         eval_cmd,
         eval_model_cmd,
         l0_search_cmd,
+        sweep_cmd,
         features_cmd,
         explore_cmd,
         explain_cmd,

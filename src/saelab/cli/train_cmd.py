@@ -8,8 +8,11 @@ import sys
 import warnings
 from typing import Any
 
+import torch
+
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
+from saelab.distributed import init_from_env
 from saelab.metrics.seeds import cross_seed_consistency, summarise_seeds
 from saelab.ops import tune_cpu_allocator
 from saelab.registry import architectures, get_architecture
@@ -21,6 +24,8 @@ EPILOG = """examples:
   saelab train --data acts.npy --arch topk --k 32 --expansion 16 --total-tokens 5000000 --out runs/topk
   saelab train --config sweep.toml          (several SAEs on one stream; see README)
   saelab train --arch jumprelu --help       (options of one architecture)
+  saelab train ... --device cuda             (train on a GPU)
+  torchrun --nproc-per-node 4 -m saelab.cli train ...   (data-parallel over 4 processes/GPUs)
 Rerunning the same command resumes from the newest checkpoint in --out."""
 
 
@@ -98,14 +103,24 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     if not cfg.data.path:
         raise ValueError("no activations given: pass --data FILE or set [data] path in --config")
     source = open_source(cfg.data, cfg.train.seed)
-    trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out, run_config=cfg.to_dict())
-    print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
-          f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps -> {cfg.out}",
-          file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = _one_line_warning
-        final = trainer.fit(resume=not args.fresh, allow_data_change=args.allow_data_change)
+    group = init_from_env(cfg.train.device, cfg.train.dist_timeout_s)  # under torchrun
+    try:
+        trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out,
+                          run_config=cfg.to_dict(), dist=group)
+        if group is None or group.is_main:
+            ranks = f" on {group.world_size} ranks" if group is not None else ""
+            print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
+                  f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps"
+                  f"{ranks} ({trainer.device}) -> {cfg.out}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = _one_line_warning
+            final = trainer.fit(resume=not args.fresh, allow_data_change=args.allow_data_change)
+    finally:
+        if group is not None:
+            torch.distributed.destroy_process_group()
+    if group is not None and not group.is_main:
+        return 0
     summary = {name: str(trainer.out_dir / "final" / name) for name in final}
     report: dict[str, Any] = {"saved": summary}
     if cfg.seeds > 1:

@@ -12,12 +12,15 @@ from typing import Any
 
 class MetricsLog:
     def __init__(self, out_dir: Path, tensorboard: bool = False, wandb_project: str = "",
-                 run_config: dict[str, Any] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None, enabled: bool = True) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
-        self._fh = self.path.open("a")
         self._tb: Any = None
         self._wandb: Any = None
+        self._fh: Any = None
+        if not enabled:  # e.g. ranks other than 0 of a distributed run
+            return
+        self._fh = self.path.open("a")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -33,6 +36,8 @@ class MetricsLog:
                                      dir=str(out_dir))
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            return
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         step = int(record.get("step", 0))
@@ -46,7 +51,8 @@ class MetricsLog:
             self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

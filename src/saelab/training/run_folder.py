@@ -28,6 +28,8 @@ NOT_RESULT_AFFECTING = {
     ("out",), ("data", "check_finite"), ("train", "progress"), ("train", "measure_peak"),
     ("train", "tensorboard"), ("train", "wandb_project"), ("train", "log_every"),
     ("train", "keep_checkpoints"), ("train", "checkpoint_every"),
+    # where the run executes, not what it computes: resume on another device or rank count
+    ("train", "device"), ("train", "dist_timeout_s"),
 }
 
 

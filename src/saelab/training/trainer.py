@@ -7,12 +7,12 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from saelab.architectures.base import SAE, LossOutput, SAEConfig, StepContext
+from saelab.architectures.base import SAE, BatchGroup, LossOutput, SAEConfig, StepContext
 from saelab.config import ConfigError, to_dict
 from saelab.data.base import ActivationSource, check_finite
 from saelab.data.fingerprint import describe_difference
@@ -31,6 +31,7 @@ from saelab.training.checkpoint import (
     write_checkpoint,
 )
 from saelab.training.config import TrainConfig, warn_about_schedule
+from saelab.training.device import resolve_device, to_device_ahead
 from saelab.training.init import geometric_median, input_scale
 from saelab.training.logging import MetricsLog, Progress
 from saelab.training.run_folder import (
@@ -42,25 +43,44 @@ from saelab.training.run_folder import (
 )
 from saelab.training.throughput import measure_matmul_peak
 
+if TYPE_CHECKING:
+    from saelab.distributed import DataParallel
+
 
 class TrainingError(RuntimeError):
     """Training stopped: non-finite input or loss. The message names the step and the cause."""
 
 
+def make_adam(params: Any, lr: float, betas: tuple[float, float], eps: float
+              ) -> torch.optim.Adam:
+    """Adam that updates each parameter in one fused pass where the device has the kernel
+    (CPU, CUDA), else with multi-tensor (foreach) kernels: at 65k latents the unfused update
+    alone makes ~a dozen passes over each 200 MB weight matrix."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused or None,
+                            foreach=None if fused else True)
+
+
 @torch.no_grad()
 def remove_parallel_gradient(W_dec_MD: torch.nn.Parameter) -> None:
-    """Drop the gradient component along each (unit) decoder row, so the step stays tangent to
-    the unit sphere and the renormalisation after it changes little."""
-    if W_dec_MD.grad is None:
+    """Drop the gradient component along each decoder row, g ← g − (g·w / w·w)·w, so the step
+    stays tangent to the unit sphere and the renormalisation after it changes little.
+
+    One row-wise dot product (einsum → batched GEMV, ~2.5× faster on CPU than ``(g*w).sum``),
+    one norm and one fused multiply-add: no (M, D) temporaries.
+    """
+    grad = W_dec_MD.grad
+    if grad is None:
         return
-    rows = W_dec_MD / W_dec_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    parallel = (W_dec_MD.grad * rows).sum(1, keepdim=True)
-    W_dec_MD.grad.sub_(parallel * rows)
+    norm_sq_M = torch.linalg.vector_norm(W_dec_MD, dim=1).square_().clamp_min_(1e-24)
+    coef_M = torch.einsum("md,md->m", grad, W_dec_MD).div_(norm_sq_M)
+    grad.addcmul_(W_dec_MD, coef_M.unsqueeze(1), value=-1.0)
 
 
 @torch.no_grad()
 def normalise_decoder(W_dec_MD: torch.nn.Parameter) -> None:
-    W_dec_MD.div_(W_dec_MD.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    W_dec_MD.div_(torch.linalg.vector_norm(W_dec_MD, dim=1, keepdim=True).clamp_min(1e-12))
 
 
 class Trainer:
@@ -68,16 +88,30 @@ class Trainer:
 
     ``out_dir`` receives ``run.json``, ``metrics.jsonl``, ``checkpoints/`` and, at the end,
     ``final/<name>/`` (cfg.json + sae.safetensors, input normalisation folded in).
+
+    With ``dist`` (see :mod:`saelab.distributed`) this process is one rank of a data-parallel
+    run: it trains on its shard of each batch and only rank 0 writes files.
     """
 
     def __init__(self, sae_configs: dict[str, SAEConfig], train: TrainConfig,
                  source: ActivationSource, out_dir: str | Path,
-                 run_config: dict[str, Any] | None = None) -> None:
+                 run_config: dict[str, Any] | None = None,
+                 dist: DataParallel | None = None) -> None:
         if not sae_configs:
             raise ConfigError("nothing to train: give at least one SAE config")
         train.validate()
         self.train_cfg = train
         self.source = source
+        self.dist = dist
+        self.batch_group: BatchGroup = dist if dist is not None else BatchGroup()
+        self.device = resolve_device(train.device, dist.local_rank if dist is not None else 0)
+        self.data: ActivationSource = source
+        self.local_batch_size = train.batch_size
+        if dist is not None:
+            from saelab.distributed import RankShard
+
+            shard = RankShard(source, dist.rank, dist.world_size)
+            self.data, self.local_batch_size = shard, shard.local_batch_size(train.batch_size)
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.saes: dict[str, SAE] = {}
@@ -85,16 +119,17 @@ class Trainer:
         for name, cfg in sae_configs.items():
             if not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"bad SAE name {name!r}: use a plain folder name")
-            sae = build(with_source_metadata(cfg, source).resolved(source.d_in))
+            sae = build(with_source_metadata(cfg, source).resolved(source.d_in)).to(self.device)
             self.saes[name] = sae
-            opt = torch.optim.Adam(
+            opt = make_adam(
                 sae.parameters(),
                 lr=train.lr if cfg.lr is None else cfg.lr,
                 betas=(train.adam_beta1 if cfg.adam_beta1 is None else cfg.adam_beta1,
                        train.adam_beta2),
                 eps=train.adam_eps,
             )
-            self.slots[name] = SlotState(opt, torch.zeros(sae.cfg.d_sae, dtype=torch.int64))
+            self.slots[name] = SlotState(opt, torch.zeros(sae.cfg.d_sae, dtype=torch.int64,
+                                                          device=self.device))
         self.run_config = run_config or {
             "train": to_dict(train),
             "saes": {n: {"architecture": s.name, **to_dict(s.cfg)} for n, s in self.saes.items()},
@@ -102,6 +137,7 @@ class Trainer:
         self.step = 0
         self.scale = 1.0
         self.data_fingerprint: dict[str, Any] | None = None
+        self.last_metrics: dict[str, dict[str, Any]] = {}  # newest logged record per SAE
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -117,6 +153,10 @@ class Trainer:
             sae.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + i))
             if median is not None:
                 sae.init_decoder_bias(median)
+        if self.dist is not None:  # one initialisation for all ranks: rank 0's
+            for sae in self.saes.values():
+                self.dist.broadcast_module(sae)
+            self.scale = self.dist.broadcast_float(self.scale)
 
     def _check_run_config(self) -> None:
         path = self.out_dir / RUN_FILE
@@ -141,9 +181,10 @@ class Trainer:
             try:
                 meta = read_checkpoint(path, self.saes, self.slots)
             except CheckpointError as err:
-                moved = set_aside(path)
-                warnings.warn(f"{err}; set it aside as {moved.name} and trying the previous "
-                              "checkpoint", stacklevel=3)
+                if self.is_main:  # one rank renames; the others just skip it too
+                    moved = set_aside(path)
+                    warnings.warn(f"{err}; set it aside as {moved.name} and trying the "
+                                  "previous checkpoint", stacklevel=3)
                 continue
             self._check_data(meta.get("data_fingerprint"), path, allow_data_change)
             self.step = int(meta["step"])
@@ -165,18 +206,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, resume: bool = True, allow_data_change: bool = False) -> dict[str, SAE]:
+    def fit(self, resume: bool = True, allow_data_change: bool = False,
+            until_step: int | None = None) -> dict[str, SAE]:
         """Train to ``total_tokens`` (resuming from the newest good checkpoint if there is one)
         and return the SAEs, normalisation folded in and saved under ``final/``.
 
-        Holds the output folder's lock throughout: a second run on the same folder fails."""
+        Holds the output folder's lock throughout (rank 0 of a distributed run): a second run on
+        the same folder fails. ``until_step`` pauses earlier, after a checkpoint at that step
+        (for schedulers that train in slices, such as population-based training); the live
+        SAEs are returned."""
+        if not self.is_main:  # rank 0 holds the lock and tidies the folder for all ranks
+            return self._fit_locked(resume, allow_data_change, until_step)
         check_output_folder(self.out_dir)
         with folder_lock(self.out_dir, "training run"):
             check_output_folder(self.out_dir)  # again: it may have changed before we held the lock
             remove_stale_temporaries(self.out_dir)
-            return self._fit_locked(resume, allow_data_change)
+            return self._fit_locked(resume, allow_data_change, until_step)
 
-    def _fit_locked(self, resume: bool, allow_data_change: bool) -> dict[str, SAE]:
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files (always, unless a non-zero rank)."""
+        return self.dist is None or self.dist.is_main
+
+    def _fit_locked(self, resume: bool, allow_data_change: bool,
+                    until_step: int | None) -> dict[str, SAE]:
         cfg = self.train_cfg
         self._check_source_fits()
         warn_about_schedule(cfg, getattr(self.source, "n_rows", None))
@@ -190,40 +243,50 @@ class Trainer:
             self._resume(allow_data_change)
         else:
             self.initialise()
-        trim_metrics(self.out_dir, self.step)
-        atomic_write_json(self.out_dir / RUN_FILE, self.run_config)
-        log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config)
+        main = self.is_main
+        if main:
+            trim_metrics(self.out_dir, self.step)
+            atomic_write_json(self.out_dir / RUN_FILE, self.run_config)
+        log = MetricsLog(self.out_dir, cfg.tensorboard, cfg.wandb_project, self.run_config,
+                         enabled=main)
         total = cfg.total_steps
-        self.peak_flops = measure_matmul_peak() if cfg.measure_peak else 0.0
-        progress = Progress(total, cfg.batch_size, self.step, cfg.progress,
+        self.peak_flops = measure_matmul_peak(device=str(self.device)) if cfg.measure_peak else 0.0
+        progress = Progress(total, cfg.batch_size, self.step, cfg.progress and main,
                             flops_per_token=sum(s.matmul_flops_per_token() for s in self.saes.values()),
                             peak_flops=self.peak_flops)
         for sae in self.saes.values():
             sae.train()
         try:
-            batches = self.source.batches(cfg.batch_size, start_batch=self.step)
-            while self.step < total:
+            batches = to_device_ahead(self.data.batches(cfg.batch_size, start_batch=self.step),
+                                      self.device)
+            end = total if until_step is None else min(total, until_step)
+            while self.step < end:
                 batch = next(batches)
                 acts, outputs = self.train_step(batch)
-                if self.step % cfg.log_every == 0 or self.step == total:
+                if self.step % cfg.log_every == 0 or self.step == end:
                     self._log(log, acts, outputs, progress)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.checkpoint()
                 progress.update(self.step)
             progress.update(self.step, force=True)
+        except Exception as err:
+            lost = self._lost_rank(err)
+            if lost is None:
+                raise
+            raise lost from err
         finally:
             progress.close()
             log.close()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every != 0:
             self.checkpoint()
-        return self.finalise()
+        return self.finalise() if self.step >= total else self.saes
 
     def train_step(self, batch_BD: Tensor) -> tuple[Tensor, dict[str, LossOutput]]:
         """One optimiser step of every SAE on one raw batch; returns the scaled batch and the
         losses. Checks the batch's shape and values first."""
-        if batch_BD.shape != (self.train_cfg.batch_size, self.source.d_in):
+        if batch_BD.shape != (self.local_batch_size, self.source.d_in):
             raise TrainingError(f"step {self.step}: batch has shape {tuple(batch_BD.shape)}, "
-                                f"expected ({self.train_cfg.batch_size}, {self.source.d_in})")
+                                f"expected ({self.local_batch_size}, {self.source.d_in})")
         try:
             check_finite(batch_BD, f"step {self.step}: input batch")
         except ValueError as err:
@@ -236,7 +299,8 @@ class Trainer:
     def _sae_step(self, name: str, acts_BD: Tensor) -> LossOutput:
         sae, slot, cfg = self.saes[name], self.slots[name], self.train_cfg
         dead = slot.tokens_since_fired_M >= cfg.dead_after_tokens
-        ctx = StepContext(self.step, cfg.total_steps, cfg.sparsity_scale(self.step), dead)
+        ctx = StepContext(self.step, cfg.total_steps, cfg.sparsity_scale(self.step), dead,
+                          self.batch_group)
         slot.optimizer.zero_grad(set_to_none=True)
         out = sae.training_loss(acts_BD, ctx)
         if not torch.isfinite(out.total):
@@ -246,6 +310,8 @@ class Trainer:
                 f"lower the learning rate or check the data. {self._last_good()}"
             )
         out.total.backward()
+        if self.dist is not None:
+            self.dist.average_gradients(sae.parameters())
         if sae.unit_norm_decoder:
             remove_parallel_gradient(sae.W_dec)
         if cfg.grad_clip > 0:
@@ -256,10 +322,21 @@ class Trainer:
         slot.optimizer.step()
         if sae.unit_norm_decoder:
             normalise_decoder(sae.W_dec)
-        fired = out.fired_M.to(slot.tokens_since_fired_M.device)
-        slot.tokens_since_fired_M += acts_BD.shape[0]
+        fired = out.fired_M if self.dist is None else self.dist.any(out.fired_M)
+        slot.tokens_since_fired_M += cfg.batch_size  # rows of the whole (global) batch
         slot.tokens_since_fired_M[fired] = 0
         return out
+
+    def _lost_rank(self, err: Exception) -> TrainingError | None:
+        """A clear, resumable error when a collective failed because another rank is gone."""
+        from saelab.distributed import is_comm_error
+
+        if self.dist is None or isinstance(err, TrainingError) or not is_comm_error(err):
+            return None
+        return TrainingError(
+            f"rank {self.dist.rank} of {self.dist.world_size}: another rank died or stopped "
+            f"answering during step {self.step + 1} ({str(err).splitlines()[0][:200]}). "
+            f"{self._last_good()} Rerun the same command (on any number of ranks) to resume.")
 
     def _last_good(self) -> str:
         ckpts = list_checkpoints(self.ckpt_root)
@@ -299,6 +376,7 @@ class Trainer:
                 sae = self.saes[name]  # proxies read the decoder against its target (a transcoder's output)
                 record.update(training_proxies(sae, sae.split_data(acts)[1]))
             log.write(record)
+            self.last_metrics[name] = record
 
     # ------------------------------------------------------------------ outputs
 
@@ -310,6 +388,7 @@ class Trainer:
                               "data")
 
     def checkpoint(self) -> Path:
+        """Write a resumable checkpoint (rank 0 only; the other ranks wait for it)."""
         bad = [name for name, sae in self.saes.items()
                if not all(bool(torch.isfinite(p).all()) for p in sae.parameters())]
         if bad:
@@ -317,8 +396,13 @@ class Trainer:
                                 f"writing a checkpoint. {self._last_good()}")
         meta = {"input_scale": self.scale, "tokens": self.step * self.train_cfg.batch_size,
                 "data_fingerprint": self.data_fingerprint}
-        return write_checkpoint(self.ckpt_root, self.step, meta, self.saes, self.slots,
-                                self.train_cfg.keep_checkpoints)
+        path = self.ckpt_root / f"step_{self.step:09d}"
+        if self.is_main:
+            path = write_checkpoint(self.ckpt_root, self.step, meta, self.saes, self.slots,
+                                    self.train_cfg.keep_checkpoints)
+        if self.dist is not None:
+            self.dist.barrier()
+        return path
 
     def finalise(self) -> dict[str, SAE]:
         """Fold the input scale into copies of the SAEs and save them under final/."""
@@ -329,7 +413,8 @@ class Trainer:
             if self.scale != 1.0:
                 out.fold_input_scale(self.scale)
             out.eval()
-            save(out, self.out_dir / "final" / name)
+            if self.dist is None or self.dist.is_main:
+                save(out, self.out_dir / "final" / name)
             final[name] = out
         return final
 

@@ -1,0 +1,143 @@
+"""Process entry points for the torch.distributed tests (spawned, so they live in a module)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from saelab.data.arrays import ArrayFileSource
+from saelab.registry import config_from_dict
+from saelab.training import TrainConfig, Trainer
+
+ARCHS = ("topk", "batchtopk", "jumprelu", "gated")
+D_IN, D_SAE = 12, 48
+
+
+def sae_options(name: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {"architecture": name, "d_sae": D_SAE}
+    if name in ("topk", "batchtopk"):
+        opts.update(k=3, aux_coefficient=0.5)
+    if name == "batchtopk":
+        opts["threshold_start_step"] = 0
+    return opts
+
+
+def make_data(path: Path, rows: int = 512, seed: int = 0) -> Path:
+    gen = np.random.default_rng(seed)
+    feats = gen.normal(size=(40, D_IN))
+    codes = gen.random((rows, 40)) * (gen.random((rows, 40)) > 0.9)
+    np.save(path, (codes @ feats + 0.05 * gen.normal(size=(rows, D_IN))).astype(np.float32))
+    return path
+
+
+def train_config(**over: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(total_tokens=64 * 12, batch_size=64, lr=3e-3, lr_warmup_steps=0,
+                                lr_decay_start=1.0, dead_after_tokens=64, init_samples=256,
+                                checkpoint_every=4, keep_checkpoints=5, log_every=1,
+                                progress=False, measure_peak=False)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def trainer(out: Path, data: Path, dist_group: Any = None, **over: Any) -> Trainer:
+    saes = {name: config_from_dict(sae_options(name)) for name in ARCHS}
+    return Trainer(saes, train_config(**over), ArrayFileSource(data, seed=0), out, dist=dist_group)
+
+
+def final_weights(out: Path) -> dict[str, dict[str, Tensor]]:
+    from safetensors.torch import load_file
+
+    return {name: load_file(str(out / "final" / name / "sae.safetensors")) for name in ARCHS}
+
+
+class DyingSource(ArrayFileSource):
+    """This rank's process exits abruptly when batch ``die_at`` is requested (a crashed rank)."""
+
+    die_at = -1
+
+    def batches(self, batch_size: int, start_batch: int = 0) -> Iterator[Tensor]:
+        for i, batch in enumerate(super().batches(batch_size, start_batch), start_batch):
+            if i == self.die_at:
+                os._exit(3)
+            yield batch
+
+
+def data_parallel_worker(rank: int, world: int, rdzv: str, out: str, data: str,
+                         result: str, die_rank: int = -1, die_at: int = -1) -> None:
+    """One rank of a gloo data-parallel run; writes {"ok": ...} or {"error": ...} to result."""
+    from saelab.distributed import DataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        t = trainer(Path(out), Path(data), DataParallel(rank, world))
+        if rank == die_rank:
+            dying = DyingSource(Path(data), seed=0)
+            dying.die_at = die_at
+            t.source = dying
+            from saelab.distributed import RankShard
+
+            t.data = RankShard(dying, rank, world)
+        t.fit()
+        Path(result).write_text(json.dumps({"ok": True, "step": t.step}))
+    except Exception as err:
+        Path(result).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
+    finally:
+        dist.destroy_process_group()
+
+
+def latent_reference(data: Path, out: Path, steps: int) -> tuple[dict[str, Tensor],
+                                                                 dict[str, Tensor]]:
+    """An unsharded TopK trained by the real Trainer: (initial state, state after ``steps``)."""
+    cfg = train_config(total_tokens=64 * steps, normalize_inputs=False, checkpoint_every=0)
+    t = Trainer({"topk": config_from_dict(sae_options("topk"))}, cfg,
+                ArrayFileSource(data, seed=0), out)
+    t.initialise()
+    initial = {k: v.clone() for k, v in t.saes["topk"].state_dict().items()}
+    for batch in _first_batches(data, steps):
+        t.train_step(batch)
+    return initial, {k: v.clone() for k, v in t.saes["topk"].state_dict().items()}
+
+
+def _first_batches(data: Path, steps: int) -> list[Tensor]:
+    batches = ArrayFileSource(data, seed=0).batches(64)
+    return [next(batches) for _ in range(steps)]
+
+
+def latent_sharded_worker(rank: int, world: int, rdzv: str, data: str, initial: str,
+                          result: str, steps: int) -> None:
+    """One rank of a latent-sharded TopK run from the given initial weights; rank 0 saves the
+    gathered SAE to ``result``."""
+    from safetensors.torch import load_file, save_file
+
+    from saelab.distributed.latent_sharded import LatentShardedTrainer, ShardedTopK
+    from saelab.registry import build
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        full = build(config_from_dict(sae_options("topk")).resolved(D_IN))
+        full.load_state_dict(load_file(initial))
+        cfg = train_config()
+        t = LatentShardedTrainer(ShardedTopK.from_full(full, rank, world), lr=cfg.lr,
+                                 dead_after_tokens=cfg.dead_after_tokens)
+        aux_steps = 0
+        for batch in _first_batches(Path(data), steps):
+            aux_steps += "auxk" in t.train_step(batch, steps).parts
+        gathered = t.sae.gather_full()
+        if rank == 0:
+            save_file({k: v.contiguous() for k, v in gathered.state_dict().items()}, result)
+            Path(result + ".json").write_text(json.dumps({"aux_steps": aux_steps}))
+    finally:
+        dist.destroy_process_group()

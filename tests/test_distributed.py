@@ -1,0 +1,108 @@
+"""Data-parallel training on 2 gloo processes equals 1 process on the full batch; a dying rank
+fails clearly and leaves a checkpoint from which the run resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests import dist_workers as W
+
+
+def run_ranks(tmp: Path, tag: str, out: Path, data: Path, world: int = 2,
+              **kw: Any) -> list[dict[str, Any]]:
+    ctx = mp.get_context("spawn")
+    results = [tmp / f"{tag}.rank{r}.json" for r in range(world)]
+    procs = [ctx.Process(target=W.data_parallel_worker,
+                         args=(r, world, str(tmp / f"{tag}.rdzv"), str(out), str(data),
+                               str(results[r])), kwargs=kw) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        if p.is_alive():
+            p.kill()
+            pytest.fail(f"{tag}: a rank hung")
+    return [json.loads(f.read_text()) if f.exists() else {"exit": p.exitcode}
+            for f, p in zip(results, procs, strict=True)]
+
+
+def assert_same(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]
+                ) -> None:
+    for arch in W.ARCHS:
+        for key in a[arch]:
+            torch.testing.assert_close(a[arch][key], b[arch][key], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, arch=arch, key=key: f"{arch}.{key}: {m}")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    tmp = tmp_path_factory.mktemp("dist")
+    data = W.make_data(tmp / "acts.npy")
+    single = tmp / "single"
+    W.trainer(single, data).fit()
+    return tmp, data, W.final_weights(single)
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_same_weights_as_one_process(setup: tuple) -> None:
+    tmp, data, reference = setup
+    out = tmp / "dp2"
+    assert run_ranks(tmp, "dp2", out, data) == [{"ok": True, "step": 12}] * 2
+    got = W.final_weights(out)
+    assert_same(got, reference)
+    # The test can fail: the BatchTopK threshold and AuxK must have been exercised.
+    assert float(reference["batchtopk"]["threshold"]) > 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("auxk" in r for r in log if r["sae"] == "topk"), "AuxK never ran"
+
+
+@pytest.mark.slow
+def test_dying_rank_fails_clearly_and_the_run_resumes_to_the_same_weights(setup: tuple) -> None:
+    tmp, data, reference = setup
+    out = tmp / "dying"
+    res = run_ranks(tmp, "dying", out, data, die_rank=1, die_at=9)
+    assert res[1] == {"exit": 3}
+    err = res[0]["error"]
+    assert "TrainingError" in err and "another rank died" in err and "step 10" in err
+    assert "step_000000008" in err and "Rerun the same command" in err
+    assert not (out / "final").exists()
+    # Resume on 1 process from a copy, and on 2 ranks in place: both end where an uninterrupted
+    # run ends.
+    shutil.copytree(out, tmp / "resumed1")
+    W.trainer(tmp / "resumed1", data).fit()
+    assert_same(W.final_weights(tmp / "resumed1"), reference)
+    assert run_ranks(tmp, "resume2", out, data) == [{"ok": True, "step": 12}] * 2
+    assert_same(W.final_weights(out), reference)
+
+
+@pytest.mark.slow
+def test_latent_sharded_topk_equals_unsharded(setup: tuple) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tmp, data, _ = setup
+    steps = 8
+    initial, reference = W.latent_reference(data, tmp / "latent_ref", steps)
+    save_file(initial, str(tmp / "latent_init.safetensors"))
+    ctx = mp.get_context("spawn")
+    result = str(tmp / "latent_sharded.safetensors")
+    procs = [ctx.Process(target=W.latent_sharded_worker,
+                         args=(r, 2, str(tmp / "latent.rdzv"), str(data),
+                               str(tmp / "latent_init.safetensors"), result, steps))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = load_file(result)
+    assert json.loads(Path(result + ".json").read_text())["aux_steps"] > 0  # AuxK exercised
+    for key, want in reference.items():
+        torch.testing.assert_close(got[key], want, rtol=1e-4, atol=1e-5, msg=key)
+    assert not torch.equal(reference["W_enc"], initial["W_enc"])  # it trained
