@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,13 +106,12 @@ class Trainer:
         self.dist = dist
         self.batch_group: BatchGroup = dist if dist is not None else BatchGroup()
         self.device = resolve_device(train.device, dist.local_rank if dist is not None else 0)
-        self.data: ActivationSource = source
         self.local_batch_size = train.batch_size
         if dist is not None:
             from saelab.distributed import RankShard
 
-            shard = RankShard(source, dist.rank, dist.world_size)
-            self.data, self.local_batch_size = shard, shard.local_batch_size(train.batch_size)
+            self.local_batch_size = RankShard(source, dist.rank, dist.world_size).local_batch_size(
+                train.batch_size)
         self.out_dir = Path(out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.saes: dict[str, SAE] = {}
@@ -257,7 +257,7 @@ class Trainer:
         for sae in self.saes.values():
             sae.train()
         try:
-            batches = to_device_ahead(self.data.batches(cfg.batch_size, start_batch=self.step),
+            batches = to_device_ahead(self._batches(cfg.batch_size, start_batch=self.step),
                                       self.device)
             end = total if until_step is None else min(total, until_step)
             while self.step < end:
@@ -280,6 +280,16 @@ class Trainer:
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every != 0:
             self.checkpoint()
         return self.finalise() if self.step >= total else self.saes
+
+    def _batches(self, batch_size: int, start_batch: int) -> Iterator[Tensor]:
+        """This process's batches: the whole batch, or this rank's slice of it (read from
+        ``self.source`` at the time of the call)."""
+        if self.dist is None:
+            return self.source.batches(batch_size, start_batch=start_batch)
+        from saelab.distributed import RankShard
+
+        shard = RankShard(self.source, self.dist.rank, self.dist.world_size)
+        return shard.batches(batch_size, start_batch=start_batch)
 
     def train_step(self, batch_BD: Tensor) -> tuple[Tensor, dict[str, LossOutput]]:
         """One optimiser step of every SAE on one raw batch; returns the scaled batch and the
