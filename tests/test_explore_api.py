@@ -4,6 +4,7 @@ for other weights, and many clients at once."""
 
 from __future__ import annotations
 
+import html
 import json
 import urllib.error
 import urllib.request
@@ -230,3 +231,126 @@ def test_public_host_warns() -> None:
     assert public_host_warning("127.0.0.1") == "" and public_host_warning("localhost") == ""
     assert "reachable from other machines" in public_host_warning("0.0.0.0")
     assert "reachable from other machines" in public_host_warning("192.168.1.5")
+
+
+def steer_query(**fields: str) -> str:
+    return "&".join(f"{k}={quote(v)}" for k, v in fields.items())
+
+
+def test_steering_api_alpha_zero_is_identical_and_matches_steer_text(
+        server: ExploreServer, setup: TinySetup) -> None:
+    from saelab.models.hf import load_hf_model
+    from saelab.steer import Intervention, LatentEdit, steer_text
+
+    prompt = "The grey door is"
+    status, zero = api(server, "/api/feature/7/steer?" + steer_query(
+        prompt=prompt, edit="add", value="0", max_new_tokens="12"))
+    assert status == 200, zero
+    assert zero["latent"] == 7 and zero["edit"] == "7:add:0" and zero["hook"] == "transformer.h.1"
+    assert zero["steered"] == zero["unsteered"] and zero["steered"].strip()
+    assert zero["kl_next_token"] == 0.0 and zero["kl_mean_prompt"] == 0.0
+    assert zero["top_steered"] == zero["top_unsteered"]
+
+    status, pushed = api(server, "/api/feature/7/steer?" + steer_query(
+        prompt=prompt, edit="add", value="60", max_new_tokens="12"))
+    assert status == 200 and pushed["kl_next_token"] > 1e-3
+    assert pushed["unsteered"] == zero["unsteered"] != pushed["steered"]
+    # the API steers this latent at the store's hook with exactly the typed edit
+    loaded = load_hf_model(setup.model)
+    direct = steer_text(loaded.model, loaded.tokenizer, prompt,
+                        [Intervention(setup.sae, "transformer.h.1", [LatentEdit(7, "add", 60.0)])],
+                        max_new_tokens=12)
+    assert pushed["steered"] == direct.steered
+    assert pushed["kl_next_token"] == pytest.approx(direct.kl_next_token, rel=1e-5)
+    for edit, value, described in (("clamp", "-3", "7:clamp:-3"), ("scale", "2.5", "7:scale:2.5"),
+                                   ("zero", "", "7:zero")):
+        status, got = api(server, "/api/feature/7/steer?" + steer_query(
+            prompt=prompt, edit=edit, value=value, max_new_tokens="2"))
+        assert status == 200 and got["edit"] == described and got["max_new_tokens"] == 2
+
+
+def test_steering_box_on_the_feature_page(server: ExploreServer) -> None:
+    status, _, body = get(server, "/feature/7")
+    assert status == 200 and "id='steer-prompt'" in body and "action='/feature/7/steer#steer'" in body
+    assert "id='steer-steered'" not in body
+    status, _, body = get(server, "/feature/7/steer?" + steer_query(
+        prompt="The grey door is", edit="clamp", value="30", max_new_tokens="6"))
+    assert status == 200
+    assert "id='steer-unsteered'" in body and "id='steer-steered'" in body
+    assert "id='steer-kl'" in body and "<option value='clamp' selected>" in body
+    assert "value='30'" in body  # the form keeps what was typed
+
+
+def test_steering_prompt_cannot_inject_markup(server: ExploreServer) -> None:
+    for text in (INJECTION, ATTRIBUTE_INJECTION, "</textarea><script>alert(3)</script>"):
+        status, _, body = get(server, "/feature/3/steer?" + steer_query(
+            prompt=text, edit="add", value="5", max_new_tokens="3"))
+        assert status == 200 and "id='steer-steered'" in body
+        assert "<script" not in body.lower() and "<img" not in body.lower()
+        assert "&lt;script&gt;" in body or "&lt;img" in body
+        # injection through the other fields comes back escaped in the error
+        status, _, body = get(server, "/feature/3/steer?" + steer_query(
+            prompt="hi", edit="add", value=text, max_new_tokens="3"))
+        assert status == 400 and "id='steer-error'" in body
+        assert "<script" not in body.lower() and "<img" not in body.lower()
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"value": "nan"}, "finite number"), ({"value": "inf"}, "finite number"),
+    ({"value": "-Infinity"}, "finite number"), ({"value": "1e999"}, "finite number"),
+    ({"value": "1e5"}, "finite number"), ({"value": "four"}, "not a number"),
+    ({"max_new_tokens": "0"}, "max_new_tokens"), ({"max_new_tokens": "65"}, "max_new_tokens"),
+    ({"max_new_tokens": "-1"}, "max_new_tokens"), ({"max_new_tokens": "9" * 40}, "max_new_tokens"),
+    ({"max_new_tokens": "2.5"}, "max_new_tokens"), ({"edit": "explode"}, "unknown edit"),
+    ({"prompt": ""}, "type a prompt"), ({"prompt": "   "}, "type a prompt"),
+    ({"prompt": "x" * 1001}, "longer than 1000"),
+])
+def test_steering_refuses_bad_values(server: ExploreServer, fields: dict[str, str],
+                                     message: str) -> None:
+    query = {"prompt": "The grey door", "edit": "add", "value": "4", "max_new_tokens": "4"}
+    query.update(fields)
+    status, err = api(server, "/api/feature/7/steer?" + steer_query(**query))
+    assert status == 400 and message in err["error"]
+    status, _, body = get(server, "/feature/7/steer?" + steer_query(**query))
+    assert status == 400 and "id='steer-error'" in body and message in html.unescape(body)
+
+
+def test_steering_prompt_token_limit(server: ExploreServer) -> None:
+    # under the character limit but over the token limit of the tiny model (128 positions)
+    status, err = api(server, "/api/feature/7/steer?" + steer_query(
+        prompt="a b c d e f g h " * 20, max_new_tokens="8"))
+    assert status == 400 and "tokens" in err["error"] and "shorten it" in err["error"]
+
+
+def test_steering_unknown_latent_is_404(server: ExploreServer) -> None:
+    status, err = api(server, "/api/feature/64/steer?prompt=hi")
+    assert status == 404 and "latents 0 to 63" in err["error"]
+    status, _, _ = get(server, "/feature/64/steer?prompt=hi")
+    assert status == 404
+
+
+def test_steering_without_a_usable_model_says_why(setup: TinySetup) -> None:
+    from saelab.explore import ExploreApp, LiveEncoder
+    from saelab.features import ModelSpec, load_model
+
+    def page_and_api(app: ExploreApp) -> tuple[str, int, dict]:
+        _, _, body = app.get("/feature/7", {})
+        status, _, raw = app.get("/api/feature/7/steer", {"prompt": ["The grey door"]})
+        return body.decode(), status, json.loads(raw)
+
+    no_model = open_explorer(str(setup.sae_dir), live=False)
+    body, status, err = page_and_api(no_model)
+    assert "id='steer-note'" in body and "id='steer-prompt'" not in body
+    assert "no model" in body and status == 400 and "no model" in err["error"]
+
+    spec = ModelSpec.of_cache(setup.cache)
+    loaded = load_model(spec)
+    loaded.is_causal_lm = False  # as for an encoder such as MiniLM
+    store = FeatureStore(setup.store_dir, setup.sae)
+    encoder_app = ExploreApp(store, LiveEncoder(setup.sae, spec, loaded=loaded))
+    body, status, err = page_and_api(encoder_app)
+    assert "id='steer-note'" in body and "needs a causal LM" in body
+    assert status == 400 and "needs a causal LM" in err["error"]
+
+    game = LiveEncoder(setup.sae, ModelSpec("game", "othello", "blocks.3", "othello"))
+    assert "needs a Hugging Face causal LM" in game.steer_note()

@@ -126,3 +126,31 @@ def test_type_text_open_a_feature_follow_a_link(browser, server, tmp_path: Path)
     for name in ("fire.png", "feature.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_steering_box_shows_both_outputs(browser, server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    srv, _ = server
+    browser.get(srv.url + "feature/7")
+    prompt = browser.find_element(By.ID, "steer-prompt")
+    prompt.send_keys(f"The grey door {INJECTION}")
+    Select(browser.find_element(By.ID, "steer-edit")).select_by_value("clamp")
+    for field, value in (("steer-value", "40"), ("steer-tokens", "4")):
+        box = browser.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    browser.find_element(By.ID, "steer-button").click()
+    WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.ID, "steer-steered")))
+    assert "/feature/7/steer?" in browser.current_url
+    unsteered = browser.find_element(By.ID, "steer-unsteered").text
+    steered = browser.find_element(By.ID, "steer-steered").text
+    assert unsteered.strip() and steered.strip()
+    assert float(browser.find_element(By.ID, "steer-kl").text) >= 0
+    assert browser.find_element(By.ID, "steer-prompt").get_attribute("value").endswith(INJECTION)
+    assert Select(browser.find_element(By.ID, "steer-edit")).first_selected_option.text == "clamp to"
+    assert browser.execute_script("return document.scripts.length") == 0
+    browser.save_screenshot(str(tmp_path / "steer.png"))
+    assert (tmp_path / "steer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

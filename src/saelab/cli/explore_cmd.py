@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 = any free port)")
-    p.add_argument("--no-live", action="store_true", help="do not offer live text")
+    p.add_argument("--no-live", action="store_true", help="do not offer live text or the steering box")
     p.add_argument("--quiet", action="store_true", help="no request log")
     p.set_defaults(run=run)
 

@@ -326,6 +326,55 @@ def label_form(latent: int) -> str:
             "<button type='submit' id='label-button'>Save</button></form></section>")
 
 
+STEER_EDITS = (("add", "add α·d_j"), ("clamp", "clamp to"), ("scale", "scale by"),
+               ("zero", "zero"))
+
+
+def steer_section(latent: int, fields: dict[str, str], result: dict[str, Any] | None = None,
+                  error: str = "", note: str = "") -> str:
+    """The feature page's steering box (a plain GET form) and, after a run, steered vs
+    unsteered continuations side by side with the next-token KL. ``note`` replaces the form
+    when this explorer cannot steer."""
+    head = "<h2>Steer the model with this latent</h2>"
+    if note:
+        return f"<section id='steer'>{head}<p id='steer-note' class='muted'>{esc(note)}</p></section>"
+    op = fields.get("edit", "add")
+    options = "".join(f"<option value='{v}'{' selected' if v == op else ''}>{t}</option>"
+                      for v, t in STEER_EDITS)
+    form = (f"<form method='get' action='/feature/{latent}/steer#steer'>"
+            f"<label>Prompt<textarea name='prompt' id='steer-prompt' rows='2' maxlength='1000'>"
+            f"{esc(fields.get('prompt', ''))}</textarea></label> "
+            f"<label>edit <select name='edit' id='steer-edit'>{options}</select></label> "
+            f"<label>value <input name='value' id='steer-value' size='6' "
+            f"value='{esc(fields.get('value', '4'))}'></label> "
+            f"<label>new tokens <input name='max_new_tokens' id='steer-tokens' size='3' "
+            f"value='{esc(fields.get('max_new_tokens', '16'))}'></label> "
+            "<button type='submit' id='steer-button'>Steer</button></form>"
+            "<p class='muted'>Greedy continuations with and without the edit at the store's "
+            "hook, on every position; the SAE's error term is kept, so only this latent changes "
+            "the activation. KL: KL(p_unsteered ‖ p_steered) of the next token after the "
+            "prompt, in nats.</p>")
+    out = ""
+    if error:
+        out = f"<p id='steer-error'>{esc(error)}</p>"
+    elif result is not None:
+        out = (f"<div class='grid'><div><h3>unsteered</h3><p class='ctx' id='steer-unsteered'>"
+               f"{esc(result['unsteered'])}</p></div><div><h3>steered "
+               f"<span class='muted'>({esc(result['edit'])})</span></h3>"
+               f"<p class='ctx' id='steer-steered'>{esc(result['steered'])}</p></div></div>"
+               f"<p>next-token KL <b id='steer-kl'>{result['kl_next_token']:.4g}</b> nats "
+               f"<span class='muted'>(mean over the prompt {result['kl_mean_prompt']:.4g})"
+               "</span></p>"
+               "<table id='steer-top'><tr><th>next token unsteered</th><th>p</th>"
+               "<th>next token steered</th><th>p</th></tr>"
+               + "".join(f"<tr><td class='ctx'>{esc(t0)}</td><td>{fmt(p0)}</td>"
+                         f"<td class='ctx'>{esc(t1)}</td><td>{fmt(p1)}</td></tr>"
+                         for (t0, p0), (t1, p1) in zip(result["top_unsteered"],
+                                                       result["top_steered"], strict=True))
+               + "</table>")
+    return f"<section id='steer'>{head}{form}{out}</section>"
+
+
 def fire_page(text: str, result: dict[str, Any] | None, links: Links, error: str = "") -> str:
     form = ("<section><form action='/fire' method='get'><label>Which latents fire on this text?"
             f"<textarea name='text' id='fire-text' rows='2'>{esc(text)}</textarea></label>"

@@ -8,12 +8,14 @@ framework would add dependencies and nothing a user sees (docs/features.md says 
 ``/``                                 index: search, live text, sorted latents
 ``/feature/<id>``                     feature page (404 page for an unknown id)
 ``/fire?text=...``                    which latents fire on typed text (live)
+``/feature/<id>/steer?prompt=&edit=&value=&max_new_tokens=``  the page with steered text
 ``POST /feature/<id>/label``          add a user label (form), then back to the page
 ``/api/meta``                         the store's metadata
 ``/api/latents?sort=&order=&offset=&limit=``  a sorted page of latents
 ``/api/search?q=``                    latents by id or label / explanation text
 ``/api/feature/<id>``                 everything the feature page shows
 ``/api/fire?text=``                   live firing latents per token
+``/api/feature/<id>/steer?...``       steered vs unsteered text and next-token KL (live)
 ``POST /api/feature/<id>/labels``     add a user label (JSON ``{"text": ...}``)
 ====================================  ==========================================
 
@@ -31,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from saelab.explore import pages
-from saelab.explore.live import LiveEncoder
+from saelab.explore.live import LiveEncoder, SteerRequest
 from saelab.features.build import StoreError
 from saelab.features.store import SORT_KEYS, FeatureStore
 
@@ -39,6 +41,8 @@ FEATURE = re.compile(r"^/feature/(\d{1,9})$")
 FEATURE_LABEL = re.compile(r"^/feature/(\d{1,9})/label$")
 API_FEATURE = re.compile(r"^/api/feature/(\d{1,9})$")
 API_LABELS = re.compile(r"^/api/feature/(\d{1,9})/labels$")
+FEATURE_STEER = re.compile(r"^/feature/(\d{1,9})/steer$")
+API_STEER = re.compile(r"^/api/feature/(\d{1,9})/steer$")
 MAX_BODY = 64 * 1024
 
 Response = tuple[int, str, bytes]
@@ -80,12 +84,9 @@ class ExploreApp:
             return self._index(arg("q"), arg("sort", "density"), arg("order", "desc"),
                                arg("offset", "0"))
         if m := FEATURE.match(path):
-            latent = int(m.group(1))
-            data = self.store.feature(latent)
-            if data is None:
-                return self.missing_latent(path, latent)
-            return self.html(pages.feature_page(data, self.store.meta, self.links,
-                                                [pages.label_form(latent)]))
+            return self._feature_page(path, int(m.group(1)))
+        if m := FEATURE_STEER.match(path):
+            return self._feature_page(path, int(m.group(1)), steer=query)
         if path == "/fire":
             text = arg("text")
             if not text:
@@ -112,6 +113,14 @@ class ExploreApp:
             latent = int(m.group(1))
             data = self.store.feature(latent)
             return self.json(data) if data is not None else self.missing_latent(path, latent)
+        if m := API_STEER.match(path):
+            latent = int(m.group(1))
+            if not self.store.has(latent):
+                return self.missing_latent(path, latent)
+            try:
+                return self.json(self._steer(latent, {k: v[0] for k, v in query.items()}))
+            except ValueError as err:
+                return self.json({"error": str(err)}, 400)
         if path == "/api/fire":
             try:
                 return self.json(self._fire(arg("text")))
@@ -170,6 +179,35 @@ class ExploreApp:
                                           sort=sort_key, descending=desc, offset=off,
                                           limit=self.page_size, live=self.live is not None,
                                           heading=heading))
+
+    def _feature_page(self, path: str, latent: int,
+                      steer: dict[str, list[str]] | None = None) -> Response:
+        """The feature page; with ``steer`` (the steering form's fields) also the steered
+        text, or the error that stopped it (status 400)."""
+        data = self.store.feature(latent)
+        if data is None:
+            return self.missing_latent(path, latent)
+        fields = {k: v[0] for k, v in (steer or {}).items()}
+        result, error, status = None, "", 200
+        if steer is not None:
+            try:
+                result = self._steer(latent, fields)
+            except ValueError as err:
+                error, status = str(err), 400
+        box = pages.steer_section(latent, fields, result, error, note=self._steer_note())
+        return self.html(pages.feature_page(data, self.store.meta, self.links,
+                                            [box, pages.label_form(latent)]), status)
+
+    def _steer_note(self) -> str:
+        if self.live is None:
+            return ("steering is off: the explorer has no model (start it with --model, or "
+                    "build the store from a model or a cache that names one)")
+        return self.live.steer_note()
+
+    def _steer(self, latent: int, fields: dict[str, str]) -> dict[str, Any]:
+        if self.live is None:
+            raise ValueError(self._steer_note())
+        return self.live.steer(latent, SteerRequest.parse(fields))
 
     def _fire(self, text: str) -> dict[str, Any]:
         if self.live is None:
