@@ -45,3 +45,41 @@ def test_public_names_still_work():
 
     assert D1 is D2
     assert ToySource.__module__ == "saelab.toy.source"
+
+
+# Each subpackage (or top-level module) of saelab and its layer; a module may import from its
+# own layer and the layers below, never above (core → data sources → training → evals →
+# interpretation/use → cli). A new subpackage must be placed here.
+LAYERS = {
+    0: {"config", "registry", "architectures", "ops", "metrics", "io", "integrity", "lock"},
+    1: {"data", "cache", "text", "models", "sources", "boardgame", "interop"},
+    2: {"training", "distributed", "run_config"},
+    3: {"evals", "search", "toy", "sweep"},
+    4: {"features", "explore", "interp", "steer", "sarm", "pipelines"},
+    5: {"cli"},
+}
+
+
+def _layer_of(name: str) -> int:
+    for layer, names in LAYERS.items():
+        if name in names:
+            return layer
+    raise AssertionError(f"saelab.{name} has no layer: add it to LAYERS in {__file__}")
+
+
+def test_imports_go_downward_only():
+    upward = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).parts
+        if rel == ("__init__.py",) or rel[0] == "__pycache__":
+            continue  # the package's public API sits above everything
+        if rel == ("data", "toy.py"):
+            continue  # a lazy, deprecated alias of saelab.toy.ToySource
+        own = rel[0] if len(rel) > 1 else rel[0].removesuffix(".py")
+        for module in _imports(path):
+            parts = module.split(".")
+            if parts[0] != "saelab" or len(parts) < 2 or parts[1] == own:
+                continue
+            if _layer_of(parts[1]) > _layer_of(own):
+                upward.append(f"{'/'.join(rel)} imports {module}")
+    assert not upward, "imports that run upward:\n" + "\n".join(upward)
