@@ -47,9 +47,12 @@ from saelab.features.schema import (
 )
 from saelab.features.sources import LoadedSpec, ModelSpec, RowStream
 from saelab.io import atomic_write_bytes
+from saelab.ops.kernels import release_freed_heap
 from saelab.training.logging import _fmt
 
 WORK_DIR = "_work"
+#: seconds between hand-backs of the freed heap during the encode pass (see release_freed_heap)
+TRIM_EVERY_S = 2.0
 
 
 class StoreError(ValueError):
@@ -286,6 +289,7 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
     resumed = batches_done
     total = stream.total_rows()
     start, rows_at_start, last_save = time.perf_counter(), stats.n_rows, time.perf_counter()
+    last_trim = start
 
     def save(finished: bool) -> None:
         state.save({"batches_done": batches_done, "nnz": nnz, "code_sizes": codes.sizes(),
@@ -311,7 +315,13 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
         if time.perf_counter() - last_save > cfg.checkpoint_every_s:
             save(False)
             last_save = time.perf_counter()
+        if time.perf_counter() - last_trim > TRIM_EVERY_S:
+            # freed batch buffers would otherwise pile up as heap holes: RSS would grow
+            # with the number of batches (glibc's dynamic mmap threshold)
+            release_freed_heap()
+            last_trim = time.perf_counter()
     save(True)
+    release_freed_heap()
     say.progress("encode", stats.n_rows - rows_at_start, None, start, force=True)
     return stats, top, codes, resumed
 
@@ -461,6 +471,7 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
             [act_bytes[a:b] if k != 1 else None
              for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
         del values, latents, offsets
+        release_freed_heap()  # this block's window arrays, before the next block's
         say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
     return used
 
