@@ -36,7 +36,7 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, lookup
+from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, gather_rows, lookup
 from saelab.features.schema import (
     SCHEMA_VERSION,
     STORE_NAME,
@@ -382,11 +382,13 @@ def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
     lo, hi = _window(pos, cfg, size)
     fired = np.zeros((pool_size, M), dtype=bool)
     _, latents, offsets, _ = codes.open()
-    for w in range(pool_size):
-        rows = np.asarray(inverse[seq[w], lo[w]:hi[w]])
-        rows = rows[rows >= 0]
-        for r in rows:
-            fired[w, latents[offsets[r]:offsets[r + 1]]] = True
+    lengths = hi - lo
+    window = np.repeat(np.arange(pool_size), lengths)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    rows = np.asarray(inverse[seq[window], starts + np.arange(len(window))])
+    counted = rows >= 0
+    entry, which = gather_rows(offsets, rows[counted])
+    fired[window[counted][which], np.asarray(latents[entry])] = True
     order = np.argsort(fired, axis=0, kind="stable")[:cfg.n_random].T  # (M, n) unfired first
     ok = ~fired[order, np.arange(M)[:, None]]
     return np.where(ok, order, -1), np.stack([seq, pos], 1)
