@@ -19,6 +19,7 @@ Memory is bounded by the number of latents and the batch size, not by the number
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -432,21 +433,6 @@ def _selected(top: TopPerGroup, quant: TopPerGroup, randoms: tuple[np.ndarray, n
     return rows[order]
 
 
-#: one statement per block of latents: every row's columns come from a JSON array and its two
-#: blobs are slices of the block's token and code buffers (row by row binding through
-#: ``executemany`` cost more than everything else in this stage)
-_INSERT_EXAMPLES = f"""
-INSERT INTO examples (latent, kind, bin, rank, sequence, position, start, value, token_ids, acts)
-SELECT r.value ->> 0,
-       CASE r.value ->> 1 {" ".join(f"WHEN {i} THEN '{k}'" for i, k in enumerate(KINDS))} END,
-       r.value ->> 2, r.value ->> 3, r.value ->> 4, r.value ->> 5, r.value ->> 6, r.value ->> 9,
-       substr(?2, r.value ->> 7, r.value ->> 8),
-       CASE WHEN r.value ->> 1 = {KINDS.index("random")} THEN NULL  -- random windows never fire
-            ELSE substr(?3, r.value ->> 7, r.value ->> 8) END
-FROM json_each(?1) AS r ORDER BY r.key
-"""
-
-
 def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndarray,
                     tokens: np.ndarray, top: TopPerGroup, quant: TopPerGroup,
                     randoms: tuple[np.ndarray, np.ndarray], n_latents: int,
@@ -478,12 +464,14 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
                                                      positions[activating]]),
                                   latent[which][activating], n_latents)
         used.update(np.unique(toks).tolist())
-        columns = np.stack([latent, kind, ex[:, 2].astype(np.int64), ex[:, 3].astype(np.int64),
-                            seq, pos, lo, offs[:-1] * 4 + 1, lengths * 4], 1).tolist()
-        for row, value in zip(columns, ex[:, 6].tolist(), strict=True):
-            row.append(value)  # a float: the value column keeps every bit through JSON
-        conn.execute(_INSERT_EXAMPLES, (json.dumps(columns, allow_nan=False), toks.tobytes(),
-                                        acts.tobytes()))
+        tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
+        spans = list(itertools.pairwise((offs * 4).tolist()))
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
+            latent.tolist(), [KINDS[k] for k in kind.tolist()], ex[:, 2].astype(int).tolist(),
+            ex[:, 3].astype(int).tolist(), seq.tolist(), pos.tolist(), lo.tolist(),
+            ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
+            [act_bytes[a:b] if k != 1 else None
+             for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
         del values, latents, offsets
         release_freed_heap()  # this block's window arrays, before the next block's
         say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
