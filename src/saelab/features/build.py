@@ -37,7 +37,7 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, lookup
+from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, gather_rows, lookup
 from saelab.features.schema import (
     SCHEMA_VERSION,
     STORE_NAME,
@@ -47,9 +47,12 @@ from saelab.features.schema import (
 )
 from saelab.features.sources import LoadedSpec, ModelSpec, RowStream
 from saelab.io import atomic_write_bytes
+from saelab.ops.kernels import release_freed_heap
 from saelab.training.logging import _fmt
 
 WORK_DIR = "_work"
+#: seconds between hand-backs of the freed heap during the encode pass (see release_freed_heap)
+TRIM_EVERY_S = 2.0
 
 
 class StoreError(ValueError):
@@ -286,6 +289,7 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
     resumed = batches_done
     total = stream.total_rows()
     start, rows_at_start, last_save = time.perf_counter(), stats.n_rows, time.perf_counter()
+    last_trim = start
 
     def save(finished: bool) -> None:
         state.save({"batches_done": batches_done, "nnz": nnz, "code_sizes": codes.sizes(),
@@ -311,7 +315,13 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
         if time.perf_counter() - last_save > cfg.checkpoint_every_s:
             save(False)
             last_save = time.perf_counter()
+        if time.perf_counter() - last_trim > TRIM_EVERY_S:
+            # freed batch buffers would otherwise pile up as heap holes: RSS would grow
+            # with the number of batches (glibc's dynamic mmap threshold)
+            release_freed_heap()
+            last_trim = time.perf_counter()
     save(True)
+    release_freed_heap()
     say.progress("encode", stats.n_rows - rows_at_start, None, start, force=True)
     return stats, top, codes, resumed
 
@@ -373,11 +383,13 @@ def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
     lo, hi = _window(pos, cfg, size)
     fired = np.zeros((pool_size, M), dtype=bool)
     _, latents, offsets, _ = codes.open()
-    for w in range(pool_size):
-        rows = np.asarray(inverse[seq[w], lo[w]:hi[w]])
-        rows = rows[rows >= 0]
-        for r in rows:
-            fired[w, latents[offsets[r]:offsets[r + 1]]] = True
+    lengths = hi - lo
+    window = np.repeat(np.arange(pool_size), lengths)
+    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    rows = np.asarray(inverse[seq[window], starts + np.arange(len(window))])
+    counted = rows >= 0
+    entry, which = gather_rows(offsets, rows[counted])
+    fired[window[counted][which], np.asarray(latents[entry])] = True
     order = np.argsort(fired, axis=0, kind="stable")[:cfg.n_random].T  # (M, n) unfired first
     ok = ~fired[order, np.arange(M)[:, None]]
     return np.where(ok, order, -1), np.stack([seq, pos], 1)
@@ -461,6 +473,7 @@ def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndar
             [act_bytes[a:b] if k != 1 else None
              for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
         del values, latents, offsets
+        release_freed_heap()  # this block's window arrays, before the next block's
         say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
     return used
 

@@ -70,6 +70,26 @@ def tune_cpu_allocator(threshold_bytes: int = 2**30) -> bool:
     return ok_mmap and mallopt(m_trim_threshold, 2 * threshold_bytes - 1) == 1
 
 
+def release_freed_heap() -> bool:
+    """Hand the freed parts of glibc's heap back to the OS (``malloc_trim(0)``).
+
+    Once a large buffer has been freed, glibc raises its mmap threshold (up to 32 MB) and
+    serves later buffers of that size from the heap, whose holes it keeps: a long stream of
+    batch-sized allocations then grows the resident set with the number of batches, not with
+    what is live. Call it now and then (not per batch: trimmed pages fault in again). Returns
+    False where it does not apply (non-glibc).
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
+
+
 def native_low_precision_matmul(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 matmuls on ``device`` have hardware support (so ``matmul_dtype=bf16`` pays).
 
