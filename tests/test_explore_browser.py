@@ -8,8 +8,6 @@ Without chromium this test is skipped on a developer machine but FAILS in CI (``
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,54 +17,21 @@ pytest.importorskip("transformers")
 
 from saelab.cli.explore_cmd import open_explorer
 from saelab.explore import ExploreServer
+from tests.browser_helpers import open_browser, require_browser
 from tests.feature_helpers import INJECTION, TinySetup, make_setup
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def _find_browser() -> tuple[str, str] | None:
-    browser = next((p for p in map(shutil.which, BROWSERS) if p), None)
-    driver = shutil.which("chromedriver") or next(
-        (p for p in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
-         if Path(p).exists()), None)
-    return (browser, driver) if browser and driver else None
-
-
-def _require_browser() -> tuple[str, str]:
-    found = _find_browser()
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        found = None
-    if found is None:
-        message = ("no chromium + chromedriver + selenium here: apt-get install chromium "
-                   "chromium-driver and pip install selenium (the dev extra)")
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"browser test cannot run in CI: {message}")
-        pytest.skip(message)
-    return found
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    chromium, chromedriver = _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1400"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    driver.set_page_load_timeout(60)
+    driver = open_browser()
     yield driver
     driver.quit()
 
 
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExploreServer, TinySetup]]:
-    _require_browser()
+    require_browser()
     setup = make_setup(tmp_path_factory.mktemp("browser"))
     srv = ExploreServer(open_explorer(str(setup.sae_dir)), quiet=True).start()
     yield srv, setup

@@ -16,14 +16,14 @@ from saelab.cli import main
 from saelab.cli.explore_cmd import open_explorer
 from saelab.explore import ExploreServer
 from saelab.features import FeatureStore
+from tests.browser_helpers import open_browser, require_browser
 from tests.feature_helpers import TinySetup, make_setup
-from tests.test_explore_browser import _require_browser
 
 
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory: pytest.TempPathFactory
               ) -> Iterator[tuple[ExploreServer, int, str]]:
-    _require_browser()
+    require_browser()
     setup: TinySetup = make_setup(tmp_path_factory.mktemp("explained"))
     store = FeatureStore(setup.sae_dir)
     latent = store.list_latents("density", descending=True, limit=1)[0]["id"]
@@ -38,21 +38,13 @@ def explained(tmp_path_factory: pytest.TempPathFactory
 
 def test_search_explanation_open_feature_and_transcript(
         explained: tuple[ExploreServer, int, str], tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     srv, latent, text = explained
-    chromium, chromedriver = _require_browser()
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1400"):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    browser = open_browser()
     try:
         wait = WebDriverWait(browser, 60)
         browser.get(srv.url)
