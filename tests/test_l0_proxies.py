@@ -63,6 +63,30 @@ def test_proxy_accumulator_does_not_depend_on_caller_batching():
     assert whole.nth_decoder_projection == pytest.approx(sum(per_batch) / len(per_batch))
 
 
+def test_training_c_dec_uses_a_fixed_subset_only_above_the_limit():
+    from types import SimpleNamespace
+
+    from saelab.metrics.matching import decoder_pairwise_cosine
+    from saelab.metrics.proxies import TRAINING_C_DEC_ROWS, training_c_dec_rows, training_proxies
+
+    g = torch.Generator().manual_seed(1)
+    small = SimpleNamespace(W_dec=torch.randn(64, 8, generator=g), b_dec=torch.zeros(8))
+    acts = torch.randn(32, 8, generator=g)
+    assert training_proxies(small, acts)["c_dec"] == decoder_pairwise_cosine(small.W_dec)
+
+    m = TRAINING_C_DEC_ROWS + 904
+    # a decoder whose first half of rows is nearly one direction: the subset must be random
+    W = torch.randn(m, 8, generator=g)
+    W[: m // 2] = torch.tensor([1.0] + [0.0] * 7) + 0.01 * W[: m // 2]
+    big = SimpleNamespace(W_dec=W, b_dec=torch.zeros(8))
+    rows = training_c_dec_rows(m)
+    assert rows is not None and len(set(rows.tolist())) == TRAINING_C_DEC_ROWS
+    assert torch.equal(rows, training_c_dec_rows(m))  # the same rows every log line
+    logged = training_proxies(big, torch.randn(32, 8, generator=g))["c_dec"]
+    assert logged == decoder_pairwise_cosine(W[rows])
+    assert logged == pytest.approx(decoder_pairwise_cosine(W), abs=0.01)
+
+
 def test_mean_ci_by_hand():
     ci = mean_ci([1.0, 2.0, 3.0])
     # sd = 1, t_{0.975, 2} = 4.302653
