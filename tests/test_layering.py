@@ -55,7 +55,7 @@ LAYERS = {
     1: {"data", "cache", "text", "models", "sources", "boardgame", "interop"},
     2: {"training", "distributed", "run_config"},
     3: {"evals", "search", "toy", "sweep"},
-    4: {"features", "explore", "interp", "steer", "sarm", "pipelines"},
+    4: {"features", "explore", "interp", "steer", "sarm", "pipelines", "lfads"},
     5: {"cli"},
 }
 

@@ -64,7 +64,8 @@ class Progress:
 
     def __init__(self, total_steps: int, batch_size: int, start_step: int = 0,
                  enabled: bool = True, interval: float = 2.0, flops_per_token: float = 0.0,
-                 peak_flops: float = 0.0) -> None:
+                 peak_flops: float = 0.0, unit: str = "tokens") -> None:
+        self.unit = unit  # what one batch row is (tokens, trials, ...)
         self.flops_per_token = flops_per_token
         self.peak_flops = peak_flops
         self.total = total_steps
@@ -91,7 +92,7 @@ class Progress:
         pct = 100.0 * step / max(1, self.total)
         if self.peak_flops > 0 and self.flops_per_token > 0:
             extra = f"| {tps * self.flops_per_token / self.peak_flops:.0%} of matmul peak {extra}"
-        line = (f"\rstep {step}/{self.total} ({pct:5.1f}%) | {tps:,.0f} tokens/s | "
+        line = (f"\rstep {step}/{self.total} ({pct:5.1f}%) | {tps:,.0f} {self.unit}/s | "
                 f"ETA {_fmt(remaining)} {extra}")
         sys.stderr.write(line[:160].ljust(100))
         sys.stderr.flush()
