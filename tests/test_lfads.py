@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -164,14 +165,14 @@ def test_synthetic_data_and_file_round_trip(tmp_path: Path) -> None:
 
 def test_nwb_loader_bins_a_real_nwb_file(tmp_path: Path) -> None:
     pytest.importorskip("pynwb")
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pynwb import NWBHDF5IO, NWBFile, TimeSeries
 
     from saelab.lfads.nwb import NWBConfig, load_nwb
 
     nwb = NWBFile(session_description="test", identifier="lfads-test",
-                  session_start_time=datetime(2024, 1, 1, tzinfo=timezone.utc))
+                  session_start_time=datetime(2024, 1, 1, tzinfo=UTC))
     nwb.add_trial_column("move_onset_time", "movement onset")
     for i in range(5):
         nwb.add_trial(start_time=float(i), stop_time=i + 0.5, move_onset_time=i + 0.1)

@@ -24,7 +24,12 @@ from saelab.lfads.config import LFADSRunConfig
 from saelab.lfads.data import SpikeData
 from saelab.lfads.trainer import LFADSTrainer
 from saelab.sweep.config import PBTConfig
-from saelab.sweep.pbt import current_trial_id, population_based_training, report_state, restored_state
+from saelab.sweep.pbt import (
+    current_trial_id,
+    population_based_training,
+    report_state,
+    restored_state,
+)
 from saelab.sweep.runner import import_ray, write_results
 from saelab.sweep.trainable import _install_checkpoint
 from saelab.training.checkpoint import list_checkpoints
@@ -184,7 +189,8 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
     for result in results:
         metrics = result.metrics or {}
         row: dict[str, Any] = {"trial": metrics.get("trial_id", Path(result.path).name)}
-        row.update({name: metrics.get(name, result.config.get(name)) for name in SEARCHED})
+        config = result.config or {}
+        row.update({name: metrics.get(name, config.get(name)) for name in SEARCHED})
         row.update({col: metrics.get(col) for col in REPORT_COLUMNS})
         done = (metrics.get("step") or 0) >= auto.total_steps
         row["status"] = "error" if result.error else "done" if done else "stopped (resumable)"

@@ -105,7 +105,7 @@ def _lorenz(n_trials: int, n_bins: int, gen: np.random.Generator) -> np.ndarray:
         x, y, z = s[..., 0], s[..., 1], s[..., 2]
         return np.stack([10.0 * (y - x), x * (28.0 - z) - y, x * y - 8.0 / 3.0 * z], -1)
 
-    def rk4(s: np.ndarray, h: float) -> np.ndarray:
+    def rk4(s: np.ndarray, h: float | np.ndarray) -> np.ndarray:
         k1 = deriv(s)
         k2 = deriv(s + h / 2 * k1)
         k3 = deriv(s + h / 2 * k2)

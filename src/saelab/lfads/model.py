@@ -65,17 +65,16 @@ class LFADS(nn.Module):
         return self.dropout(g) @ w.T
 
     def recurrent_weights(self) -> list[torch.Tensor]:
-        weights = [self.generator.weight_hh, self.ic_enc.weight_hh_l0,
-                   self.ic_enc.weight_hh_l0_reverse]
+        names = ["generator.weight_hh", "ic_enc.weight_hh_l0", "ic_enc.weight_hh_l0_reverse"]
         if self.cfg.has_controller:
-            weights += [self.controller.weight_hh, self.ci_enc.weight_hh_l0,
-                        self.ci_enc.weight_hh_l0_reverse]
-        return weights
+            names += ["controller.weight_hh", "ci_enc.weight_hh_l0",
+                      "ci_enc.weight_hh_l0_reverse"]
+        return [self.get_parameter(name) for name in names]
 
     def l2_penalty(self) -> torch.Tensor:
         """½ Σ‖W_hh‖² / Σ numel over the recurrent weight matrices (size-independent scale)."""
         weights = self.recurrent_weights()
-        total = sum(w.pow(2).sum() for w in weights)
+        total = torch.stack([w.pow(2).sum() for w in weights]).sum()
         return 0.5 * total / sum(w.numel() for w in weights)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> LFADSOutput:
@@ -88,7 +87,8 @@ class LFADS(nn.Module):
         ic_mean, ic_logvar = self.ic_linear(
             self.dropout(torch.cat([h_n[0], h_n[1]], -1))).chunk(2, -1)
         ic_logvar = ic_logvar.clamp_min(MIN_LOGVAR)
-        ic_kl = gaussian_kl(ic_mean, ic_logvar, self.ic_prior_mean, self.ic_prior_logvar)
+        ic_kl = gaussian_kl(ic_mean, ic_logvar, self.ic_prior_mean,
+                            self.get_buffer("ic_prior_logvar"))
         g = ic_mean + torch.exp(0.5 * ic_logvar) * torch.randn_like(ic_mean) if sample else ic_mean
         g = self.dropout(g)
         f = self.factors_of(g)

@@ -99,7 +99,7 @@ def load_nwb(path: str | Path, cfg: NWBConfig | None = None) -> SpikeData:
     held = gen.choice(n_units, cfg.n_heldout, replace=False) if cfg.n_heldout else np.array([], int)
     order = np.concatenate([np.setdiff1d(np.arange(n_units), held), np.sort(held)])
     counts = counts[..., order]
-    n_test = int(round(cfg.test_share * len(counts)))
+    n_test = round(cfg.test_share * len(counts))
     perm = gen.permutation(len(counts))
     test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
     if len(train) < 2:
