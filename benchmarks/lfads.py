@@ -68,6 +68,8 @@ def failure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     curves = {}
     for name, cd in (("no_cd", 0.0), ("cd", args.cd_rate)):
+        if name not in args.failure_runs:
+            continue
         train = LFADSTrainConfig(steps=args.failure_steps, batch_size=args.small_n,
                                  lr=args.failure_lr, dropout=0.0, cd_rate=cd, sv_rate=0.2,
                                  kl_weight=args.failure_kl, l2_weight=args.failure_l2,
@@ -97,7 +99,8 @@ def failure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         summary["test"] = {k: v for k, v in asdict(result).items() if isinstance(v, float)}
         runs[name] = summary
         print(f"failure/{name}: {json.dumps(summary)}", file=sys.stderr)
-    plot_failure(curves, out / "lfads_failure.png")
+    if len(curves) == 2:
+        plot_failure(curves, out / "lfads_failure.png")
     return {"n_train_trials": args.small_n, "steps": args.failure_steps,
             "model": {**SMALL, "co_dim": args.failure_co_dim}, "runs": runs, "plot": str(out / "lfads_failure.png")}
 
@@ -223,6 +226,9 @@ def main() -> None:
     p.add_argument("--failure-lr", type=float, default=1e-2)
     p.add_argument("--failure-kl", type=float, default=0.01)
     p.add_argument("--failure-l2", type=float, default=0.01)
+    p.add_argument("--failure-runs", nargs="+", default=["no_cd", "cd"],
+                   help="which failure runs to train (finished runs are resumed, not retrained: "
+                   "run them in parallel processes, then once more with both for the plot)")
     p.add_argument("--failure-co-dim", type=int, default=8,
                    help="inferred inputs of the failure part (the pass-through path)")
     p.add_argument("--cd-rate", type=float, default=0.3)
