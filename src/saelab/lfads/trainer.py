@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +240,6 @@ class LFADSTrainer:
         atomic_write_dir(path, fill)
         keep = max(1, self.cfg.keep_checkpoints)
         for old in list_checkpoints(root)[:-keep]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
         return path
 
@@ -249,8 +249,6 @@ class LFADSTrainer:
                 self.load_checkpoint(path)
                 return
             except CheckpointError as err:
-                import sys
-
                 moved = set_aside(path)
                 print(f"skipping a bad checkpoint ({err}); kept it as {moved}", file=sys.stderr)
 
