@@ -43,7 +43,7 @@ class LFADSEval:
 
     n_train_trials: int
     n_test_trials: int
-    rate_r2: float  # inferred vs true rates, all channels, test trials
+    rate_r2: float  # inferred vs true rates (variance-weighted), all channels, test trials
     heldout_rate_r2: float  # the same on held-out neurons only
     latent_r2: float  # true latents from factors, linear map fitted on training trials
     co_bps: float  # held-out neurons, NLB definition
@@ -88,8 +88,8 @@ def evaluate(model: LFADS, data: SpikeData) -> tuple[LFADSEval, dict[str, np.nda
 
 
 COLUMNS = {
-    "rate_r2": "R² of inferred vs true rates, per neuron over test trials × bins, averaged "
-               "over all neurons (held-in and held-out)",
+    "rate_r2": "variance-weighted R² of inferred vs true rates over test trials × bins × "
+               "neurons (held-in and held-out)",
     "heldout_rate_r2": "the same over held-out neurons only",
     "latent_r2": "R² of the true latents from the factors by a linear map fitted on training "
                  "trials, scored on test trials",

@@ -1,7 +1,7 @@
 """LFADS metrics, each defined once here and in docs/metrics.md ("LFADS").
 
-- ``rate_r2``: R² of inferred against true rates, per neuron over all trials × bins, averaged
-  over neurons.
+- ``rate_r2``: variance-weighted R² of inferred against true rates over all trials × bins and
+  neurons (each neuron centred on its own mean).
 - ``latent_r2``: R² of the true latents predicted from inferred factors by a linear map (least
   squares with intercept) fitted on other trials.
 - ``co_bps``: Neural Latents Benchmark co-smoothing bits per spike on held-out neurons.
@@ -27,8 +27,13 @@ def r2_per_dim(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def rate_r2(pred_rates: np.ndarray, true_rates: np.ndarray) -> float:
-    """Mean over neurons of the R² of inferred vs true rates ([trials, time, neurons])."""
-    return float(r2_per_dim(pred_rates, true_rates).mean())
+    """Variance-weighted R² of inferred vs true rates ([trials, time, neurons]):
+    1 − Σ_n Σ(λ_n − λ̂_n)² / Σ_n Σ(λ_n − λ̄_n)². Unlike the plain mean of per-neuron R², a few
+    nearly constant (low-rate) neurons, whose own R² can be hugely negative, cannot swamp it."""
+    y = true_rates.reshape(-1, true_rates.shape[-1]).astype(np.float64)
+    yhat = pred_rates.reshape(-1, pred_rates.shape[-1]).astype(np.float64)
+    ss_tot = float(((y - y.mean(0)) ** 2).sum())
+    return 1.0 - float(((y - yhat) ** 2).sum()) / max(ss_tot, 1e-12)
 
 
 def _design(x: np.ndarray) -> np.ndarray:
