@@ -181,7 +181,13 @@ class LFADSTrainer:
             for key in NOT_RESULT_AFFECTING:
                 doc.get("train", {}).pop(key, None)
         if saved != now:
-            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            diff = sorted(
+                f"{section}.{key}" if isinstance(saved.get(section), dict) else section
+                for section in set(saved) | set(now) if saved.get(section) != now.get(section)
+                for key in (set(saved.get(section) or {}) | set(now.get(section) or {})
+                            if isinstance(saved.get(section), dict) else [""])
+                if not isinstance(saved.get(section), dict)
+                or saved[section].get(key) != (now.get(section) or {}).get(key))
             raise ConfigError(f"{self.out} holds an LFADS run with different {diff}; rerun with "
                               "the same data and options to resume it, or choose a new --out")
 
