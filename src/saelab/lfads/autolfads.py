@@ -162,9 +162,7 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
     scheduler = population_based_training(space, auto.pbt, auto.seed)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=auto.address or None,
-                 num_cpus=None if auto.address else (auto.num_cpus or None),
-                 include_dashboard=False, log_to_driver=False)
+        start_ray(ray, auto)
     trainable = tune.with_resources(
         tune.with_parameters(lfads_trial, run=to_dict(run), root=str(out),
                              report_every=auto.steps_per_generation),
@@ -197,6 +195,23 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
         rows.append(row)
     write_results(rows, out, SELECTION_METRIC, "min", [r.metrics_dataframe for r in results])
     return sorted(rows, key=lambda r: (r["status"] != "done", _num(r.get(SELECTION_METRIC))))
+
+
+def start_ray(ray: Any, auto: AutoLFADSConfig, attempts: int = 3) -> None:
+    """``ray.init``, retried: a local Ray gives its raylet a fixed 30 s to start, which a busy
+    machine can miss."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=auto.address or None,
+                     num_cpus=None if auto.address else (auto.num_cpus or None),
+                     include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as err:  # Ray raises a bare Exception on a startup timeout
+            if auto.address or attempt == attempts or "timed out" not in str(err):
+                raise
+            print(f"Ray did not start in time (attempt {attempt} of {attempts}): {err}; "
+                  "retrying", file=sys.stderr)
+            ray.shutdown()
 
 
 def _num(value: Any) -> float:
