@@ -135,7 +135,7 @@ def pbt_vs_default(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     rows = []
     steps = args.generations * args.steps_per_generation
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         full = synthetic(data_cfg(args, max(args.sizes), seed=seed))
         data_path = full.save(out / f"data_seed{seed}.npz")
         for size in args.sizes:
@@ -234,6 +234,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 200])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first_seed .. first_seed + seeds - 1 (split a run over processes)")
     p.add_argument("--population", type=int, default=4)
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--steps-per-generation", type=int, default=50)
