@@ -29,7 +29,7 @@ NOT_RESULT_AFFECTING = {
     ("train", "tensorboard"), ("train", "wandb_project"), ("train", "log_every"),
     ("train", "keep_checkpoints"), ("train", "checkpoint_every"),
     # where the run executes, not what it computes: resume on another device or rank count
-    ("train", "device"), ("train", "dist_timeout_s"),
+    ("train", "device"), ("train", "dist_timeout_s"), ("train", "shard_latents"),
 }
 
 
