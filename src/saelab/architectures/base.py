@@ -158,16 +158,17 @@ class SAE(nn.Module, ABC):
     # ------------------------------------------------------------------ inference interface
 
     def pre_acts(self, acts_BD: Tensor) -> Tensor:
-        """Encoder pre-activations (x − b_dec) @ W_enc + b_enc."""
-        return (acts_BD - self.b_dec) @ self.W_enc + self.b_enc
+        """Encoder pre-activations (x − b_dec) @ W_enc + b_enc (fp32 even when the product ran
+        in bf16 under autocast: nonlinearities and penalties stay fp32)."""
+        return ((acts_BD - self.b_dec) @ self.W_enc + self.b_enc).float()
 
     @abstractmethod
     def encode(self, acts_BD: Tensor) -> Tensor:
         """Dense codes (B × d_sae) for raw activations, as used at inference."""
 
     def decode(self, codes_BM: Tensor) -> Tensor:
-        """Reconstruction codes @ W_dec + b_dec."""
-        return codes_BM @ self.W_dec + self.b_dec
+        """Reconstruction codes @ W_dec + b_dec (fp32, as pre_acts)."""
+        return (codes_BM @ self.W_dec + self.b_dec).float()
 
     def forward(self, acts_BD: Tensor) -> Tensor:
         return self.reconstruct(acts_BD, self.encode(acts_BD))
@@ -252,8 +253,9 @@ def _accepting_arrays(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def recon_loss(acts_BD: Tensor, recon_BD: Tensor) -> Tensor:
-    """Mean over rows of the squared error summed over the input dimension."""
-    return (acts_BD - recon_BD).pow(2).sum(dim=-1).mean()
+    """Mean over rows of the squared error summed over the input dimension (in fp32, also
+    under bf16 autocast)."""
+    return (acts_BD.float() - recon_BD.float()).pow(2).sum(dim=-1).mean()
 
 
 def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor,
@@ -263,7 +265,7 @@ def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor,
     The variance is a constant (e is detached); under data parallelism it is taken over the
     whole batch, so the loss equals the single-process one.
     """
-    err = (residual_BD - aux_recon_BD).pow(2).sum(-1).mean()
+    err = (residual_BD.float() - aux_recon_BD.float()).pow(2).sum(-1).mean()
     with torch.no_grad():
         if group is None or group.world_size == 1:
             var = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()

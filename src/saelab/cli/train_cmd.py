@@ -26,6 +26,9 @@ EPILOG = """examples:
   saelab train --arch jumprelu --help       (options of one architecture)
   saelab train ... --device cuda             (train on a GPU)
   torchrun --nproc-per-node 4 -m saelab.cli train ...   (data-parallel over 4 processes/GPUs)
+  torchrun --nproc-per-node 4 -m saelab.cli train --arch topk ... --shard-latents
+                                            (each of 4 GPUs holds a quarter of the latents)
+  saelab train ... --autocast bf16           (bf16 matmuls; weights, Adam and losses stay fp32)
 Rerunning the same command resumes from the newest checkpoint in --out."""
 
 
@@ -108,7 +111,8 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out,
                           run_config=cfg.to_dict(), dist=group)
         if group is None or group.is_main:
-            ranks = f" on {group.world_size} ranks" if group is not None else ""
+            layout = "latent-sharded" if cfg.train.shard_latents else "data parallel"
+            ranks = f" on {group.world_size} ranks, {layout}" if group is not None else ""
             print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
                   f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps"
                   f"{ranks} ({trainer.device}) -> {cfg.out}", file=sys.stderr)

@@ -43,7 +43,7 @@ from saelab.architectures.base import (
 )
 from saelab.architectures.topk import MATMUL_DTYPES, TopKConfig, TopKSAE
 from saelab.config import ConfigError
-from saelab.ops import SparseCodes, sparse_decode, topk_encode
+from saelab.ops import SparseCodes, sparse_autocast, sparse_decode, topk_encode
 from saelab.registry import build
 from saelab.training.checkpoint import SlotState
 
@@ -188,11 +188,15 @@ class ShardedTopK(nn.Module):
         return dead, min(k_aux, int(n_dead))
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        with sparse_autocast(acts_BD.device) as dtype:
+            return self._loss(acts_BD, ctx, dtype or MATMUL_DTYPES[self.cfg.matmul_dtype])
+
+    def _loss(self, acts_BD: Tensor, ctx: StepContext, matmul_dtype: torch.dtype) -> LossOutput:
         k = self.cfg.k_at(ctx.step, ctx.total_steps)
         aux = self._aux_spec(ctx)
         enc = topk_encode(acts_BD, self.W_enc, self.b_enc, _SharedInput.apply(self.b_dec),
                           min(k, self.hi - self.lo), aux=aux,
-                          matmul_dtype=MATMUL_DTYPES[self.cfg.matmul_dtype])
+                          matmul_dtype=matmul_dtype)
         codes = keep_global_topk(enc.codes, k, self.world_size)
         recon = _SumOverShards.apply(sparse_decode(codes, self.W_dec)) + self.b_dec
         mse = recon_loss(acts_BD, recon)

@@ -23,6 +23,7 @@ from saelab.io import atomic_write_json, save
 from saelab.lock import folder_lock
 from saelab.metrics.core import explained_variance
 from saelab.metrics.proxies import training_proxies
+from saelab.ops import native_low_precision_matmul
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
@@ -115,6 +116,10 @@ class Trainer:
         self.batch_group: BatchGroup = (dist if dist is not None and not self.shard_latents
                                         else BatchGroup())
         self.device = resolve_device(train.device, dist.local_rank if dist is not None else 0)
+        if train.autocast == "bf16" and not native_low_precision_matmul(self.device):
+            warnings.warn(f"autocast=bf16 on {self.device}: this device has no native bf16 "
+                          "matrix multiply, so training runs slower than float32, not faster "
+                          "(bf16 pays on GPUs and CPUs with AVX512-BF16/AMX)", stacklevel=2)
         self.local_batch_size = train.batch_size
         if dist is not None and not self.shard_latents:
             from saelab.distributed import RankShard
@@ -383,7 +388,10 @@ class Trainer:
         ctx = StepContext(self.step, cfg.total_steps, cfg.sparsity_scale(self.step), dead,
                           self.batch_group)
         slot.optimizer.zero_grad(set_to_none=True)
-        out = sae.training_loss(acts_BD, ctx)
+        # bf16 autocast covers the forward only; parameters, gradients and Adam stay fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.autocast == "bf16"):
+            out = sae.training_loss(acts_BD, ctx)
         if not torch.isfinite(out.total):
             parts = {k: float(v.detach()) for k, v in out.parts.items()}
             raise TrainingError(
