@@ -84,7 +84,7 @@ def test_loss_and_its_parts_are_fp32_under_autocast(name: str) -> None:
     x = torch.randn(32, W.D_IN)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = sae.training_loss(x, StepContext(0, 10))
-        codes = sae.encode(x)  # nonlinearities run on fp32 pre-activations
+        codes = sae.encode(x)  # the fp32 bias add promotes the bf16 product back to fp32
     assert codes.dtype == torch.float32
     assert out.total.dtype == torch.float32
     assert {k: v.dtype for k, v in out.parts.items()} == dict.fromkeys(out.parts, torch.float32)

@@ -158,17 +158,16 @@ class SAE(nn.Module, ABC):
     # ------------------------------------------------------------------ inference interface
 
     def pre_acts(self, acts_BD: Tensor) -> Tensor:
-        """Encoder pre-activations (x − b_dec) @ W_enc + b_enc (fp32 even when the product ran
-        in bf16 under autocast: nonlinearities and penalties stay fp32)."""
-        return ((acts_BD - self.b_dec) @ self.W_enc + self.b_enc).float()
+        """Encoder pre-activations (x − b_dec) @ W_enc + b_enc."""
+        return (acts_BD - self.b_dec) @ self.W_enc + self.b_enc
 
     @abstractmethod
     def encode(self, acts_BD: Tensor) -> Tensor:
         """Dense codes (B × d_sae) for raw activations, as used at inference."""
 
     def decode(self, codes_BM: Tensor) -> Tensor:
-        """Reconstruction codes @ W_dec + b_dec (fp32, as pre_acts)."""
-        return (codes_BM @ self.W_dec + self.b_dec).float()
+        """Reconstruction codes @ W_dec + b_dec."""
+        return codes_BM @ self.W_dec + self.b_dec
 
     def forward(self, acts_BD: Tensor) -> Tensor:
         return self.reconstruct(acts_BD, self.encode(acts_BD))

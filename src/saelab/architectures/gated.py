@@ -48,7 +48,7 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(self.cfg.d_sae))
 
     def _paths(self, acts_BD: Tensor) -> tuple[Tensor, Tensor]:
-        proj = ((acts_BD - self.b_dec) @ self.W_enc).float()  # fp32 under autocast too
+        proj = (acts_BD - self.b_dec) @ self.W_enc
         gate_pre = proj + self.b_enc
         mag_pre = proj * torch.exp(self.r_mag) + self.b_mag
         return gate_pre, mag_pre
