@@ -22,6 +22,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--compare-old", action="store_true",
+                   help="saelab only: alternate the pre-fix step path with the current one")
     return p.parse_args()
 
 
