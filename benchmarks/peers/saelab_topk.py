@@ -13,14 +13,15 @@ from saelab.training import TrainConfig, Trainer
 args = parse()
 torch.set_num_threads(args.threads)
 tune_cpu_allocator()  # as `saelab train` does
-pool = activation_pool(args.d, args.batch)
-source = IteratorSource(lambda: iter(pool), d_in=args.d)
+cpu_pool = activation_pool(args.d, args.batch)
+source = IteratorSource(lambda: iter(cpu_pool), d_in=args.d)  # for initialisation
+pool = [x.to(args.device) for x in cpu_pool]  # what the timed steps train on
 opts = {"architecture": "topk", "d_sae": args.m, "k": args.k}
 if args.dtype != "float32":
     opts["matmul_dtype"] = args.dtype
 cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-4,
                   checkpoint_every=0, progress=False, init_samples=4096, measure_peak=False,
-                  dead_after_tokens=10_000_000)
+                  dead_after_tokens=10_000_000, device=args.device, autocast=args.autocast)
 
 def use_path(old: bool) -> None:
     """Switch between the step before the 65k-latent fixes (old) and the current one."""
