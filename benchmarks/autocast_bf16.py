@@ -9,7 +9,7 @@ explained variance of each on a held-out batch after training (evaluated in fp32
 largest weight difference between the two. On a CPU without native bf16 matrix multiply
 (AVX2-only) bf16 is expected to be slower; on GPUs and AVX512-BF16/AMX CPUs faster.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/autocast_bf16.py [--steps 40] [--threads 1]
+Usage: OMP_NUM_THREADS=1 python benchmarks/autocast_bf16.py [--steps 30] [--threads 1]
 Prints a JSON document last (also written to benchmarks/results/autocast_bf16.json).
 """
 
@@ -39,9 +39,9 @@ from saelab.training import TrainConfig, Trainer  # noqa: E402
 
 CONFIGS = [
     # small enough that bf16's slow fallback kernel on AVX2-only CPUs finishes in minutes
-    {"name": "topk_sparse", "d": 512, "m": 8192, "batch": 2048,
+    {"name": "topk_sparse", "d": 256, "m": 4096, "batch": 1024,
      "sae": {"architecture": "topk", "k": 32}},
-    {"name": "jumprelu_dense", "d": 128, "m": 1024, "batch": 512,
+    {"name": "jumprelu_dense", "d": 128, "m": 1024, "batch": 256,
      "sae": {"architecture": "jumprelu"}},
 ]
 
@@ -92,7 +92,7 @@ def run_config(spec: dict, steps: int, tmp: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=40, help="training steps per mode")
+    p.add_argument("--steps", type=int, default=30, help="training steps per mode")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", help="run only the configuration of this name")
     args = p.parse_args()

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from saelab.architectures.base import SAE
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
 from saelab.distributed import init_from_env
@@ -128,12 +129,13 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     summary = {name: str(trainer.out_dir / "final" / name) for name in final}
     report: dict[str, Any] = {"saved": summary}
     if cfg.seeds > 1:
-        report["across_seeds"] = seed_summary(trainer, list(cfg.saes), cfg.seeds)
+        report["across_seeds"] = seed_summary(trainer, final, list(cfg.saes), cfg.seeds)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def seed_summary(trainer: Trainer, names: list[str], seeds: int) -> dict[str, Any]:
+def seed_summary(trainer: Trainer, final: dict[str, SAE], names: list[str],
+                 seeds: int) -> dict[str, Any]:
     """Per SAE: the last logged metrics as mean ± 95% interval over seeds, and Stab/Ord between
     the seeds' decoders."""
     last: dict[str, dict[str, float]] = {}
@@ -150,7 +152,8 @@ def seed_summary(trainer: Trainer, names: list[str], seeds: int) -> dict[str, An
         entry: dict[str, Any] = {}
         if len(metrics) == seeds:
             entry["last_logged"] = {k: ci.to_dict() for k, ci in summarise_seeds(metrics).items()}
-        consistency = cross_seed_consistency([trainer.saes[m].W_dec.detach() for m in members])
+        # the final SAEs: whole even when the run was latent-sharded
+        consistency = cross_seed_consistency([final[m].W_dec.detach() for m in members])
         entry["stability_across_seeds"] = consistency.stability.to_dict()
         entry["orderedness_across_seeds"] = consistency.orderedness.to_dict()
         out[name] = entry
