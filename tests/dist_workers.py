@@ -48,15 +48,16 @@ def train_config(**over: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def trainer(out: Path, data: Path, dist_group: Any = None, **over: Any) -> Trainer:
-    saes = {name: config_from_dict(sae_options(name)) for name in ARCHS}
+def trainer(out: Path, data: Path, dist_group: Any = None, archs: tuple[str, ...] = ARCHS,
+            **over: Any) -> Trainer:
+    saes = {name: config_from_dict(sae_options(name)) for name in archs}
     return Trainer(saes, train_config(**over), ArrayFileSource(data, seed=0), out, dist=dist_group)
 
 
-def final_weights(out: Path) -> dict[str, dict[str, Tensor]]:
+def final_weights(out: Path, archs: tuple[str, ...] = ARCHS) -> dict[str, dict[str, Tensor]]:
     from safetensors.torch import load_file
 
-    return {name: load_file(str(out / "final" / name / "sae.safetensors")) for name in ARCHS}
+    return {name: load_file(str(out / "final" / name / "sae.safetensors")) for name in archs}
 
 
 class DyingSource(ArrayFileSource):
@@ -72,15 +73,17 @@ class DyingSource(ArrayFileSource):
 
 
 def data_parallel_worker(rank: int, world: int, rdzv: str, out: str, data: str,
-                         result: str, die_rank: int = -1, die_at: int = -1) -> None:
-    """One rank of a gloo data-parallel run; writes {"ok": ...} or {"error": ...} to result."""
+                         result: str, die_rank: int = -1, die_at: int = -1,
+                         archs: tuple[str, ...] = ARCHS, **over: Any) -> None:
+    """One rank of a gloo run (data parallel, or latent sharded with ``shard_latents=True`` in
+    ``over``); writes {"ok": ...} or {"error": ...} to result."""
     from saelab.distributed import DataParallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
-        t = trainer(Path(out), Path(data), DataParallel(rank, world))
+        t = trainer(Path(out), Path(data), DataParallel(rank, world), archs, **over)
         if rank == die_rank:
             dying = DyingSource(Path(data), seed=0)
             dying.die_at = die_at
@@ -92,52 +95,5 @@ def data_parallel_worker(rank: int, world: int, rdzv: str, out: str, data: str,
         Path(result).write_text(json.dumps({"ok": True, "step": t.step}))
     except Exception as err:
         Path(result).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
-    finally:
-        dist.destroy_process_group()
-
-
-def latent_reference(data: Path, out: Path, steps: int) -> tuple[dict[str, Tensor],
-                                                                 dict[str, Tensor]]:
-    """An unsharded TopK trained by the real Trainer: (initial state, state after ``steps``)."""
-    cfg = train_config(total_tokens=64 * steps, normalize_inputs=False, checkpoint_every=0)
-    t = Trainer({"topk": config_from_dict(sae_options("topk"))}, cfg,
-                ArrayFileSource(data, seed=0), out)
-    t.initialise()
-    initial = {k: v.clone() for k, v in t.saes["topk"].state_dict().items()}
-    for batch in _first_batches(data, steps):
-        t.train_step(batch)
-    return initial, {k: v.clone() for k, v in t.saes["topk"].state_dict().items()}
-
-
-def _first_batches(data: Path, steps: int) -> list[Tensor]:
-    batches = ArrayFileSource(data, seed=0).batches(64)
-    return [next(batches) for _ in range(steps)]
-
-
-def latent_sharded_worker(rank: int, world: int, rdzv: str, data: str, initial: str,
-                          result: str, steps: int) -> None:
-    """One rank of a latent-sharded TopK run from the given initial weights; rank 0 saves the
-    gathered SAE to ``result``."""
-    from safetensors.torch import load_file, save_file
-
-    from saelab.distributed.latent_sharded import LatentShardedTrainer, ShardedTopK
-    from saelab.registry import build
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        full = build(config_from_dict(sae_options("topk")).resolved(D_IN))
-        full.load_state_dict(load_file(initial))
-        cfg = train_config()
-        t = LatentShardedTrainer(ShardedTopK.from_full(full, rank, world), lr=cfg.lr,
-                                 dead_after_tokens=cfg.dead_after_tokens)
-        aux_steps = 0
-        for batch in _first_batches(Path(data), steps):
-            aux_steps += "auxk" in t.train_step(batch, steps).parts
-        gathered = t.sae.gather_full()
-        if rank == 0:
-            save_file({k: v.contiguous() for k, v in gathered.state_dict().items()}, result)
-            Path(result + ".json").write_text(json.dumps({"aux_steps": aux_steps}))
     finally:
         dist.destroy_process_group()

@@ -22,6 +22,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu", help="saelab only: cpu or cuda")
+    p.add_argument("--autocast", default="off", help="saelab only: off or bf16")
+    p.add_argument("--compare-old", action="store_true",
+                   help="saelab only: alternate the pre-fix step path with the current one")
     return p.parse_args()
 
 
@@ -40,12 +44,15 @@ def activation_pool(d: int, batch: int, n_batches: int = 4, seed: int = 0) -> li
 
 def time_steps(step: Callable[[torch.Tensor], None], pool: list[torch.Tensor], warmup: int,
                steps: int) -> list[float]:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for i in range(warmup):
         step(pool[i % len(pool)])
     times = []
     for i in range(steps):
+        sync()
         start = time.perf_counter()
         step(pool[i % len(pool)])
+        sync()  # GPU work is asynchronous: time it to completion
         times.append(time.perf_counter() - start)
     return times
 

@@ -252,8 +252,9 @@ def _accepting_arrays(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def recon_loss(acts_BD: Tensor, recon_BD: Tensor) -> Tensor:
-    """Mean over rows of the squared error summed over the input dimension."""
-    return (acts_BD - recon_BD).pow(2).sum(dim=-1).mean()
+    """Mean over rows of the squared error summed over the input dimension (in fp32, also
+    under bf16 autocast)."""
+    return (acts_BD.float() - recon_BD.float()).pow(2).sum(dim=-1).mean()
 
 
 def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor,
@@ -263,7 +264,7 @@ def normalised_aux_loss(residual_BD: Tensor, aux_recon_BD: Tensor,
     The variance is a constant (e is detached); under data parallelism it is taken over the
     whole batch, so the loss equals the single-process one.
     """
-    err = (residual_BD - aux_recon_BD).pow(2).sum(-1).mean()
+    err = (residual_BD.float() - aux_recon_BD.float()).pow(2).sum(-1).mean()
     with torch.no_grad():
         if group is None or group.world_size == 1:
             var = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()

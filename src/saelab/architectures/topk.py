@@ -25,7 +25,13 @@ from saelab.architectures.base import (
     recon_loss,
 )
 from saelab.config import ConfigError, option
-from saelab.ops import SparseCodes, native_low_precision_matmul, sparse_decode, topk_encode
+from saelab.ops import (
+    SparseCodes,
+    native_low_precision_matmul,
+    sparse_autocast,
+    sparse_decode,
+    topk_encode,
+)
 from saelab.registry import register
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -91,6 +97,8 @@ class TopKFamilySAE(SAE):
                 raise ConfigError(f"auto_l0 is not available for {self.name!r}; use topk, "
                                   "batchtopk or matryoshka")
             self.auto_l0 = AutoL0(self.cfg, float(self.cfg.k), self.cfg.d_sae)
+        #: under autocast, the dtype the sparse path's encoder product runs in (else None)
+        self._autocast_matmul_dtype: torch.dtype | None = None
         if self.cfg.matmul_dtype != "float32" and not native_low_precision_matmul():
             warnings.warn(
                 f"matmul_dtype={self.cfg.matmul_dtype}: this CPU has no native bf16 matrix "
@@ -102,7 +110,15 @@ class TopKFamilySAE(SAE):
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         if self.auto_l0 is not None and self.training:
             self.auto_l0.observe(ctx.step, ctx.total_steps, acts_BD, self.W_dec, self.b_dec)
-        out = self.sparse_loss(acts_BD, ctx) if self.cfg.sparse_kernels else self.dense_loss(acts_BD, ctx)
+        if self.cfg.sparse_kernels:
+            with sparse_autocast(acts_BD.device) as dtype:
+                self._autocast_matmul_dtype = dtype
+                try:
+                    out = self.sparse_loss(acts_BD, ctx)
+                finally:
+                    self._autocast_matmul_dtype = None
+        else:
+            out = self.dense_loss(acts_BD, ctx)
         if self.auto_l0 is not None:
             out.extras.update(self.auto_l0.log_extras())
         return out
@@ -142,7 +158,7 @@ class TopKFamilySAE(SAE):
 
     @property
     def matmul_dtype(self) -> torch.dtype:
-        return MATMUL_DTYPES[self.cfg.matmul_dtype]
+        return self._autocast_matmul_dtype or MATMUL_DTYPES[self.cfg.matmul_dtype]
 
     def finish_sparse_loss(
         self, acts_BD: Tensor, codes: SparseCodes, aux_codes: SparseCodes | None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from saelab.architectures.base import SAE
 from saelab.config import add_arguments, args_to_dict, load_file
 from saelab.data.open import open_source
 from saelab.distributed import init_from_env
@@ -26,6 +27,9 @@ EPILOG = """examples:
   saelab train --arch jumprelu --help       (options of one architecture)
   saelab train ... --device cuda             (train on a GPU)
   torchrun --nproc-per-node 4 -m saelab.cli train ...   (data-parallel over 4 processes/GPUs)
+  torchrun --nproc-per-node 4 -m saelab.cli train --arch topk ... --shard-latents
+                                            (each of 4 GPUs holds a quarter of the latents)
+  saelab train ... --autocast bf16           (bf16 matmuls; weights, Adam and losses stay fp32)
 Rerunning the same command resumes from the newest checkpoint in --out."""
 
 
@@ -108,7 +112,8 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
         trainer = Trainer(cfg.sae_configs(), cfg.train, source, cfg.out,
                           run_config=cfg.to_dict(), dist=group)
         if group is None or group.is_main:
-            ranks = f" on {group.world_size} ranks" if group is not None else ""
+            layout = "latent-sharded" if cfg.train.shard_latents else "data parallel"
+            ranks = f" on {group.world_size} ranks, {layout}" if group is not None else ""
             print(f"training {len(trainer.saes)} SAE(s) on {cfg.data.path} "
                   f"({source.n_rows:,} rows × {source.d_in}) for {cfg.train.total_steps:,} steps"
                   f"{ranks} ({trainer.device}) -> {cfg.out}", file=sys.stderr)
@@ -124,12 +129,13 @@ def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentPar
     summary = {name: str(trainer.out_dir / "final" / name) for name in final}
     report: dict[str, Any] = {"saved": summary}
     if cfg.seeds > 1:
-        report["across_seeds"] = seed_summary(trainer, list(cfg.saes), cfg.seeds)
+        report["across_seeds"] = seed_summary(trainer, final, list(cfg.saes), cfg.seeds)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def seed_summary(trainer: Trainer, names: list[str], seeds: int) -> dict[str, Any]:
+def seed_summary(trainer: Trainer, final: dict[str, SAE], names: list[str],
+                 seeds: int) -> dict[str, Any]:
     """Per SAE: the last logged metrics as mean ± 95% interval over seeds, and Stab/Ord between
     the seeds' decoders."""
     last: dict[str, dict[str, float]] = {}
@@ -146,7 +152,8 @@ def seed_summary(trainer: Trainer, names: list[str], seeds: int) -> dict[str, An
         entry: dict[str, Any] = {}
         if len(metrics) == seeds:
             entry["last_logged"] = {k: ci.to_dict() for k, ci in summarise_seeds(metrics).items()}
-        consistency = cross_seed_consistency([trainer.saes[m].W_dec.detach() for m in members])
+        # the final SAEs: whole even when the run was latent-sharded
+        consistency = cross_seed_consistency([final[m].W_dec.detach() for m in members])
         entry["stability_across_seeds"] = consistency.stability.to_dict()
         entry["orderedness_across_seeds"] = consistency.orderedness.to_dict()
         out[name] = entry

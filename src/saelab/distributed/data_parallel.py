@@ -76,7 +76,10 @@ class DataParallel(BatchGroup):
                 dist.broadcast(t, src=0)
 
     def broadcast_float(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64)
+        # NCCL moves only GPU tensors; gloo takes either
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.broadcast(t, src=0)
         return float(t)
 

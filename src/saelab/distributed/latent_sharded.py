@@ -1,6 +1,8 @@
 """Latent-sharded TopK training: each rank holds a slice of one SAE's latents.
 
-For SAEs too wide for one device (the OpenAI TopK paper trains 16M latents this way). Every
+``torchrun ... saelab train --shard-latents`` (``TrainConfig.shard_latents``) trains this way;
+the :class:`~saelab.training.Trainer` drives it. For SAEs too wide for one device (the OpenAI
+TopK paper trains 16M latents this way). Every
 rank sees the whole batch and holds latents ``[lo, hi)``: W_enc columns, b_enc, W_dec rows and
 their Adam state; b_dec is replicated. One step:
 
@@ -15,6 +17,11 @@ their Adam state; b_dec is replicated. One step:
 
 Per step each rank sends B·k·4 bytes of candidates (plus B·k_aux·4 with AuxK) and all-reduces
 B·d·4 bytes of reconstruction (twice with AuxK) — independent of the number of latents.
+
+Checkpoints: the slices (weights, Adam moments, dead-latent counters) are gathered and rank 0
+writes the ordinary single-process checkpoint, so a run resumes on any number of ranks, sharded
+or not; resuming slices the full state again. Only plain ``topk`` SAEs on the sparse path shard
+(:func:`check_shardable`): their selection is per row, which the candidate exchange makes exact.
 """
 
 from __future__ import annotations
@@ -25,11 +32,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from saelab.architectures.base import LossOutput, StepContext, normalised_aux_loss, recon_loss
-from saelab.architectures.topk import TopKConfig, TopKSAE
+from saelab.architectures.base import (
+    SAE,
+    LossOutput,
+    SAEConfig,
+    StepContext,
+    default_k_aux,
+    normalised_aux_loss,
+    recon_loss,
+)
+from saelab.architectures.topk import MATMUL_DTYPES, TopKConfig, TopKSAE
 from saelab.config import ConfigError
-from saelab.ops import SparseCodes, sparse_decode, topk_encode
-from saelab.training.trainer import make_adam, normalise_decoder, remove_parallel_gradient
+from saelab.ops import SparseCodes, sparse_autocast, sparse_decode, topk_encode
+from saelab.registry import build
+from saelab.training.checkpoint import SlotState
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -76,16 +92,37 @@ def keep_global_topk(codes: SparseCodes, k: int, world_size: int) -> SparseCodes
     return codes.filter((vals_BK >= cutoff_B[:, None]).reshape(-1))
 
 
+#: the dimension along which each parameter is split over the ranks (None = replicated)
+SHARD_DIMS: dict[str, int | None] = {"W_enc": 1, "b_enc": 0, "W_dec": 0, "b_dec": None}
+
+
+def check_shardable(name: str, cfg: SAEConfig, world_size: int) -> None:
+    """Raise ConfigError unless SAE ``name`` can be trained latent-sharded on ``world_size``
+    ranks with a selection equal to the unsharded one."""
+    if type(cfg) is not TopKConfig:
+        raise ConfigError(f"--shard-latents: SAE {name!r} is not a plain 'topk' SAE "
+                          f"({type(cfg).__name__}); only 'topk' SAEs "
+                          "shard their latents (their per-row selection is exact across "
+                          "shards). Train it data parallel (drop --shard-latents) instead")
+    if not cfg.sparse_kernels or cfg.auto_l0:
+        raise ConfigError(f"--shard-latents: SAE {name!r} needs sparse_kernels = true and "
+                          "auto_l0 = false")
+    if cfg.d_sae % world_size:
+        raise ConfigError(f"--shard-latents: SAE {name!r} has d_sae {cfg.d_sae}, which does not "
+                          f"split evenly over {world_size} ranks; use a multiple of {world_size}")
+
+
 class ShardedTopK(nn.Module):
-    """Latents ``[lo, hi)`` of a TopK SAE (``rank`` of ``world_size`` equal slices)."""
+    """Latents ``[lo, hi)`` of a TopK SAE (``rank`` of ``world_size`` equal slices).
+
+    ``cfg`` stays the whole SAE's config (``d_sae`` = all latents)."""
 
     unit_norm_decoder = True
+    name = "topk"
 
     def __init__(self, cfg: TopKConfig, rank: int, world_size: int) -> None:
         super().__init__()
-        if cfg.d_sae % world_size:
-            raise ConfigError(f"d_sae {cfg.d_sae} does not split evenly over {world_size} "
-                              "ranks; use a multiple of the number of ranks")
+        check_shardable("topk", cfg, world_size)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         width = cfg.d_sae // world_size
         self.lo, self.hi = rank * width, (rank + 1) * width
@@ -96,31 +133,48 @@ class ShardedTopK(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d))
 
     @classmethod
-    def from_full(cls, sae: TopKSAE, rank: int, world_size: int) -> ShardedTopK:
-        """This rank's slice of an unsharded SAE (e.g. one initialised identically everywhere)."""
+    def from_full(cls, sae: SAE, rank: int, world_size: int) -> ShardedTopK:
+        """This rank's slice of an unsharded SAE, on the SAE's device."""
+        if not isinstance(sae.cfg, TopKConfig):
+            raise ConfigError(f"cannot shard a {type(sae.cfg).__name__} SAE; only 'topk'")
         out = cls(sae.cfg, rank, world_size)
-        with torch.no_grad():
-            out.W_enc.copy_(sae.W_enc[:, out.lo : out.hi])
-            out.b_enc.copy_(sae.b_enc[out.lo : out.hi])
-            out.W_dec.copy_(sae.W_dec[out.lo : out.hi])
-            out.b_dec.copy_(sae.b_dec)
+        out.load_slice(sae)
         return out.to(sae.W_enc.device)
 
     @torch.no_grad()
+    def load_slice(self, full: nn.Module) -> None:
+        """Copy this rank's slice of ``full``'s parameters into this module."""
+        for name, p in self.named_parameters():
+            p.copy_(self.slice_of(name, getattr(full, name)))
+
+    def slice_of(self, name: str, t: Tensor) -> Tensor:
+        """This rank's part of ``t``, a whole-SAE tensor shaped like parameter ``name``."""
+        dim = SHARD_DIMS[name]
+        return t if dim is None or t.dim() == 0 else t.narrow(dim, self.lo, self.hi - self.lo)
+
+    def gather(self, name: str, t: Tensor) -> Tensor:
+        """The whole-SAE tensor (on the CPU) from every rank's part ``t`` of parameter ``name``
+        (a collective: every rank calls it)."""
+        dim = SHARD_DIMS[name]
+        if dim is None or t.dim() == 0:
+            return t.detach().cpu()
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(parts, t.detach().contiguous())
+        return torch.cat(parts, dim=dim).cpu()
+
+    @torch.no_grad()
     def gather_full(self) -> TopKSAE:
-        """The whole SAE, assembled on every rank (for saving or evaluation)."""
-        full = TopKSAE(self.cfg)
-
-        def gather(t: Tensor, dim: int) -> Tensor:
-            parts = [torch.empty_like(t) for _ in range(self.world_size)]
-            dist.all_gather(parts, t.detach().contiguous())
-            return torch.cat(parts, dim=dim).cpu()
-
-        full.W_enc.copy_(gather(self.W_enc, 1))
-        full.b_enc.copy_(gather(self.b_enc, 0))
-        full.W_dec.copy_(gather(self.W_dec, 0))
-        full.b_dec.copy_(self.b_dec.detach().cpu())
+        """The whole SAE, assembled on every rank's CPU (for saving or evaluation)."""
+        full = build(self.cfg)
+        assert isinstance(full, TopKSAE)
+        for name, p in self.named_parameters():
+            getattr(full, name).copy_(self.gather(name, p))
         return full
+
+    def matmul_flops_per_token(self) -> float:
+        """This rank's share: its slice of the encoder product plus the sparse decode."""
+        d, m, k = self.cfg.d_in, self.hi - self.lo, self.cfg.k
+        return 2.0 * d * m + 8.0 * k * d
 
     def _aux_spec(self, ctx: StepContext) -> tuple[Tensor, int] | None:
         dead = ctx.dead_mask_M
@@ -130,14 +184,19 @@ class ShardedTopK(nn.Module):
         dist.all_reduce(n_dead)  # AuxK runs on every rank or on none
         if int(n_dead) == 0:
             return None
-        k_aux = self.cfg.k_aux or max(1, min(self.cfg.d_sae, self.cfg.d_in // 2))
+        k_aux = self.cfg.k_aux or default_k_aux(self.cfg.d_in, self.cfg.d_sae)
         return dead, min(k_aux, int(n_dead))
 
     def training_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
+        with sparse_autocast(acts_BD.device) as dtype:
+            return self._loss(acts_BD, ctx, dtype or MATMUL_DTYPES[self.cfg.matmul_dtype])
+
+    def _loss(self, acts_BD: Tensor, ctx: StepContext, matmul_dtype: torch.dtype) -> LossOutput:
         k = self.cfg.k_at(ctx.step, ctx.total_steps)
         aux = self._aux_spec(ctx)
         enc = topk_encode(acts_BD, self.W_enc, self.b_enc, _SharedInput.apply(self.b_dec),
-                          min(k, self.hi - self.lo), aux=aux)
+                          min(k, self.hi - self.lo), aux=aux,
+                          matmul_dtype=matmul_dtype)
         codes = keep_global_topk(enc.codes, k, self.world_size)
         recon = _SumOverShards.apply(sparse_decode(codes, self.W_dec)) + self.b_dec
         mse = recon_loss(acts_BD, recon)
@@ -153,29 +212,39 @@ class ShardedTopK(nn.Module):
                           recon_BD=recon.detach())
 
 
-class LatentShardedTrainer:
-    """The trainer's step for one latent-sharded TopK SAE on this rank: Adam, the decoder
-    constraint and dead-latent counters on the local slice (run under torchrun, one per rank).
-    """
+def _state_by_name(module: nn.Module, opt: torch.optim.Optimizer
+                   ) -> tuple[dict[str, dict[str, Tensor]], list[Any]]:
+    """The optimizer's per-parameter state keyed by parameter name, and its param groups."""
+    sd = opt.state_dict()
+    names = [n for n, _ in module.named_parameters()]
+    return {names[i]: st for i, st in sd["state"].items()}, sd["param_groups"]
 
-    def __init__(self, sae: ShardedTopK, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, dead_after_tokens: int = 1_000_000) -> None:
-        self.sae, self.step, self.dead_after_tokens = sae, 0, dead_after_tokens
-        self.optimizer = make_adam(sae.parameters(), lr=lr, betas=betas, eps=eps)
-        self.tokens_since_fired_M = torch.zeros(sae.hi - sae.lo, dtype=torch.int64,
-                                                device=sae.W_enc.device)
 
-    def train_step(self, acts_BD: Tensor, total_steps: int) -> LossOutput:
-        """One optimiser step on a batch that every rank holds whole."""
-        sae = self.sae
-        dead = self.tokens_since_fired_M >= self.dead_after_tokens
-        self.optimizer.zero_grad(set_to_none=True)
-        out = sae.training_loss(acts_BD, StepContext(self.step, total_steps, dead_mask_M=dead))
-        out.total.backward()
-        remove_parallel_gradient(sae.W_dec)
-        self.optimizer.step()
-        normalise_decoder(sae.W_dec)
-        self.tokens_since_fired_M += acts_BD.shape[0]
-        self.tokens_since_fired_M[out.fired_M] = 0
-        self.step += 1
-        return out
+def _state_by_index(module: nn.Module, state: dict[str, dict[str, Any]]) -> dict[int, Any]:
+    names = [n for n, _ in module.named_parameters()]
+    return {names.index(name): st for name, st in state.items()}
+
+
+def gather_slot(sae: ShardedTopK, slot: SlotState, full: nn.Module,
+                optimizer: torch.optim.Optimizer) -> SlotState:
+    """The whole SAE's training state from every rank's slice (a collective): ``optimizer``
+    (built over ``full``'s parameters) receives the gathered Adam moments."""
+    local, groups = _state_by_name(sae, slot.optimizer)
+    state = {name: {key: sae.gather(name, v) if isinstance(v, Tensor) else v
+                    for key, v in st.items()} for name, st in local.items()}
+    optimizer.load_state_dict({"state": _state_by_index(full, state), "param_groups": groups})
+    counters = [torch.empty_like(slot.tokens_since_fired_M) for _ in range(sae.world_size)]
+    dist.all_gather(counters, slot.tokens_since_fired_M.contiguous())
+    return SlotState(optimizer, torch.cat(counters).cpu())
+
+
+@torch.no_grad()
+def load_slot_slice(sae: ShardedTopK, slot: SlotState, full: nn.Module,
+                    full_slot: SlotState) -> None:
+    """Load this rank's slice of a whole SAE's weights and training state (e.g. a checkpoint's)."""
+    sae.load_slice(full)
+    state, groups = _state_by_name(full, full_slot.optimizer)
+    sliced = {name: {key: sae.slice_of(name, v).clone() if isinstance(v, Tensor) else v
+                     for key, v in st.items()} for name, st in state.items()}
+    slot.optimizer.load_state_dict({"state": _state_by_index(sae, sliced), "param_groups": groups})
+    slot.tokens_since_fired_M.copy_(full_slot.tokens_since_fired_M[sae.lo : sae.hi])

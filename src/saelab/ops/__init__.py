@@ -28,6 +28,7 @@ from saelab.ops.kernels import (
     native_low_precision_matmul,
     release_workspace,
     row_topk,
+    sparse_autocast,
     tune_cpu_allocator,
 )
 from saelab.ops.sparse import (
@@ -49,6 +50,7 @@ __all__ = [
     "native_low_precision_matmul",
     "release_workspace",
     "row_topk",
+    "sparse_autocast",
     "sparse_decode",
     "sparse_preacts",
     "threshold_encode",

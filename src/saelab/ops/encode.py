@@ -20,6 +20,9 @@ from saelab.ops.kernels import BLOCK_FILL, native_low_precision_matmul, row_topk
 from saelab.ops.sparse import encoder_preacts
 
 _CHUNK_ELEMS = 2**24  # pre-activation chunk size (64 MB fp32); smaller chunks slow the matmul
+#: Fold b_enc into the encoder GEMM as one more input column (below). False restores the older
+#: addmm path; benchmarks/train_throughput.py flips it to time both in one process.
+FOLD_BIAS = True
 
 AuxSpec = tuple[Tensor, int]  # (dead_mask_M bool, k_aux)
 
@@ -69,6 +72,14 @@ class _Preacts:
             self.xc_BD = xc_BD
             self.W_DM = W_enc_DM.detach().to(dtype)
             self.b_M = b_enc_M.detach().to(dtype)
+            # addmm(out=) first copies the broadcast bias into every B×M chunk (one more full
+            # pass over B·M floats, ~1 GB a step at 65k latents); with b_enc as an extra row of
+            # W and a column of ones in x the GEMM writes the pre-activations alone, for one
+            # D·M copy of W instead.
+            self.folded = FOLD_BIAS and not self.col_block
+            if self.folded:
+                self.xc_BD = torch.cat([xc_BD, xc_BD.new_ones(xc_BD.shape[0], 1)], dim=1)
+                self.W_DM = torch.cat([self.W_DM, self.b_M[None]], dim=0)
         self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
         self.chunk_rows = chunk_rows or max(1, _CHUNK_ELEMS // self.n_latents)
 
@@ -87,6 +98,9 @@ class _Preacts:
             yield s, pre_RM
 
     def _matmul(self, xc_RD: Tensor, out_RM: Tensor) -> None:
+        if self.folded:
+            torch.mm(xc_RD, self.W_DM, out=out_RM)
+            return
         if not self.col_block:
             torch.addmm(self.b_M, xc_RD, self.W_DM, out=out_RM)
             return

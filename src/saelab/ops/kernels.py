@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -103,6 +105,24 @@ def native_low_precision_matmul(device: torch.device | str = "cpu") -> bool:
         return False
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check()) if check is not None else False
+
+
+@contextmanager
+def sparse_autocast(device: torch.device) -> Iterator[torch.dtype | None]:
+    """Hand autocast over to the sparse kernels: yields the autocast dtype (None when autocast
+    is off on ``device``) with autocast turned off inside.
+
+    The sparse path runs its encoder product in that dtype itself (``matmul_dtype``) and keeps
+    gathers, sparse products, selection values and gradient accumulation in fp32; letting
+    autocast cast its ops one by one would put those in bf16 too.
+    """
+    kind = device.type
+    if not torch.is_autocast_enabled(kind):
+        yield None
+        return
+    dtype = torch.get_autocast_dtype(kind)
+    with torch.autocast(kind, enabled=False):
+        yield dtype
 
 
 def rowwise_dots(A_RD: Tensor, rows_N: Tensor, W_MD: Tensor, idx_N: Tensor) -> Tensor:

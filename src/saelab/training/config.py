@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 from saelab.config import ConfigError, option
 
@@ -26,6 +27,12 @@ class TrainConfig:
     grad_clip: float = option(0.0, "clip each SAE's gradient norm to this (0 = off)")
     seed: int = option(0, "seed for initialisation and data order")
     device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps (under torchrun, cuda = each rank's own GPU)")
+    autocast: Literal["off", "bf16"] = option(
+        "off", "bf16: run the matrix products in bfloat16 (weights, gradients, Adam state and "
+        "the loss reductions stay float32); pays on GPUs and CPUs with native bf16")
+    shard_latents: bool = option(False, "under torchrun: split each TopK SAE's latents over the "
+                                 "ranks (each reads the whole batch) instead of the batch; for "
+                                 "SAEs too wide for one device")
     dist_timeout_s: float = option(600.0, "under torchrun: fail (resumably) when a rank has been silent this long")
     checkpoint_every: int = option(1000, "write a resumable checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep")

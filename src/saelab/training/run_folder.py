@@ -29,7 +29,7 @@ NOT_RESULT_AFFECTING = {
     ("train", "tensorboard"), ("train", "wandb_project"), ("train", "log_every"),
     ("train", "keep_checkpoints"), ("train", "checkpoint_every"),
     # where the run executes, not what it computes: resume on another device or rank count
-    ("train", "device"), ("train", "dist_timeout_s"),
+    ("train", "device"), ("train", "dist_timeout_s"), ("train", "shard_latents"),
 }
 
 
@@ -91,9 +91,17 @@ def trim_metrics(out: Path, step: int) -> None:
         atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
 
 
+#: options added later, whose default reproduces what runs saved before them did
+SAME_AS_ABSENT = {("train", "autocast"): "off"}
+
+
 def comparable_config(run_config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run config that determines the result, with the data path normalised."""
     cfg = json.loads(json.dumps(run_config))
+    for (section_name, option_name), default in SAME_AS_ABSENT.items():
+        options = cfg.get(section_name)
+        if isinstance(options, dict) and options.get(option_name) == default:
+            del options[option_name]
     for key in NOT_RESULT_AFFECTING:
         section = cfg
         for part in key[:-1]:

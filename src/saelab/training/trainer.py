@@ -8,7 +8,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -23,6 +23,7 @@ from saelab.io import atomic_write_json, save
 from saelab.lock import folder_lock
 from saelab.metrics.core import explained_variance
 from saelab.metrics.proxies import training_proxies
+from saelab.ops import native_low_precision_matmul
 from saelab.registry import build
 from saelab.training.checkpoint import (
     SlotState,
@@ -91,7 +92,10 @@ class Trainer:
     ``final/<name>/`` (cfg.json + sae.safetensors, input normalisation folded in).
 
     With ``dist`` (see :mod:`saelab.distributed`) this process is one rank of a data-parallel
-    run: it trains on its shard of each batch and only rank 0 writes files.
+    run: it trains on its shard of each batch and only rank 0 writes files. With
+    ``train.shard_latents`` as well, each rank instead reads the whole batch and holds a slice
+    of every SAE's latents (:mod:`saelab.distributed.latent_sharded`); checkpoints and the final
+    SAEs are gathered into the ordinary single-process format.
     """
 
     def __init__(self, sae_configs: dict[str, SAEConfig], train: TrainConfig,
@@ -104,10 +108,20 @@ class Trainer:
         self.train_cfg = train
         self.source = source
         self.dist = dist
-        self.batch_group: BatchGroup = dist if dist is not None else BatchGroup()
+        self.shard_latents = train.shard_latents and dist is not None
+        if train.shard_latents and dist is None:
+            warnings.warn("shard_latents has no effect outside torchrun (one process holds "
+                          "every latent)", stacklevel=2)
+        # latent sharding: every rank holds the whole batch, so batch statistics are local
+        self.batch_group: BatchGroup = (dist if dist is not None and not self.shard_latents
+                                        else BatchGroup())
         self.device = resolve_device(train.device, dist.local_rank if dist is not None else 0)
+        if train.autocast == "bf16" and not native_low_precision_matmul(self.device):
+            warnings.warn(f"autocast=bf16 on {self.device}: this device has no native bf16 "
+                          "matrix multiply, so training runs slower than float32, not faster "
+                          "(bf16 pays on GPUs and CPUs with AVX512-BF16/AMX)", stacklevel=2)
         self.local_batch_size = train.batch_size
-        if dist is not None:
+        if dist is not None and not self.shard_latents:
             from saelab.distributed import RankShard
 
             self.local_batch_size = RankShard(source, dist.rank, dist.world_size).local_batch_size(
@@ -119,17 +133,14 @@ class Trainer:
         for name, cfg in sae_configs.items():
             if not name or "/" in name or name.startswith("."):
                 raise ConfigError(f"bad SAE name {name!r}: use a plain folder name")
-            sae = build(with_source_metadata(cfg, source).resolved(source.d_in)).to(self.device)
-            self.saes[name] = sae
-            opt = make_adam(
-                sae.parameters(),
-                lr=train.lr if cfg.lr is None else cfg.lr,
-                betas=(train.adam_beta1 if cfg.adam_beta1 is None else cfg.adam_beta1,
-                       train.adam_beta2),
-                eps=train.adam_eps,
-            )
-            self.slots[name] = SlotState(opt, torch.zeros(sae.cfg.d_sae, dtype=torch.int64,
-                                                          device=self.device))
+            sae = build(with_source_metadata(cfg, source).resolved(source.d_in))
+            if self.shard_latents:
+                sae = self._shard(name, sae)
+            self.saes[name] = sae = sae.to(self.device)
+            width = sae.cfg.d_sae // (dist.world_size if dist is not None and self.shard_latents
+                                      else 1)  # this rank's latents
+            self.slots[name] = SlotState(self._make_optimizer(sae, cfg),
+                                         torch.zeros(width, dtype=torch.int64, device=self.device))
         self.run_config = run_config or {
             "train": to_dict(train),
             "saes": {n: {"architecture": s.name, **to_dict(s.cfg)} for n, s in self.saes.items()},
@@ -138,6 +149,63 @@ class Trainer:
         self.scale = 1.0
         self.data_fingerprint: dict[str, Any] | None = None
         self.last_metrics: dict[str, dict[str, Any]] = {}  # newest logged record per SAE
+
+    def _shard(self, name: str, sae: SAE) -> SAE:
+        """This rank's slice of ``sae`` (latent sharding)."""
+        from saelab.distributed.latent_sharded import ShardedTopK, check_shardable
+
+        assert self.dist is not None
+        if self.train_cfg.grad_clip > 0:
+            raise ConfigError("--shard-latents does not support grad_clip (the norm would be "
+                              "per shard); set grad_clip = 0")
+        check_shardable(name, sae.cfg, self.dist.world_size)
+        # duck-typed: the trainer uses only what SAE and ShardedTopK share
+        return cast(SAE, ShardedTopK.from_full(sae, self.dist.rank, self.dist.world_size))
+
+    def _make_optimizer(self, sae: torch.nn.Module, cfg: SAEConfig) -> torch.optim.Adam:
+        train = self.train_cfg
+        return make_adam(
+            sae.parameters(),
+            lr=train.lr if cfg.lr is None else cfg.lr,
+            betas=(train.adam_beta1 if cfg.adam_beta1 is None else cfg.adam_beta1,
+                   train.adam_beta2),
+            eps=train.adam_eps,
+        )
+
+    def _whole(self, with_state: bool = True) -> tuple[dict[str, SAE], dict[str, SlotState]]:
+        """The SAEs and (``with_state``) their training state as one process holds them:
+        gathered from the slices under latent sharding (a collective, every rank calls it)."""
+        if not self.shard_latents:
+            return self.saes, self.slots
+        from saelab.distributed.latent_sharded import ShardedTopK, gather_slot
+
+        saes: dict[str, SAE] = {}
+        slots: dict[str, SlotState] = {}
+        for name, sae in self.saes.items():
+            assert isinstance(sae, ShardedTopK)
+            saes[name] = full = sae.gather_full()
+            if with_state:
+                slots[name] = gather_slot(sae, self.slots[name], full,
+                                          self._make_optimizer(full, full.cfg))
+        return saes, slots
+
+    def _blank_whole(self) -> tuple[dict[str, SAE], dict[str, SlotState]]:
+        """Unsharded SAEs and training state on the CPU, to initialise or resume into."""
+        saes = {name: build(sae.cfg) for name, sae in self.saes.items()}
+        slots = {name: SlotState(self._make_optimizer(sae, sae.cfg),
+                                 torch.zeros(sae.cfg.d_sae, dtype=torch.int64))
+                 for name, sae in saes.items()}
+        return saes, slots
+
+    def _load_slices(self, saes: dict[str, SAE], slots: dict[str, SlotState] | None) -> None:
+        from saelab.distributed.latent_sharded import ShardedTopK, load_slot_slice
+
+        for name, sae in self.saes.items():
+            assert isinstance(sae, ShardedTopK)
+            if slots is None:
+                sae.load_slice(saes[name])
+            else:
+                load_slot_slice(sae, self.slots[name], saes[name], slots[name])
 
     # ------------------------------------------------------------------ set-up and resume
 
@@ -149,14 +217,19 @@ class Trainer:
         self.scale = input_scale(sample) if cfg.normalize_inputs else 1.0
         sample = sample * self.scale
         median = geometric_median(sample) if cfg.geometric_median_init else None
-        for i, sae in enumerate(self.saes.values()):
+        # latent sharding initialises the whole SAEs, then each rank keeps its slice, so the
+        # weights equal an unsharded run's
+        saes = self._blank_whole()[0] if self.shard_latents else self.saes
+        for i, sae in enumerate(saes.values()):
             sae.reset_parameters(torch.Generator().manual_seed(cfg.seed * 1000 + i))
             if median is not None:
-                sae.init_decoder_bias(median)
+                sae.init_decoder_bias(median.to(sae.b_dec.device))
         if self.dist is not None:  # one initialisation for all ranks: rank 0's
-            for sae in self.saes.values():
+            for sae in saes.values():
                 self.dist.broadcast_module(sae)
             self.scale = self.dist.broadcast_float(self.scale)
+        if self.shard_latents:
+            self._load_slices(saes, None)
 
     def _check_run_config(self) -> None:
         path = self.out_dir / RUN_FILE
@@ -177,9 +250,10 @@ class Trainer:
 
     def _resume(self, allow_data_change: bool) -> None:
         """Restore the newest checkpoint that verifies; set aside corrupt ones with a warning."""
+        saes, slots = self._blank_whole() if self.shard_latents else (self.saes, self.slots)
         for path in reversed(list_checkpoints(self.ckpt_root)):
             try:
-                meta = read_checkpoint(path, self.saes, self.slots)
+                meta = read_checkpoint(path, saes, slots)
             except CheckpointError as err:
                 if self.is_main:  # one rank renames; the others just skip it too
                     moved = set_aside(path)
@@ -187,6 +261,8 @@ class Trainer:
                                   "previous checkpoint", stacklevel=3)
                 continue
             self._check_data(meta.get("data_fingerprint"), path, allow_data_change)
+            if self.shard_latents:
+                self._load_slices(saes, slots)
             self.step = int(meta["step"])
             self.scale = float(meta["input_scale"])
             return
@@ -284,7 +360,7 @@ class Trainer:
     def _batches(self, batch_size: int, start_batch: int) -> Iterator[Tensor]:
         """This process's batches: the whole batch, or this rank's slice of it (read from
         ``self.source`` at the time of the call)."""
-        if self.dist is None:
+        if self.dist is None or self.shard_latents:
             return self.source.batches(batch_size, start_batch=start_batch)
         from saelab.distributed import RankShard
 
@@ -312,7 +388,10 @@ class Trainer:
         ctx = StepContext(self.step, cfg.total_steps, cfg.sparsity_scale(self.step), dead,
                           self.batch_group)
         slot.optimizer.zero_grad(set_to_none=True)
-        out = sae.training_loss(acts_BD, ctx)
+        # bf16 autocast covers the forward only; parameters, gradients and Adam stay fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.autocast == "bf16"):
+            out = sae.training_loss(acts_BD, ctx)
         if not torch.isfinite(out.total):
             parts = {k: float(v.detach()) for k, v in out.parts.items()}
             raise TrainingError(
@@ -320,7 +399,7 @@ class Trainer:
                 f"lower the learning rate or check the data. {self._last_good()}"
             )
         out.total.backward()
-        if self.dist is not None:
+        if self.dist is not None and not self.shard_latents:
             self.dist.average_gradients(sae.parameters())
         if sae.unit_norm_decoder:
             remove_parallel_gradient(sae.W_dec)
@@ -332,7 +411,9 @@ class Trainer:
         slot.optimizer.step()
         if sae.unit_norm_decoder:
             normalise_decoder(sae.W_dec)
-        fired = out.fired_M if self.dist is None else self.dist.any(out.fired_M)
+        # (latent sharding: the mask covers this rank's latents, complete for the whole batch)
+        fired = (out.fired_M if self.dist is None or self.shard_latents
+                 else self.dist.any(out.fired_M))
         slot.tokens_since_fired_M += cfg.batch_size  # rows of the whole (global) batch
         slot.tokens_since_fired_M[fired] = 0
         return out
@@ -382,7 +463,7 @@ class Trainer:
                 # part "mse" is summed over the width on inputs scaled to E‖x‖² = d_in
                 err = (acts - out.recon_BD).pow(2).mean() / (self.scale ** 2)
                 record["mse_per_element"] = float(err)
-            if self.train_cfg.log_proxies:
+            if self.train_cfg.log_proxies and not self.shard_latents:
                 sae = self.saes[name]  # proxies read the decoder against its target (a transcoder's output)
                 record.update(training_proxies(sae, sae.split_data(acts)[1]))
             log.write(record)
@@ -399,7 +480,8 @@ class Trainer:
 
     def checkpoint(self) -> Path:
         """Write a resumable checkpoint (rank 0 only; the other ranks wait for it)."""
-        bad = [name for name, sae in self.saes.items()
+        saes, slots = self._whole()
+        bad = [name for name, sae in saes.items()
                if not all(bool(torch.isfinite(p).all()) for p in sae.parameters())]
         if bad:
             raise TrainingError(f"step {self.step}: SAE(s) {bad} have non-finite weights; not "
@@ -408,7 +490,7 @@ class Trainer:
                 "data_fingerprint": self.data_fingerprint}
         path = self.ckpt_root / f"step_{self.step:09d}"
         if self.is_main:
-            path = write_checkpoint(self.ckpt_root, self.step, meta, self.saes, self.slots,
+            path = write_checkpoint(self.ckpt_root, self.step, meta, saes, slots,
                                     self.train_cfg.keep_checkpoints)
         if self.dist is not None:
             self.dist.barrier()
@@ -417,7 +499,7 @@ class Trainer:
     def finalise(self) -> dict[str, SAE]:
         """Fold the input scale into copies of the SAEs and save them under final/."""
         final: dict[str, SAE] = {}
-        for name, sae in self.saes.items():
+        for name, sae in self._whole(with_state=False)[0].items():
             out = build(dataclasses.replace(sae.cfg))
             out.load_state_dict(sae.state_dict())
             if self.scale != 1.0:
