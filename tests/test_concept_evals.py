@@ -207,6 +207,21 @@ def test_text_tasks_ship_labelled_english() -> None:
         text_task("nope")
 
 
+def test_grammar_task_labels_each_corpus_document_by_its_genre() -> None:
+    from saelab.text.readers import corpus_path
+    from saelab.text.tasks import text_task
+
+    task = text_task("grammar")
+    docs = [d.strip() for d in corpus_path().read_text().split("\n\n") if d.strip()]
+    assert task.texts == docs and len(task.classes) == 7
+    assert min(task.labels.count(c) for c in range(7)) >= 50
+    # the genres' fixed openings agree with the replayed labels
+    for text, label in zip(task.texts, task.labels, strict=True):
+        assert text.startswith("To make") == (task.classes[label] == "recipe")
+        if task.classes[label] == "dialogue":
+            assert text.split("\n")[0].split(":")[0].strip() != text.split("\n")[0]
+
+
 def test_first_letter_task_on_minilm_vocabulary() -> None:
     transformers = pytest.importorskip("transformers")
     from saelab.models import packaged_minilm_path

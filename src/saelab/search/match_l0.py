@@ -111,7 +111,7 @@ def propose(knob: Knob, history: list[tuple[float, float]], target: float) -> fl
         a, b = sorted((int(lo[0]), int(hi[0])))
         inside = [k for k in range(a + 1, b) if k not in tried]
         return float(min(inside, key=lambda k: abs(k - guess))) if inside else None
-    candidate = max(int(knob.minimum), int(round(guess)))
+    candidate = max(int(knob.minimum), round(guess))
     if candidate in tried:  # step past the tried values in the direction that moves L0 on
         up = (lo is not None) == knob.raises_l0
         candidate = int(max(tried) + 1 if up else min(tried) - 1)
