@@ -48,11 +48,15 @@ from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.metrics.concepts import Interval
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
-from saelab.search.match_l0 import KNOBS, L0Match, match_l0
+from saelab.search.match_l0 import KNOBS, Knob, L0Match, match_l0
 
 ARCHS = ("topk", "batchtopk", "matryoshka", "ordered", "relu", "panneal", "gated",
          "gated_panneal", "jumprelu")
-START = {"relu": 6.0, "panneal": 6.0, "gated": 12.0, "gated_panneal": 12.0, "jumprelu": 30.0}
+START = {"relu": 3.0, "panneal": 3.0, "gated": 6.0, "gated_panneal": 6.0, "jumprelu": 1.0}
+# JumpReLU's knob here is its initial threshold: in runs of a few hundred steps its threshold
+# moves about lr per step under Adam whatever the L0 coefficient (measured: coefficient 30, 300
+# and 3000 all gave L0 ≈ 60 on Othello at threshold_init 0.1, and ≈ 26 at 0.5)
+KNOB_OVERRIDES = {"jumprelu": Knob("threshold_init", raises_l0=False)}
 METRICS = ("l0", "absorption", "full_absorption", "probe_k1", "probe_k20", "full_probe",
            "ms_latents", "ms_neurons", "cone_containment", "cone_geometric", "cone_semantic")
 TEXT_HOOKS = ["embeddings"] + [f"encoder.layer.{i}" for i in range(6)]
@@ -60,9 +64,11 @@ TEXT_HOOKS = ["embeddings"] + [f"encoder.layer.{i}" for i in range(6)]
 
 def arch_config(arch: str, value: float, expansion: int, steps: int) -> dict[str, Any]:
     """One architecture's config with its L0 knob at ``value``."""
-    knob = KNOBS[arch]
+    knob = KNOB_OVERRIDES.get(arch) or KNOBS[arch]
     out: dict[str, Any] = {"architecture": arch, "expansion": expansion,
                            knob.key: int(value) if knob.integer else value}
+    if arch == "jumprelu":
+        out["l0_coefficient"] = 30.0
     if arch in ("batchtopk", "matryoshka"):
         out["threshold_start_step"] = steps // 2
     if arch == "matryoshka":
@@ -171,7 +177,7 @@ def run_model(model: str, args: argparse.Namespace) -> dict[str, Any]:
             return train(acts_path, settings, out / f"saes_seed{seed}_round{i}", args, seed)
 
         found = match_l0(configs, train_round, lambda sae: sae_l0(sae, eval_acts), args.k,
-                         args.tolerance, args.rounds)
+                         args.tolerance, args.rounds, knobs=KNOB_OVERRIDES)
         for arch, m in found.items():
             assert m.sae is not None
             saes[f"{arch}/s{seed}"] = m.sae

@@ -153,18 +153,22 @@ def _secant(lo: tuple[float, float], hi: tuple[float, float], target: float) -> 
 def match_l0(configs: dict[str, dict[str, Any]],
              train_round: Callable[[int, dict[str, dict[str, Any]]], dict[str, SAE]],
              measure_l0: Callable[[SAE], float], target: float, tolerance: float = 0.1,
-             max_rounds: int = 5, progress: bool = True) -> dict[str, L0Match]:
+             max_rounds: int = 5, progress: bool = True,
+             knobs: dict[str, Knob] | None = None) -> dict[str, L0Match]:
     """Search every SAE's knob until its L0 is within ``tolerance`` of ``target``.
 
     ``configs`` maps a name to an SAE config dict with ``architecture`` and a starting knob
     value (the architecture's default is used when absent). ``train_round(round, settings)``
     trains the given configs side by side and returns the SAEs by name; ``measure_l0`` gives an
-    SAE's L0 on the evaluation rows.
+    SAE's L0 on the evaluation rows. ``knobs`` overrides the knob of some names (e.g. JumpReLU's
+    ``threshold_init`` in runs too short for its threshold to travel: under Adam it moves about
+    lr per step whatever the L0 coefficient).
     """
     if target <= 0 or not 0 < tolerance < 1:
         raise ConfigError(f"need target L0 > 0 and 0 < tolerance < 1, got {target} and "
                           f"{tolerance}")
-    knobs = {name: knob_for(str(c.get("architecture", ""))) for name, c in configs.items()}
+    knobs = {name: (knobs or {}).get(name) or knob_for(str(c.get("architecture", "")))
+             for name, c in configs.items()}
     best: dict[str, L0Match] = {}
     current = {name: dict(c) for name, c in configs.items()}
     pending = list(configs)
