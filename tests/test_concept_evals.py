@@ -288,3 +288,23 @@ def test_text_activations_on_packaged_minilm() -> None:
     only, none = text_activations(loaded.model, loaded.tokenizer, "encoder.layer.0", ["cat"],
                                   embed=False)
     assert none is None and torch.allclose(only.acts_TD, inputs.acts_TD[2:], atol=1e-5)
+
+
+def test_layer_check_picks_the_hook_where_most_letters_pass() -> None:
+    pytest.importorskip("transformers")
+    from saelab.evals.absorption import (
+        AbsorptionConfig,
+        LayerCheck,
+        best_hook,
+        letter_probe_by_hook,
+    )
+
+    checks = [LayerCheck("a", 0.5, 3, 100), LayerCheck("b", 0.4, 7, 100),
+              LayerCheck("c", 0.9, 7, 100), LayerCheck("d", math.nan, 0, 0)]
+    assert best_hook(checks).hook == "c"  # most letters passing, then the higher mean F1
+    cfg = AbsorptionConfig(max_words=300, min_probe_f1=0.0)
+    found = letter_probe_by_hook(cfg, ["embeddings", "encoder.layer.0"])
+    assert [c.hook for c in found] == ["embeddings", "encoder.layer.0"]
+    for c in found:
+        assert c.n_words > 150 and 0 <= c.mean_probe_f1 <= 1
+        assert 0 < c.n_letters_passing <= 26  # filter 0: every letter with F1 > 0 passes

@@ -116,3 +116,17 @@ def test_real_relu_sae_is_matched(tmp_path: Path) -> None:
     m = result["relu"]
     assert m.matched, m.history
     assert m.sae is not None and math.isclose(sae_l0(m.sae, eval_acts), m.l0)
+
+
+def test_knob_override_searches_the_given_option() -> None:
+    # L0 falls with the initial threshold and ignores the coefficient (JumpReLU in short runs)
+    def curve(c: dict[str, Any]) -> float:
+        return 60.0 * math.exp(-2.0 * c["threshold_init"])
+
+    configs = {"jr": {"architecture": "jumprelu", "l0_coefficient": 30.0, "threshold_init": 0.1}}
+    # an exponential is far from the power law the steps assume: it takes six rounds
+    result, rounds = run(curve, configs, 8.0, max_rounds=6,
+                         knobs={"jr": Knob("threshold_init", raises_l0=False)})
+    m = result["jr"]
+    assert m.key == "threshold_init" and m.matched, m.history
+    assert all(r["jr"]["l0_coefficient"] == 30.0 for r in rounds)

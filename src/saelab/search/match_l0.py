@@ -9,10 +9,11 @@ training length. :func:`match_l0` searches every SAE's knob at once, in rounds:
 1. train every SAE not yet matched at its current knob value (one training pass per round, all
    of them side by side), and measure its L0 on the caller's evaluation rows;
 2. an SAE is *matched* when |L0 − target| ≤ tolerance · target;
-3. otherwise :func:`propose` gives the next value: log-log secant between the two tried values
-   that bracket the target (geometric bisection when the secant leaves the bracket), or, before
-   there is a bracket, a power-law step from the nearest point (L0 ∝ k; L0 ∝ 1/coefficient);
-   integer knobs round, and stop when the target falls between two neighbouring integers.
+3. otherwise :func:`propose` gives the next value: the log-log secant through the two tried
+   values nearest the target (a power-law step, L0 ∝ k or L0 ∝ 1/coefficient, while there is
+   only one), kept strictly inside the bracket once values on both sides of the target are
+   known (geometric bisection when the secant leaves it); integer knobs round, and stop when the
+   target falls between two neighbouring integers.
 
 The closest SAE found is returned for every name, with its knob, L0 and history, and
 ``matched = False`` when the rounds ran out (callers must report such rows as unmatched).
@@ -97,13 +98,11 @@ def propose(knob: Knob, history: list[tuple[float, float]], target: float) -> fl
     above = [(v, l0) for v, l0 in history if l0 >= target]
     lo = max(below, key=lambda h: h[1]) if below else None
     hi = min(above, key=lambda h: h[1]) if above else None
-    if lo is not None and hi is not None:
-        guess = _secant(lo, hi, target)
+    guess = _extrapolate(knob, history, target)
+    if lo is not None and hi is not None:  # stay strictly inside the bracket
         a, b = sorted((lo[0], hi[0]))
         if not a < guess < b:
             guess = math.sqrt(a * b) if a > 0 else (a + b) / 2
-    else:
-        guess = _extrapolate(knob, history, target)
     guess = max(guess, knob.minimum if knob.minimum > 0 else 1e-12)
     if not knob.integer:
         return guess
@@ -119,9 +118,9 @@ def propose(knob: Knob, history: list[tuple[float, float]], target: float) -> fl
 
 
 def _extrapolate(knob: Knob, history: list[tuple[float, float]], target: float) -> float:
-    """No bracket yet: step from the point nearest the target along a power law L0 ∝ value^s,
-    s from the two nearest points when they give a slope of the knob's sign (else s = ±1: L0 ∝
-    k, or L0 ∝ 1/coefficient); the value moves by at most a factor of 16."""
+    """The secant step in log-log: from the point nearest the target along a power law
+    L0 ∝ value^s, s from the two nearest points when they give a slope of the knob's sign (else
+    s = ±1: L0 ∝ k, or L0 ∝ 1/coefficient); the value moves by at most a factor of 16."""
     sign = 1.0 if knob.raises_l0 else -1.0
     points = sorted({(v, l0) for v, l0 in history if v > 0 and l0 > 0},
                     key=lambda h: abs(math.log(h[1] / target)))
@@ -139,15 +138,6 @@ def _extrapolate(knob: Knob, history: list[tuple[float, float]], target: float) 
     if guess == value:
         guess = value * (2.0 if (l0 < target) == knob.raises_l0 else 0.5)
     return guess
-
-
-def _secant(lo: tuple[float, float], hi: tuple[float, float], target: float) -> float:
-    """Interpolate log value against log L0 between two bracketing points."""
-    (v1, l1), (v2, l2) = lo, hi
-    if min(v1, v2, l1, l2) <= 0 or l1 == l2:
-        return (v1 + v2) / 2
-    t = (math.log(target) - math.log(l1)) / (math.log(l2) - math.log(l1))
-    return math.exp(math.log(v1) + t * (math.log(v2) - math.log(v1)))
 
 
 def match_l0(configs: dict[str, dict[str, Any]],
