@@ -299,8 +299,8 @@ def test_layer_check_picks_the_hook_where_most_letters_pass() -> None:
         letter_probe_by_hook,
     )
 
-    checks = [LayerCheck("a", 0.5, 3, 100), LayerCheck("b", 0.4, 7, 100),
-              LayerCheck("c", 0.9, 7, 100), LayerCheck("d", math.nan, 0, 0)]
+    checks = [LayerCheck("a", 0.95, 3, 100), LayerCheck("b", 0.4, 7, 100),
+              LayerCheck("c", 0.6, 7, 100), LayerCheck("d", math.nan, 0, 0)]
     assert best_hook(checks).hook == "c"  # most letters passing, then the higher mean F1
     cfg = AbsorptionConfig(max_words=300, min_probe_f1=0.0)
     found = letter_probe_by_hook(cfg, ["embeddings", "encoder.layer.0"])
