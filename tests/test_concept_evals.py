@@ -207,6 +207,21 @@ def test_text_tasks_ship_labelled_english() -> None:
         text_task("nope")
 
 
+def test_grammar_task_labels_each_corpus_document_by_its_genre() -> None:
+    from saelab.text.readers import corpus_path
+    from saelab.text.tasks import text_task
+
+    task = text_task("grammar")
+    docs = [d.strip() for d in corpus_path().read_text().split("\n\n") if d.strip()]
+    assert task.texts == docs and len(task.classes) == 7
+    assert min(task.labels.count(c) for c in range(7)) >= 50
+    # the genres' fixed openings agree with the replayed labels
+    for text, label in zip(task.texts, task.labels, strict=True):
+        assert text.startswith("To make") == (task.classes[label] == "recipe")
+        if task.classes[label] == "dialogue":
+            assert text.split("\n")[0].split(":")[0].strip() != text.split("\n")[0]
+
+
 def test_first_letter_task_on_minilm_vocabulary() -> None:
     transformers = pytest.importorskip("transformers")
     from saelab.models import packaged_minilm_path
@@ -273,3 +288,23 @@ def test_text_activations_on_packaged_minilm() -> None:
     only, none = text_activations(loaded.model, loaded.tokenizer, "encoder.layer.0", ["cat"],
                                   embed=False)
     assert none is None and torch.allclose(only.acts_TD, inputs.acts_TD[2:], atol=1e-5)
+
+
+def test_layer_check_picks_the_hook_where_most_letters_pass() -> None:
+    pytest.importorskip("transformers")
+    from saelab.evals.absorption import (
+        AbsorptionConfig,
+        LayerCheck,
+        best_hook,
+        letter_probe_by_hook,
+    )
+
+    checks = [LayerCheck("a", 0.95, 3, 100), LayerCheck("b", 0.4, 7, 100),
+              LayerCheck("c", 0.6, 7, 100), LayerCheck("d", math.nan, 0, 0)]
+    assert best_hook(checks).hook == "c"  # most letters passing, then the higher mean F1
+    cfg = AbsorptionConfig(max_words=300, min_probe_f1=0.0)
+    found = letter_probe_by_hook(cfg, ["embeddings", "encoder.layer.0"])
+    assert [c.hook for c in found] == ["embeddings", "encoder.layer.0"]
+    for c in found:
+        assert c.n_words > 150 and 0 <= c.mean_probe_f1 <= 1
+        assert 0 < c.n_letters_passing <= 26  # filter 0: every letter with F1 > 0 passes

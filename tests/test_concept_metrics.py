@@ -207,3 +207,50 @@ def test_monosemanticity_stays_in_range_on_outlier_units() -> None:
     acts[7] = 1e6
     ms = monosemanticity_scores(acts, torch.rand(500, 8, generator=gen))
     assert (ms[~ms.isnan()].abs() <= 1 + 1e-6).all()
+
+
+def _pairwise_ms(a: torch.Tensor, emb: torch.Tensor) -> float:
+    """The definition, pair by pair, summed exactly (math.fsum)."""
+    a = a.double()
+    a = (a - a.min()) / (a.max() - a.min())
+    e = torch.nn.functional.normalize(emb.double(), dim=1)
+    sim = e @ e.T
+    n = a.shape[0]
+    iu = torch.triu_indices(n, n, 1)
+    w = a[iu[0]] * a[iu[1]]
+    return math.fsum((w * sim[iu[0], iu[1]]).tolist()) / math.fsum(w.tolist())
+
+
+def test_monosemanticity_is_exact_on_an_ill_conditioned_unit() -> None:
+    # one input at 1 and the rest ~1e-11 after min-max: the closed form subtracts two numbers
+    # near 1 to get one near 1e-8; the exact pairwise sum must be used instead
+    gen = torch.Generator().manual_seed(5)
+    n = 1500
+    emb = torch.randn(n, 16, generator=gen) + 2.0
+    acts = torch.zeros(n, 1, dtype=torch.float64)
+    acts[0] = 1.0
+    acts[1:, 0] = torch.rand(n - 1, generator=gen, dtype=torch.float64) * 1e-11
+    ms = monosemanticity_scores(acts, emb)
+    assert ms[0].item() == pytest.approx(_pairwise_ms(acts[:, 0], emb), rel=1e-9, abs=1e-12)
+
+
+def test_monosemanticity_refuses_embeddings_without_a_direction() -> None:
+    # a zero embedding row makes the closed form's ‖Σ ã ê‖² miss that input's ã²: with
+    # ã = (1, .1, .1, 0) that gave MS = (.02 − 1.02)/(1.44 − 1.02) = −2.38 before the check
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    acts = torch.tensor([[1.0], [0.1], [0.1], [0.0]])
+    with pytest.raises(ValueError, match=r"inputs \[0\] are zero or not finite"):
+        monosemanticity_scores(acts, emb)
+    with pytest.raises(ValueError, match=r"inputs \[2\]"):
+        monosemanticity_scores(acts, torch.tensor([[1.0, 0.0], [0.0, 1.0], [math.nan, 1.0],
+                                                   [1.0, 1.0]]))
+
+
+def test_monosemanticity_non_finite_activation_is_nan_with_reason() -> None:
+    emb = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    acts = torch.tensor([[1.0, math.inf], [0.5, 1.0], [0.0, 0.0]])
+    ms = monosemanticity_scores(acts, emb)
+    assert ms[0].item() == pytest.approx(0.6)  # ã = (1, .5, 0): the pair (0, 1) alone
+    assert math.isnan(ms[1].item())
+    reasons = {u.item: u.reason for u in monosemanticity_undefined(acts)}
+    assert reasons == {"1": "non-finite activation (NaN or inf) on some input"}

@@ -136,6 +136,40 @@ def fit_ground_truth(data: WordData) -> GroundTruth:
 
 
 @dataclass
+class LayerCheck:
+    """How well one hook point encodes first letters: the ground-truth probes' test F1."""
+
+    hook: str
+    mean_probe_f1: float
+    n_letters_passing: int  # letters whose probe F1 > min_probe_f1 (absorption scores these)
+    n_words: int
+
+
+def letter_probe_by_hook(cfg: AbsorptionConfig, hooks: list[str], model: str = "",
+                         loaded: Any | None = None) -> list[LayerCheck]:
+    """The probe-F1 check that picks the layer absorption runs at: for every hook, the mean
+    first-letter probe F1 over the 26 letters and the number of letters passing
+    ``min_probe_f1``. Absorption at a layer where few letters pass measures noise."""
+    loaded = loaded or load_text_model(model)
+    out = []
+    for hook in hooks:
+        data = collect_words(cfg, hook=hook, loaded=loaded)
+        f1s = [lp.probe_f1 for lp in fit_ground_truth(data).letters]
+        out.append(LayerCheck(hook, nan_mean(f1s),
+                              sum(1 for f in f1s if f > cfg.min_probe_f1), len(data.words)))
+    return out
+
+
+def best_hook(checks: list[LayerCheck]) -> LayerCheck:
+    """The hook with the most letters passing the probe filter (ties: higher mean F1, then the
+    earlier hook)."""
+    if not checks:
+        raise ConfigError("no hooks to choose from; give at least one hook")
+    return max(checks, key=lambda c: (c.n_letters_passing, c.mean_probe_f1
+                                      if c.mean_probe_f1 == c.mean_probe_f1 else -1.0))
+
+
+@dataclass
 class LetterAbsorption:
     """One letter's main latents and absorption (NaN + ``undefined`` when it has none)."""
 

@@ -123,6 +123,11 @@ def top_k_latents(features_NF: Tensor, labels_N: Tensor, k: int, signed: bool = 
 # ---------------------------------------------------------------------------- monosemanticity
 
 
+# the closed form's numerator loses about N·eps·(Σã)²/denominator to cancellation; above this
+# ratio of (Σã)² to the pair sum, the unit is recomputed exactly from pairwise cosines
+MS_EXACT_ABOVE = 1e6
+
+
 def monosemanticity_scores(acts_NM: Tensor, embeddings_NE: Tensor) -> Tensor:
     """MS of Pach et al. for every unit (column) of ``acts_NM`` over N inputs.
 
@@ -130,28 +135,44 @@ def monosemanticity_scores(acts_NM: Tensor, embeddings_NE: Tensor) -> Tensor:
 
         MS_k = Σ_{n<m} ã_nk ã_mk s_nm / Σ_{n<m} ã_nk ã_mk.
 
-    Computed without the N×N matrix: with unit rows ê_n, Σ_{n<m} ã_n ã_m s_nm =
-    (‖Σ_n ã_n ê_n‖² − Σ_n ã_n²)/2 and Σ_{n<m} ã_n ã_m = ((Σ ã)² − Σ ã²)/2. Returns ``(M,)``
-    float64; NaN where max = min (a dead or constant unit) or fewer than two inputs have
-    ã > 0 (the weights sum to 0). :func:`monosemanticity_undefined` gives the reasons.
+    A weighted mean of cosines, so MS ∈ [−1, 1] whenever every ã ≥ 0 and every embedding has a
+    direction. Computed without the N×N matrix: with unit rows ê_n, Σ_{n<m} ã_n ã_m s_nm =
+    (‖Σ_n ã_n ê_n‖² − Σ_n ã_n²)/2, and the denominator as Σ_n ã_n·Σ_{m<n} ã_m (positive terms,
+    no cancellation). Units where the closed form's subtraction would cancel (one input far
+    above all others: (Σã)² > ``MS_EXACT_ABOVE`` × the pair sum) are recomputed from the pairwise
+    cosines of the inputs they fire on. Returns ``(M,)`` float64; NaN where max = min (a dead or
+    constant unit), an activation is not finite, or fewer than two inputs have ã > 0.
+    :func:`monosemanticity_undefined` gives the reasons. Raises ValueError for an embedding
+    that is zero or not finite (it has no direction: no cosine is defined).
     """
     if acts_NM.shape[0] != embeddings_NE.shape[0]:
         raise ValueError(f"{acts_NM.shape[0]} activation rows but {embeddings_NE.shape[0]} "
                          "embeddings: give one embedding per input")
+    e = embeddings_NE.double()
+    norms = e.norm(dim=1)
+    bad = (~torch.isfinite(e).all(1) | (norms == 0)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the embeddings of inputs {bad[:10]} are zero or not finite, so no "
+                         "cosine with them is defined (a zero row would push MS below -1); drop "
+                         "those inputs or fix the embedder")
+    e = e / norms[:, None]
     a = acts_NM.double()
+    finite = torch.isfinite(a).all(0)
+    a = torch.where(finite[None, :], a, torch.zeros_like(a))
     lo, hi = a.min(0).values, a.max(0).values
     span = hi - lo
     norm = (a - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    e = embeddings_NE.double()
-    e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    weighted_EM = e.T @ norm
+    total = norm.sum(0)
     sum_sq = (norm * norm).sum(0)
-    numerator = (weighted_EM * weighted_EM).sum(0) - sum_sq
-    denominator = norm.sum(0) ** 2 - sum_sq
-    defined = (span > 0) & (denominator > 1e-12 * norm.sum(0).clamp_min(1) ** 2)
-    ms = torch.where(defined, numerator / torch.where(defined, denominator,
-                                                      torch.ones_like(denominator)),
-                     torch.full_like(denominator, NAN))
+    pairs = (norm * (norm.cumsum(0) - norm)).sum(0)  # Σ_{m<n} ã_m ã_n, all terms ≥ 0
+    weighted_EM = e.T @ norm
+    numerator = ((weighted_EM * weighted_EM).sum(0) - sum_sq) / 2
+    defined = finite & (span > 0) & (pairs > 0)
+    exact = (defined & (total * total > MS_EXACT_ABOVE * pairs)).nonzero().flatten().tolist()
+    for k in exact:
+        numerator[k] = _pair_sum(norm[:, k], e)
+    ms = torch.where(defined, numerator / torch.where(defined, pairs, torch.ones_like(pairs)),
+                     torch.full_like(pairs, NAN))
     outside = (ms.abs() > 1 + 1e-6).nonzero().flatten().tolist()
     if outside:  # a weighted mean of cosines cannot leave [-1, 1]: never report such a number
         raise ArithmeticError(f"monosemanticity of units {outside[:10]} is outside [-1, 1] "
@@ -159,16 +180,34 @@ def monosemanticity_scores(acts_NM: Tensor, embeddings_NE: Tensor) -> Tensor:
     return ms
 
 
+def _pair_sum(weights_N: Tensor, unit_NE: Tensor, chunk: int = 2048) -> float:
+    """Σ_{n<m} w_n w_m cos(e_n, e_m) over the inputs with w > 0, summed pair by pair (no
+    cancellation against the diagonal)."""
+    keep = weights_N > 0
+    w, e = weights_N[keep], unit_NE[keep]
+    total = 0.0
+    for i in range(0, w.shape[0], chunk):
+        gram = e[i:i + chunk] @ e.T  # rows i.. against all
+        rows = torch.arange(i, min(i + chunk, w.shape[0]))
+        gram[torch.arange(len(rows)), rows] = 0.0  # drop n = m
+        total += float((w[i:i + chunk, None] * gram * w[None, :]).sum())
+    return total / 2
+
+
 def monosemanticity_undefined(acts_NM: Tensor, names: list[str] | None = None
                               ) -> list[Undefined]:
     """The reason each NaN of :func:`monosemanticity_scores` is NaN."""
     a = acts_NM.double()
+    finite = torch.isfinite(a).all(0)
+    a = torch.where(finite[None, :], a, torch.zeros_like(a))
     span = a.max(0).values - a.min(0).values
     positive = ((a - a.min(0).values) > 0).sum(0)
     out = []
     for i in range(a.shape[1]):
         name = names[i] if names else str(i)
-        if span[i] <= 0:
+        if not finite[i]:
+            out.append(Undefined(name, "non-finite activation (NaN or inf) on some input"))
+        elif span[i] <= 0:
             dead = bool((a[:, i] == 0).all())
             out.append(Undefined(name, "dead: never fires on these inputs" if dead
                                  else "constant activation: min-max normalisation is 0/0"))

@@ -5,6 +5,9 @@
   comes from: text, math, files, network, concurrency.
 - ``sentiment``: the words of the VADER sentiment lexicon (human ratings from −4 to +4, shipped
   in the ``vaderSentiment`` wheel), positive (mean rating ≥ 1) or negative (≤ −1).
+- ``grammar``: documents of saelab's shipped English corpus (``saelab.text.corpus_path``),
+  labelled with the genre of the grammar that wrote them (town article, story, recipe, weather
+  report, lesson, nature note, dialogue); the labels come from replaying the seeded generator.
 - ``first_letter``: whole-word, purely alphabetic tokens of a tokenizer's vocabulary, labelled
   with their first letter (the feature-absorption task).
 
@@ -142,12 +145,42 @@ def first_letter_task(tokenizer: Any, min_chars: int = 2) -> TextTask:
                     tuple(letters), "tokenizer vocabulary")
 
 
+def grammar_task() -> TextTask:
+    """The shipped corpus's documents, labelled with their genre. The corpus is written by a
+    seeded grammar (``corpus/generate.py``); replaying it with the same seed gives each
+    document's genre, and every replayed document must equal the shipped one."""
+    import importlib.util
+
+    from saelab.text.readers import corpus_path
+
+    path = corpus_path()
+    spec = importlib.util.spec_from_file_location("_saelab_corpus_generate",
+                                                  path.with_name("generate.py"))
+    if spec is None or spec.loader is None:
+        raise TaskError(f"cannot load the corpus generator beside {path}")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    docs = [d for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+    rng = random.Random(0)
+    genres = list(generator.GENRES)
+    labels: list[int] = []
+    for doc in docs:
+        genre = rng.choice(genres)
+        if genre(rng) != doc.strip("\n"):
+            raise TaskError(f"{path} does not match its generator (document {len(labels)}); "
+                            "regenerate it with python src/saelab/text/corpus/generate.py")
+        labels.append(genres.index(genre))
+    return TextTask("grammar", [d.strip() for d in docs], labels,
+                    tuple(g.__name__ for g in genres), "saelab's generated English corpus")
+
+
 TEXT_TASKS: dict[str, Callable[[], TextTask]] = {"docstrings": docstring_task,
-                                                  "sentiment": sentiment_task}
+                                                  "sentiment": sentiment_task,
+                                                  "grammar": grammar_task}
 
 
 def text_task(name: str) -> TextTask:
-    """A labelled text task by name (``docstrings`` or ``sentiment``)."""
+    """A labelled text task by name (``docstrings``, ``sentiment`` or ``grammar``)."""
     if name not in TEXT_TASKS:
         raise TaskError(f"unknown text task {name!r}; choose from {sorted(TEXT_TASKS)}")
     return TEXT_TASKS[name]()
