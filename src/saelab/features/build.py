@@ -19,6 +19,7 @@ Memory is bounded by the number of latents and the batch size, not by the number
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -37,7 +38,13 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, gather_rows, lookup
+from saelab.features.collect import (
+    CodesFile,
+    LatentStats,
+    TopPerGroup,
+    expand_ranges,
+    gather_rows,
+)
 from saelab.features.schema import (
     SCHEMA_VERSION,
     STORE_NAME,
@@ -193,6 +200,11 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         if meta.get("fingerprint") != fp:
             raise StoreError(f"{final} was built for other SAE weights ({meta.get('sae_path')}); "
                              "pass another --out for this SAE")
+        if not rebuild and meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{final} was written in store schema version "
+                             f"{meta.get('schema_version')}; this saelab writes version "
+                             f"{SCHEMA_VERSION}: rebuild it with --rebuild (labels, "
+                             "explanations, scores and transcripts are kept)")
         if not rebuild:
             say(f"{final} is already built for this SAE (use --rebuild to build it again)")
             return BuildResult(final, int(meta.get("n_rows", 0)), sae.cfg.d_sae, 0.0, {},
@@ -200,7 +212,7 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     key = {"fingerprint": fp, "config": to_dict(cfg), "source": source,
-           "width": stream.width}
+           "width": stream.width, "schema_version": SCHEMA_VERSION}
     if sae.cfg.d_in != stream.width:
         raise ConfigError(f"the SAE expects d_in={sae.cfg.d_in} but the activations have width "
                           f"{stream.width}; build the store from the SAE's own model and hook")
@@ -211,13 +223,18 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     times["encode"] = time.perf_counter() - t0
     if stats.n_rows == 0:
         raise StoreError("the source yielded no rows to encode")
-    all_tokens = tokens() if tokens is not None else _work_tokens(work, stream.context_size)
+    open_tokens: Callable[[], np.ndarray] = tokens if tokens is not None else \
+        functools.partial(_work_tokens, work, stream.context_size)
+    shape = tuple(int(s) for s in open_tokens().shape)
+    n_contexts, context_size = shape[0], shape[1]
 
     t0 = time.perf_counter()
     edges = stats.quantile_edges(cfg.quantile_bins)
-    quant = _quantile_pass(codes, edges, cfg, say)
-    inverse = _inverse_index(codes, all_tokens.shape, work)
-    randoms = _random_windows(codes, inverse, stats, cfg)
+    top.flush()
+    quant, pool, fired = _sample_pass(codes, edges, (n_contexts, context_size), cfg, say)
+    picks = _random_picks(fired, stats.n_latents, cfg.n_random)
+    examples = _selected(top, quant, picks, pool, cfg, context_size)
+    del quant, pool, fired, picks
     times["sample"] = time.perf_counter() - t0
 
     tmp = work / f"{STORE_NAME}.partial"
@@ -229,8 +246,11 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         conn.execute("PRAGMA synchronous = OFF")
         create_schema(conn)
         t0 = time.perf_counter()
-        used_ids = _write_examples(conn, codes, inverse, all_tokens, top, quant, randoms,
-                                   stats.n_latents, cfg, say)
+        acts_path, counted_path = _window_codes(codes, examples, stats.n_latents,
+                                                context_size, work, say)
+        used_ids = _write_examples(conn, examples, open_tokens, acts_path, counted_path,
+                                   stats.n_latents, say)
+        del examples
         times["windows"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _write_latents(conn, stats, edges)
@@ -246,7 +266,7 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         meta = {"schema_version": SCHEMA_VERSION, "fingerprint": fp, "sae_path": sae_path,
                 "sae": {"architecture": sae.name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae},
                 "model": spec.to_dict(), "source": source, "n_rows": stats.n_rows,
-                "n_contexts": int(all_tokens.shape[0]), "context_size": int(all_tokens.shape[1]),
+                "n_contexts": n_contexts, "context_size": context_size,
                 "config": to_dict(cfg), "notes": notes, "built": time.strftime(
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage_seconds": times}
         conn.executemany("INSERT INTO meta VALUES (?, ?)",
@@ -302,7 +322,7 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
             seqpos = batch.seqpos_N2[lo:lo + cfg.batch_rows]
             rows, latents, values = sparse_entries(sae, acts)
             stats.update(len(acts), latents, values)
-            top.offer(latents, values.astype(np.float64), seqpos[rows, 0], seqpos[rows, 1],
+            top.offer(latents, values, seqpos[rows, 0], seqpos[rows, 1],
                       values)
             codes.append(rows, latents, values, len(acts), seqpos, nnz)
             nnz += len(values)
@@ -330,151 +350,214 @@ def _work_tokens(work: Path, context_size: int) -> np.ndarray:
     return np.memmap(work / "tokens.i32", dtype=np.int32, mode="r").reshape(-1, context_size)
 
 
-def _quantile_pass(codes: CodesFile, edges: np.ndarray, cfg: FeatureBuildConfig,
-                   say: _Say) -> TopPerGroup:
-    """A uniform sample of ``per_bin`` codes (one per context) from each activation bin."""
-    n_bins = cfg.quantile_bins
-    M = edges.shape[0]
-    sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
-    if cfg.per_bin == 0:
-        return sample
-    rng = np.random.default_rng(cfg.seed)
-    n_rows = codes.n_rows()
-    start = time.perf_counter()
-    for lo, offsets, latents, values, seqpos in codes.chunks(8192):
-        lat = latents.astype(np.int64)
-        hi = lo + len(offsets) - 1
-        row = np.repeat(np.arange(hi - lo), np.diff(offsets))
-        bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros(len(lat), int)
-        sample.offer(lat * n_bins + bins, rng.random(len(lat)), seqpos[row, 0], seqpos[row, 1],
-                     values)
-        say.progress("sample quantiles", hi, n_rows, start)
-    return sample
-
-
-def _inverse_index(codes: CodesFile, shape: tuple[int, ...], work: Path) -> np.ndarray:
-    """(n_contexts × context_size) row of every token position; −1 where none was counted."""
-    inverse = np.lib.format.open_memmap(work / "inverse.npy", mode="w+", dtype=np.int64,
-                                        shape=(int(shape[0]), int(shape[1])))
-    inverse[:] = -1
-    for lo, _, _, _, seqpos in codes.chunks(1 << 20):
-        inverse[seqpos[:, 0], seqpos[:, 1]] = np.arange(lo, lo + len(seqpos))
-    return inverse
-
-
 def _window(pos: np.ndarray, cfg: FeatureBuildConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
     lo = np.maximum(0, pos - cfg.window_before)
     hi = np.minimum(size, pos + cfg.window_after + 1)
     return lo, hi
 
 
-def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
-                    cfg: FeatureBuildConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A shared pool of random windows ((sequence, centre) rows) and, per latent, the indices
-    of up to ``n_random`` pool windows where it never fires (−1 where too few exist)."""
-    M = stats.n_latents
-    if cfg.n_random == 0:
-        return np.zeros((M, 0), dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
-    rng = np.random.default_rng([cfg.seed, 1])
-    n_ctx, size = inverse.shape
-    pool_size = min(max(8 * cfg.n_random, 256), n_ctx * size)
-    seq = rng.integers(0, n_ctx, pool_size)
-    pos = rng.integers(0, size, pool_size)
-    lo, hi = _window(pos, cfg, size)
+def _sorted_rows(seqpos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, keys in that order) of a chunk's rows by token key ``sequence·size + position``."""
+    keys = seqpos[:, 0] * size + seqpos[:, 1]
+    order = np.argsort(keys, kind="stable")
+    return order, keys[order]
+
+
+def _sample_pass(codes: CodesFile, edges: np.ndarray, shape: tuple[int, int],
+                 cfg: FeatureBuildConfig, say: _Say
+                 ) -> tuple[TopPerGroup, np.ndarray, np.ndarray]:
+    """One sequential read of the saved codes for the two unbiased samples:
+
+    - per (latent, equal-count bin), a uniform sample of ``per_bin`` codes, one per context
+      (the codes with the largest random priorities);
+    - a shared pool of random windows ((sequence, centre) rows) and which latents fire anywhere
+      in each (pool × latents booleans).
+    """
+    n_bins, M = cfg.quantile_bins, edges.shape[0]
+    sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
+    rng = np.random.default_rng(cfg.seed)
+    n_ctx, size = shape
+    pool_size = min(max(8 * cfg.n_random, 256), n_ctx * size) if cfg.n_random else 0
+    pool_rng = np.random.default_rng([cfg.seed, 1])
+    pool = np.stack([pool_rng.integers(0, n_ctx, pool_size),
+                     pool_rng.integers(0, size, pool_size)], 1)
+    lo, hi = _window(pool[:, 1], cfg, size)
+    first_key, stop_key = pool[:, 0] * size + lo, pool[:, 0] * size + hi
     fired = np.zeros((pool_size, M), dtype=bool)
-    _, latents, offsets, _ = codes.open()
-    lengths = hi - lo
-    window = np.repeat(np.arange(pool_size), lengths)
-    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    rows = np.asarray(inverse[seq[window], starts + np.arange(len(window))])
-    counted = rows >= 0
-    entry, which = gather_rows(offsets, rows[counted])
-    fired[window[counted][which], np.asarray(latents[entry])] = True
-    order = np.argsort(fired, axis=0, kind="stable")[:cfg.n_random].T  # (M, n) unfired first
-    ok = ~fired[order, np.arange(M)[:, None]]
-    return np.where(ok, order, -1), np.stack([seq, pos], 1)
+    n_rows, start = codes.n_rows(), time.perf_counter()
+    for row0, offsets, latents, values, seqpos in codes.chunks(8192):
+        lat = latents.astype(np.int64)
+        if cfg.per_bin:
+            row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
+            bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros_like(lat)
+            sample.offer(lat * n_bins + bins, rng.random(len(lat), dtype=np.float32),
+                         seqpos[row, 0], seqpos[row, 1], values)
+        if pool_size:
+            order, keys = _sorted_rows(seqpos, size)
+            rows, window = expand_ranges(np.searchsorted(keys, first_key),
+                                         np.searchsorted(keys, stop_key))
+            entry, which = gather_rows(offsets - offsets[0], order[rows])
+            fired[window[which], lat[entry]] = True
+        say.progress("sample", row0 + len(seqpos), n_rows, start)
+    sample.flush()
+    return sample, pool, fired
+
+
+def _random_picks(fired: np.ndarray, n_latents: int, n_random: int) -> np.ndarray:
+    """Per latent, the pool indices of up to ``n_random`` windows where it never fires (−1 where
+    fewer exist): the first ones of the pool's random order."""
+    if n_random == 0 or fired.shape[0] == 0:
+        return np.full((n_latents, n_random), -1, dtype=np.int64)
+    order = np.argsort(fired, axis=0, kind="stable")[:n_random].T  # (M, n): unfired first
+    ok = ~fired[order, np.arange(n_latents)[:, None]]
+    return np.where(ok, order, -1)
 
 
 KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
+QUANTILE, RANDOM, TOP = range(3)
 
 
-def _selected(top: TopPerGroup, quant: TopPerGroup, randoms: tuple[np.ndarray, np.ndarray],
-              lo: int, hi: int, cfg: FeatureBuildConfig) -> np.ndarray:
-    """(latent, kind code, bin, rank, sequence, centre, value) of every example of latents
-    [lo, hi), in primary-key order; ``value`` is a float64 column."""
-    parts = []
-    valid = np.isfinite(top.score[lo:hi])
-    lat, rank = np.nonzero(valid)
-    parts.append(np.stack([lat + lo, np.full_like(lat, 2), np.zeros_like(lat), rank,
-                           top.seq[lo:hi][valid], top.pos[lo:hi][valid],
-                           top.value[lo:hi][valid]], 1))
+@dataclass
+class _Examples:
+    """Every selected window, in storage order: by latent, kind code, then display order."""
+
+    latent: np.ndarray  # int64
+    kind: np.ndarray  # int64 code into KINDS
+    bin: np.ndarray  # int64
+    seq: np.ndarray  # int64
+    pos: np.ndarray  # int64 centre
+    value: np.ndarray  # float32
+    lo: np.ndarray  # int64 window start
+    length: np.ndarray  # int64 window length
+    tok_at: np.ndarray  # int64 (n + 1) start of each window in the flat token list
+    act_at: np.ndarray  # int64 (n + 1) start in the flat code list (random windows: empty)
+
+
+def _selected(top: TopPerGroup, quant: TopPerGroup, picks: np.ndarray, pool: np.ndarray,
+              cfg: FeatureBuildConfig, size: int) -> _Examples:
+    parts: list[tuple[np.ndarray, ...]] = []
+    M = top.n_groups
+    lat, rank = np.nonzero(np.isfinite(top.score))
+    parts.append((lat, np.full_like(lat, TOP), np.zeros_like(lat), rank, top.seq[lat, rank],
+                  top.pos[lat, rank], top.value[lat, rank]))
     if cfg.per_bin:
-        nb = cfg.quantile_bins
-        score = quant.score[lo * nb:hi * nb]
-        valid = np.isfinite(score)
-        group, rank = np.nonzero(valid)
-        parts.append(np.stack([group // nb + lo, np.zeros_like(group), group % nb, rank,
-                               quant.seq[lo * nb:hi * nb][valid],
-                               quant.pos[lo * nb:hi * nb][valid],
-                               quant.value[lo * nb:hi * nb][valid]], 1))
-    picked, pool = randoms
-    if picked.size:
-        block = picked[lo:hi]
-        lat, slot = np.nonzero(block >= 0)
-        windows = block[lat, slot]
-        rank = np.zeros_like(lat)
-        if len(lat):  # rank among the latent's found windows
-            starts = np.searchsorted(lat, lat, side="left")
-            rank = np.arange(len(lat)) - starts
-        parts.append(np.stack([lat + lo, np.ones_like(lat), np.zeros_like(lat), rank,
-                               pool[windows, 0], pool[windows, 1], np.zeros(len(lat))], 1))
-    rows = np.concatenate(parts).astype(np.float64)
-    order = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
-    return rows[order]
+        group, rank = np.nonzero(np.isfinite(quant.score))
+        parts.append((group // cfg.quantile_bins, np.full_like(group, QUANTILE),
+                      group % cfg.quantile_bins, rank, quant.seq[group, rank],
+                      quant.pos[group, rank], quant.value[group, rank]))
+    lat, slot = np.nonzero(picks >= 0)
+    window = picks[lat, slot]
+    parts.append((lat, np.full_like(lat, RANDOM), np.zeros_like(lat), slot, pool[window, 0],
+                  pool[window, 1], np.zeros(len(lat), dtype=np.float32)))
+    latent, kind, bins, rank, seq, pos, value = (np.concatenate(c) for c in zip(*parts,
+                                                                               strict=True))
+    # display order inside a row: quantile bins highest first, then rank
+    order = np.lexsort((rank, -bins, kind, latent))
+    latent, kind, bins, seq, pos, value = (a[order] for a in (latent, kind, bins, seq, pos,
+                                                              value))
+    assert M == 0 or latent.max(initial=0) < M
+    lo, hi = _window(pos, cfg, size)
+    length = hi - lo
+    tok_at = np.concatenate([[0], np.cumsum(length)])
+    act_at = np.concatenate([[0], np.cumsum(np.where(kind == RANDOM, 0, length))])
+    return _Examples(latent, kind, bins, seq, pos, value.astype(np.float32), lo, length,
+                     tok_at, act_at)
 
 
-def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndarray,
-                    tokens: np.ndarray, top: TopPerGroup, quant: TopPerGroup,
-                    randoms: tuple[np.ndarray, np.ndarray], n_latents: int,
-                    cfg: FeatureBuildConfig, say: _Say) -> set[int]:
-    """Turn every selected example into a window with the latent's code at every token;
-    inserted block by block of latents, in primary-key order (fast B-tree appends)."""
-    size = tokens.shape[1]
+def _window_codes(codes: CodesFile, ex: _Examples, n_latents: int, size: int, work: Path,
+                  say: _Say) -> tuple[Path, Path]:
+    """The latent's code at every token of every top and quantile window, in one sequential
+    read of the saved codes: per chunk, a window's codes are one range of the chunk's entries
+    sorted by (sequence, latent, position). Written to ``acts.f32`` (0 where the latent does
+    not fire) and ``counted.u8`` (1 where the token was encoded), both in the order of
+    ``ex.act_at``, so memory stays one chunk whatever the number of tokens."""
+    acts_path, counted_path = work / "acts.f32", work / "counted.u8"
+    total = int(ex.act_at[-1])
+    for path, itemsize in ((acts_path, 4), (counted_path, 1)):
+        with open(path, "wb") as fh:  # a sparse file of zeros
+            fh.truncate(total * itemsize)
+    activating = np.nonzero(ex.kind != RANDOM)[0]
+    by_seq = activating[np.argsort(ex.seq[activating], kind="stable")]
+    seq, lat, lo = ex.seq[by_seq], ex.latent[by_seq], ex.lo[by_seq]
+    hi, at = lo + ex.length[by_seq], ex.act_at[by_seq]
+    n_rows, start = codes.n_rows(), time.perf_counter()
+    for row0, offsets, latents, values, seqpos in codes.chunks(1 << 16):
+        say.progress("windows", row0 + len(seqpos), n_rows, start)
+        if total == 0 or len(seqpos) == 0:
+            continue
+        a, b = np.searchsorted(seq, [seqpos[:, 0].min(), seqpos[:, 0].max() + 1])
+        if a == b:
+            continue
+        w_seq, w_lat, w_lo, w_hi, w_at = seq[a:b], lat[a:b], lo[a:b], hi[a:b], at[a:b]
+        # tokens of the windows that were encoded (the rest stay "not counted")
+        order, keys = _sorted_rows(seqpos, size)
+        rows, which = expand_ranges(np.searchsorted(keys, w_seq * size + w_lo),
+                                    np.searchsorted(keys, w_seq * size + w_hi))
+        counted_at = w_at[which] + seqpos[order[rows], 1] - w_lo[which]
+        # the window latent's entries: one range of the sorted (sequence, latent, position)
+        row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
+        entry_keys = (seqpos[row, 0] * n_latents + latents) * size + seqpos[row, 1]
+        order = np.argsort(entry_keys)
+        entry_keys = entry_keys[order]
+        base = (w_seq * n_latents + w_lat) * size
+        hits, which = expand_ranges(np.searchsorted(entry_keys, base + w_lo),
+                                    np.searchsorted(entry_keys, base + w_hi))
+        entry = order[hits]
+        acts_at = w_at[which] + seqpos[row[entry], 1] - w_lo[which]
+        # mapped per chunk: the pages written are released with the map (RSS stays flat)
+        acts = np.memmap(acts_path, dtype=np.float32, mode="r+")
+        acts[acts_at] = values[entry]
+        acts.flush()
+        counted = np.memmap(counted_path, dtype=np.uint8, mode="r+")
+        counted[counted_at] = 1
+        counted.flush()
+        del acts, counted
+    say.progress("windows", n_rows, n_rows, start, force=True)
+    return acts_path, counted_path
+
+
+def _write_examples(conn: sqlite3.Connection, ex: _Examples, tokens: Callable[[], np.ndarray],
+                    acts_path: Path, counted_path: Path, n_latents: int,
+                    say: _Say) -> set[int]:
+    """One row per (latent, kind), inserted block by block of latents in primary-key order:
+    every column an array (docs/features.md); the window tokens read from the contexts."""
     used: set[int] = set()
-    per_latent = cfg.top_n + cfg.quantile_bins * cfg.per_bin + cfg.n_random
-    block = max(1, 400_000 // max(1, per_latent * (cfg.window_before + cfg.window_after + 1)))
+    block = max(1, int(n_latents * 2_000_000 // max(1, int(ex.tok_at[-1]))))
+    bounds = np.searchsorted(ex.latent, np.arange(0, n_latents + block, block))
     start = time.perf_counter()
-    for m0 in range(0, n_latents, block):
-        ex = _selected(top, quant, randoms, m0, min(n_latents, m0 + block), cfg)
-        # mapped afresh per block: the pages a block touches are released with its maps, so
-        # memory does not grow with the size of the codes file
-        values, latents, offsets, _ = codes.open()
-        latent, kind = ex[:, 0].astype(np.int64), ex[:, 1].astype(np.int64)
-        seq, pos = ex[:, 4].astype(np.int64), ex[:, 5].astype(np.int64)
-        lo, hi = _window(pos, cfg, size)
-        lengths = hi - lo
-        which = np.repeat(np.arange(len(ex)), lengths)
-        offs = np.concatenate([[0], np.cumsum(lengths)])
-        positions = lo[which] + np.arange(int(offs[-1])) - offs[which]
-        toks = np.asarray(tokens[seq[which], positions], dtype=np.int32)
-        activating = kind[which] != 1  # random windows never fire: their acts are NULL
-        acts = np.zeros(len(which), dtype=np.float32)
-        acts[activating] = lookup(values, latents, offsets,
-                                  np.asarray(inverse[seq[which][activating],
-                                                     positions[activating]]),
-                                  latent[which][activating], n_latents)
+    for e0, e1 in itertools.pairwise(bounds.tolist()):
+        if e0 == e1:
+            continue
+        t0, t1 = int(ex.tok_at[e0]), int(ex.tok_at[e1])
+        a0, a1 = int(ex.act_at[e0]), int(ex.act_at[e1])
+        which = np.repeat(np.arange(e0, e1), ex.length[e0:e1])
+        positions = ex.lo[which] + np.arange(t1 - t0) - (ex.tok_at[which] - t0)
+        context_tokens = tokens()  # mapped afresh per block: its pages go with the map
+        toks = np.asarray(context_tokens[ex.seq[which], positions], dtype="<i4")
+        del context_tokens
+        acts = np.fromfile(acts_path, dtype="<f4", count=a1 - a0, offset=4 * a0)
+        counted = np.fromfile(counted_path, dtype=np.uint8, count=a1 - a0, offset=a0)
+        acts[counted == 0] = np.nan
         used.update(np.unique(toks).tolist())
+        columns = [np.ascontiguousarray(a, dtype=t).tobytes() for a, t in (
+            (ex.seq[e0:e1], "<i8"), (ex.pos[e0:e1], "<i4"), (ex.lo[e0:e1], "<i4"),
+            (ex.length[e0:e1], "<i4"), (ex.bin[e0:e1], "<i4"), (ex.value[e0:e1], "<f4"))]
         tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
-        spans = list(itertools.pairwise((offs * 4).tolist()))
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
-            latent.tolist(), [KINDS[k] for k in kind.tolist()], ex[:, 2].astype(int).tolist(),
-            ex[:, 3].astype(int).tolist(), seq.tolist(), pos.tolist(), lo.tolist(),
-            ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
-            [act_bytes[a:b] if k != 1 else None
-             for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
-        del values, latents, offsets
-        release_freed_heap()  # this block's window arrays, before the next block's
-        say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
+        group = ex.latent[e0:e1] * len(KINDS) + ex.kind[e0:e1]
+        cuts = np.concatenate([[0], np.nonzero(np.diff(group))[0] + 1, [e1 - e0]]).tolist()
+        rows = []
+        for i, j in itertools.pairwise(cuts):
+            kind = int(ex.kind[e0 + i])
+            ti, tj = int(ex.tok_at[e0 + i]) - t0, int(ex.tok_at[e0 + j]) - t0
+            ai, aj = int(ex.act_at[e0 + i]) - a0, int(ex.act_at[e0 + j]) - a0
+            rows.append((int(ex.latent[e0 + i]), KINDS[kind], j - i,
+                         *(col[i * (8 if c == 0 else 4):j * (8 if c == 0 else 4)]
+                           for c, col in enumerate(columns)),
+                         tok_bytes[4 * ti:4 * tj],
+                         None if kind == RANDOM else act_bytes[4 * ai:4 * aj]))
+        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        say.progress("write examples", int(ex.latent[e1 - 1]) + 1, n_latents, start,
+                     unit="latents")
     return used
 
 
@@ -488,7 +571,7 @@ def _write_latents(conn: sqlite3.Connection, stats: LatentStats, edges: np.ndarr
         rows.append((m, count, count / max(1, stats.n_rows),
                      float(stats.total[m] / count) if count else 0.0, float(stats.max[m]),
                      lo, json.dumps(counts),
-                     json.dumps([round(float(e), 6) for e in edges[m]] if count else [])))
+                     json.dumps(edges[m].tolist() if count else [])))
     conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", rows)
 
 

@@ -16,7 +16,8 @@ import torch
 
 from saelab.architectures.base import SAE
 
-SCHEMA_VERSION = 1
+#: 2: examples packed one row per (latent, kind) (version 1 had one row per window)
+SCHEMA_VERSION = 2
 STORE_NAME = "features.db"
 
 DDL = """
@@ -40,20 +41,23 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY,                  -- token id of the model's vocabulary
     text TEXT NOT NULL                       -- how the token is shown
 );
-CREATE TABLE IF NOT EXISTS examples (
+CREATE TABLE IF NOT EXISTS examples (     -- one row per (latent, kind): its windows packed
     latent INTEGER NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'random')),
-    bin INTEGER NOT NULL,                    -- quantile bin (0 = lowest); 0 for top and random
-    rank INTEGER NOT NULL,                   -- order within (latent, kind, bin)
-    sequence INTEGER NOT NULL,               -- context index in the source
-    position INTEGER NOT NULL,               -- position of the centre token in the context
-    start INTEGER NOT NULL,                  -- position of the window's first token
-    value REAL NOT NULL,                     -- the latent's code at the centre token
-    token_ids BLOB NOT NULL,                 -- int32 little-endian, the window's tokens
-    acts BLOB,                               -- float32 code of every window token (NaN = not
-                                             -- counted, e.g. BOS); NULL = all zero
-    PRIMARY KEY (latent, kind, bin, rank)
-);                                           -- rowid table: rows are large (two blobs)
+    n INTEGER NOT NULL,                      -- windows in this row, in display order: top by
+                                             -- rank, quantile by bin (highest first) then rank
+    sequence BLOB NOT NULL,                  -- int64[n] context index in the source
+    position BLOB NOT NULL,                  -- int32[n] position of the centre token
+    start BLOB NOT NULL,                     -- int32[n] position of the window's first token
+    length BLOB NOT NULL,                    -- int32[n] tokens in the window
+    bin BLOB NOT NULL,                       -- int32[n] quantile bin (0 = lowest; 0 for others)
+    value BLOB NOT NULL,                     -- float32[n] the latent's code at the centre
+    token_ids BLOB NOT NULL,                 -- int32[sum(length)] the windows' tokens, in order
+    acts BLOB,                               -- float32[sum(length)] the latent's code at every
+                                             -- window token (NaN = not counted, e.g. BOS);
+                                             -- NULL = all zero (random windows)
+    PRIMARY KEY (latent, kind)
+);                                           -- arrays: little-endian; rowid table (large rows)
 CREATE TABLE IF NOT EXISTS logit_effects (
     latent INTEGER NOT NULL,
     direction TEXT NOT NULL CHECK (direction IN ('promoted', 'suppressed')),

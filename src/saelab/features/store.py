@@ -7,6 +7,7 @@ SAE's examples for another SAE's weights.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -43,7 +44,9 @@ class FeatureStore:
         version = self.meta.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has store schema version {version}; this saelab "
-                             f"reads version {SCHEMA_VERSION}: rebuild it with --rebuild")
+                             f"reads version {SCHEMA_VERSION}: rebuild it with `saelab features "
+                             "build SAE_DIR --rebuild` and the source it was built from "
+                             "(labels, explanations, scores and transcripts are kept)")
         if sae is not None:
             self.check_sae(sae)
         self._local = threading.local()
@@ -86,23 +89,30 @@ class FeatureStore:
                 "quantile_edges": json.loads(row["quantile_edges"])}
 
     def examples(self, latent: int) -> dict[str, list[dict[str, Any]]]:
+        """The latent's windows by kind (top, quantile, random), each in display order."""
         out: dict[str, list[dict[str, Any]]] = {"top": [], "quantile": [], "random": []}
-        rows = self._conn().execute(
-            "SELECT * FROM examples WHERE latent = ? ORDER BY kind, bin DESC, rank",
-            (latent,)).fetchall()
         texts = self._texts
-        for r in rows:
-            ids = np.frombuffer(r["token_ids"], dtype=np.int32).tolist()
+        n_texts = len(texts)
+        for r in self._conn().execute("SELECT * FROM examples WHERE latent = ?", (latent,)):
+            seqs = np.frombuffer(r["sequence"], dtype="<i8").tolist()
+            centres = np.frombuffer(r["position"], dtype="<i4").tolist()
+            starts = np.frombuffer(r["start"], dtype="<i4").tolist()
+            lengths = np.frombuffer(r["length"], dtype="<i4")
+            bins = np.frombuffer(r["bin"], dtype="<i4").tolist()
+            values = np.frombuffer(r["value"], dtype="<f4").tolist()
+            ids = np.frombuffer(r["token_ids"], dtype="<i4").tolist()
             if r["acts"] is None:
                 acts: list[float | None] = [0.0] * len(ids)
             else:  # NaN (not counted) becomes None; x != x only for NaN
                 acts = [None if a != a else a for a in
-                        np.frombuffer(r["acts"], dtype=np.float32).round(4).tolist()]
-            out[r["kind"]].append({
-                "sequence": r["sequence"], "position": r["position"], "start": r["start"],
-                "centre": r["position"] - r["start"], "value": r["value"], "bin": r["bin"],
-                "tokens": [texts[i] if i < len(texts) else f"<{i}>" for i in ids],
-                "token_ids": ids, "acts": acts})
+                        np.frombuffer(r["acts"], dtype="<f4").round(4).tolist()]
+            cuts = [0, *np.cumsum(lengths).tolist()]
+            out[r["kind"]].extend({
+                "sequence": seqs[i], "position": centres[i], "start": starts[i],
+                "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
+                "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids[a:b]],
+                "token_ids": ids[a:b], "acts": acts[a:b]}
+                for i, (a, b) in enumerate(itertools.pairwise(cuts)))
         return out
 
     def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
