@@ -20,7 +20,6 @@ Memory is bounded by the number of latents and the batch size, not by the number
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import os
 import shutil
@@ -38,12 +37,14 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.features.collect import (
-    CodesFile,
-    LatentStats,
-    TopPerGroup,
-    expand_ranges,
-    gather_rows,
+from saelab.features.collect import CodesFile, LatentStats, TopPerGroup
+from saelab.features.examples import (
+    WindowShape,
+    random_picks,
+    sample_pass,
+    select,
+    window_codes,
+    write_examples,
 )
 from saelab.features.schema import (
     SCHEMA_VERSION,
@@ -225,16 +226,17 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         raise StoreError("the source yielded no rows to encode")
     open_tokens: Callable[[], np.ndarray] = tokens if tokens is not None else \
         functools.partial(_work_tokens, work, stream.context_size)
-    shape = tuple(int(s) for s in open_tokens().shape)
-    n_contexts, context_size = shape[0], shape[1]
+    n_contexts, context_size = (int(s) for s in open_tokens().shape)
 
     t0 = time.perf_counter()
     edges = stats.quantile_edges(cfg.quantile_bins)
-    top.flush()
-    quant, pool, fired = _sample_pass(codes, edges, (n_contexts, context_size), cfg, say)
-    picks = _random_picks(fired, stats.n_latents, cfg.n_random)
-    examples = _selected(top, quant, picks, pool, cfg, context_size)
-    del quant, pool, fired, picks
+    window = WindowShape(cfg.window_before, cfg.window_after, context_size)
+    quant, pool, fired = sample_pass(codes, edges, n_contexts, window, per_bin=cfg.per_bin,
+                                     n_random=cfg.n_random, seed=cfg.seed, say=say)
+    windows = select(top, quant if cfg.per_bin else None,
+                     random_picks(fired, stats.n_latents, cfg.n_random), pool,
+                     cfg.quantile_bins, window)
+    del quant, pool, fired
     times["sample"] = time.perf_counter() - t0
 
     tmp = work / f"{STORE_NAME}.partial"
@@ -246,11 +248,10 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         conn.execute("PRAGMA synchronous = OFF")
         create_schema(conn)
         t0 = time.perf_counter()
-        acts_path, counted_path = _window_codes(codes, examples, stats.n_latents,
-                                                context_size, work, say)
-        used_ids = _write_examples(conn, examples, open_tokens, acts_path, counted_path,
-                                   stats.n_latents, say)
-        del examples
+        codes_of_windows = window_codes(codes, windows, stats.n_latents, context_size, say)
+        used_ids = set(write_examples(conn, windows, codes_of_windows, open_tokens,
+                                      say).tolist())
+        del windows, codes_of_windows
         times["windows"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _write_latents(conn, stats, edges)
@@ -350,228 +351,21 @@ def _work_tokens(work: Path, context_size: int) -> np.ndarray:
     return np.memmap(work / "tokens.i32", dtype=np.int32, mode="r").reshape(-1, context_size)
 
 
-def _window(pos: np.ndarray, cfg: FeatureBuildConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.maximum(0, pos - cfg.window_before)
-    hi = np.minimum(size, pos + cfg.window_after + 1)
-    return lo, hi
-
-
-def _sorted_rows(seqpos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(order, keys in that order) of a chunk's rows by token key ``sequence·size + position``."""
-    keys = seqpos[:, 0] * size + seqpos[:, 1]
-    order = np.argsort(keys, kind="stable")
-    return order, keys[order]
-
-
-def _sample_pass(codes: CodesFile, edges: np.ndarray, shape: tuple[int, int],
-                 cfg: FeatureBuildConfig, say: _Say
-                 ) -> tuple[TopPerGroup, np.ndarray, np.ndarray]:
-    """One sequential read of the saved codes for the two unbiased samples:
-
-    - per (latent, equal-count bin), a uniform sample of ``per_bin`` codes, one per context
-      (the codes with the largest random priorities);
-    - a shared pool of random windows ((sequence, centre) rows) and which latents fire anywhere
-      in each (pool × latents booleans).
-    """
-    n_bins, M = cfg.quantile_bins, edges.shape[0]
-    sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
-    rng = np.random.default_rng(cfg.seed)
-    n_ctx, size = shape
-    pool_size = min(max(8 * cfg.n_random, 256), n_ctx * size) if cfg.n_random else 0
-    pool_rng = np.random.default_rng([cfg.seed, 1])
-    pool = np.stack([pool_rng.integers(0, n_ctx, pool_size),
-                     pool_rng.integers(0, size, pool_size)], 1)
-    lo, hi = _window(pool[:, 1], cfg, size)
-    first_key, stop_key = pool[:, 0] * size + lo, pool[:, 0] * size + hi
-    fired = np.zeros((pool_size, M), dtype=bool)
-    n_rows, start = codes.n_rows(), time.perf_counter()
-    for row0, offsets, latents, values, seqpos in codes.chunks(8192):
-        lat = latents.astype(np.int64)
-        if cfg.per_bin:
-            row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
-            bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros_like(lat)
-            sample.offer(lat * n_bins + bins, rng.random(len(lat), dtype=np.float32),
-                         seqpos[row, 0], seqpos[row, 1], values)
-        if pool_size:
-            order, keys = _sorted_rows(seqpos, size)
-            rows, window = expand_ranges(np.searchsorted(keys, first_key),
-                                         np.searchsorted(keys, stop_key))
-            entry, which = gather_rows(offsets - offsets[0], order[rows])
-            fired[window[which], lat[entry]] = True
-        say.progress("sample", row0 + len(seqpos), n_rows, start)
-    sample.flush()
-    return sample, pool, fired
-
-
-def _random_picks(fired: np.ndarray, n_latents: int, n_random: int) -> np.ndarray:
-    """Per latent, the pool indices of up to ``n_random`` windows where it never fires (−1 where
-    fewer exist): the first ones of the pool's random order."""
-    if n_random == 0 or fired.shape[0] == 0:
-        return np.full((n_latents, n_random), -1, dtype=np.int64)
-    order = np.argsort(fired, axis=0, kind="stable")[:n_random].T  # (M, n): unfired first
-    ok = ~fired[order, np.arange(n_latents)[:, None]]
-    return np.where(ok, order, -1)
-
-
-KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
-QUANTILE, RANDOM, TOP = range(3)
-
-
-@dataclass
-class _Examples:
-    """Every selected window, in storage order: by latent, kind code, then display order."""
-
-    latent: np.ndarray  # int64
-    kind: np.ndarray  # int64 code into KINDS
-    bin: np.ndarray  # int64
-    seq: np.ndarray  # int64
-    pos: np.ndarray  # int64 centre
-    value: np.ndarray  # float32
-    lo: np.ndarray  # int64 window start
-    length: np.ndarray  # int64 window length
-    tok_at: np.ndarray  # int64 (n + 1) start of each window in the flat token list
-    act_at: np.ndarray  # int64 (n + 1) start in the flat code list (random windows: empty)
-
-
-def _selected(top: TopPerGroup, quant: TopPerGroup, picks: np.ndarray, pool: np.ndarray,
-              cfg: FeatureBuildConfig, size: int) -> _Examples:
-    parts: list[tuple[np.ndarray, ...]] = []
-    M = top.n_groups
-    lat, rank = np.nonzero(np.isfinite(top.score))
-    parts.append((lat, np.full_like(lat, TOP), np.zeros_like(lat), rank, top.seq[lat, rank],
-                  top.pos[lat, rank], top.value[lat, rank]))
-    if cfg.per_bin:
-        group, rank = np.nonzero(np.isfinite(quant.score))
-        parts.append((group // cfg.quantile_bins, np.full_like(group, QUANTILE),
-                      group % cfg.quantile_bins, rank, quant.seq[group, rank],
-                      quant.pos[group, rank], quant.value[group, rank]))
-    lat, slot = np.nonzero(picks >= 0)
-    window = picks[lat, slot]
-    parts.append((lat, np.full_like(lat, RANDOM), np.zeros_like(lat), slot, pool[window, 0],
-                  pool[window, 1], np.zeros(len(lat), dtype=np.float32)))
-    latent, kind, bins, rank, seq, pos, value = (np.concatenate(c) for c in zip(*parts,
-                                                                               strict=True))
-    # display order inside a row: quantile bins highest first, then rank
-    order = np.lexsort((rank, -bins, kind, latent))
-    latent, kind, bins, seq, pos, value = (a[order] for a in (latent, kind, bins, seq, pos,
-                                                              value))
-    assert M == 0 or latent.max(initial=0) < M
-    lo, hi = _window(pos, cfg, size)
-    length = hi - lo
-    tok_at = np.concatenate([[0], np.cumsum(length)])
-    act_at = np.concatenate([[0], np.cumsum(np.where(kind == RANDOM, 0, length))])
-    return _Examples(latent, kind, bins, seq, pos, value.astype(np.float32), lo, length,
-                     tok_at, act_at)
-
-
-def _window_codes(codes: CodesFile, ex: _Examples, n_latents: int, size: int, work: Path,
-                  say: _Say) -> tuple[Path, Path]:
-    """The latent's code at every token of every top and quantile window, in one sequential
-    read of the saved codes: per chunk, a window's codes are one range of the chunk's entries
-    sorted by (sequence, latent, position). Written to ``acts.f32`` (0 where the latent does
-    not fire) and ``counted.u8`` (1 where the token was encoded), both in the order of
-    ``ex.act_at``, so memory stays one chunk whatever the number of tokens."""
-    acts_path, counted_path = work / "acts.f32", work / "counted.u8"
-    total = int(ex.act_at[-1])
-    for path, itemsize in ((acts_path, 4), (counted_path, 1)):
-        with open(path, "wb") as fh:  # a sparse file of zeros
-            fh.truncate(total * itemsize)
-    activating = np.nonzero(ex.kind != RANDOM)[0]
-    by_seq = activating[np.argsort(ex.seq[activating], kind="stable")]
-    seq, lat, lo = ex.seq[by_seq], ex.latent[by_seq], ex.lo[by_seq]
-    hi, at = lo + ex.length[by_seq], ex.act_at[by_seq]
-    n_rows, start = codes.n_rows(), time.perf_counter()
-    for row0, offsets, latents, values, seqpos in codes.chunks(1 << 16):
-        say.progress("windows", row0 + len(seqpos), n_rows, start)
-        if total == 0 or len(seqpos) == 0:
-            continue
-        a, b = np.searchsorted(seq, [seqpos[:, 0].min(), seqpos[:, 0].max() + 1])
-        if a == b:
-            continue
-        w_seq, w_lat, w_lo, w_hi, w_at = seq[a:b], lat[a:b], lo[a:b], hi[a:b], at[a:b]
-        # tokens of the windows that were encoded (the rest stay "not counted")
-        order, keys = _sorted_rows(seqpos, size)
-        rows, which = expand_ranges(np.searchsorted(keys, w_seq * size + w_lo),
-                                    np.searchsorted(keys, w_seq * size + w_hi))
-        counted_at = w_at[which] + seqpos[order[rows], 1] - w_lo[which]
-        # the window latent's entries: one range of the sorted (sequence, latent, position)
-        row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
-        entry_keys = (seqpos[row, 0] * n_latents + latents) * size + seqpos[row, 1]
-        order = np.argsort(entry_keys)
-        entry_keys = entry_keys[order]
-        base = (w_seq * n_latents + w_lat) * size
-        hits, which = expand_ranges(np.searchsorted(entry_keys, base + w_lo),
-                                    np.searchsorted(entry_keys, base + w_hi))
-        entry = order[hits]
-        acts_at = w_at[which] + seqpos[row[entry], 1] - w_lo[which]
-        # mapped per chunk: the pages written are released with the map (RSS stays flat)
-        acts = np.memmap(acts_path, dtype=np.float32, mode="r+")
-        acts[acts_at] = values[entry]
-        acts.flush()
-        counted = np.memmap(counted_path, dtype=np.uint8, mode="r+")
-        counted[counted_at] = 1
-        counted.flush()
-        del acts, counted
-    say.progress("windows", n_rows, n_rows, start, force=True)
-    return acts_path, counted_path
-
-
-def _write_examples(conn: sqlite3.Connection, ex: _Examples, tokens: Callable[[], np.ndarray],
-                    acts_path: Path, counted_path: Path, n_latents: int,
-                    say: _Say) -> set[int]:
-    """One row per (latent, kind), inserted block by block of latents in primary-key order:
-    every column an array (docs/features.md); the window tokens read from the contexts."""
-    used: set[int] = set()
-    block = max(1, int(n_latents * 2_000_000 // max(1, int(ex.tok_at[-1]))))
-    bounds = np.searchsorted(ex.latent, np.arange(0, n_latents + block, block))
-    start = time.perf_counter()
-    for e0, e1 in itertools.pairwise(bounds.tolist()):
-        if e0 == e1:
-            continue
-        t0, t1 = int(ex.tok_at[e0]), int(ex.tok_at[e1])
-        a0, a1 = int(ex.act_at[e0]), int(ex.act_at[e1])
-        which = np.repeat(np.arange(e0, e1), ex.length[e0:e1])
-        positions = ex.lo[which] + np.arange(t1 - t0) - (ex.tok_at[which] - t0)
-        context_tokens = tokens()  # mapped afresh per block: its pages go with the map
-        toks = np.asarray(context_tokens[ex.seq[which], positions], dtype="<i4")
-        del context_tokens
-        acts = np.fromfile(acts_path, dtype="<f4", count=a1 - a0, offset=4 * a0)
-        counted = np.fromfile(counted_path, dtype=np.uint8, count=a1 - a0, offset=a0)
-        acts[counted == 0] = np.nan
-        used.update(np.unique(toks).tolist())
-        columns = [np.ascontiguousarray(a, dtype=t).tobytes() for a, t in (
-            (ex.seq[e0:e1], "<i8"), (ex.pos[e0:e1], "<i4"), (ex.lo[e0:e1], "<i4"),
-            (ex.length[e0:e1], "<i4"), (ex.bin[e0:e1], "<i4"), (ex.value[e0:e1], "<f4"))]
-        tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
-        group = ex.latent[e0:e1] * len(KINDS) + ex.kind[e0:e1]
-        cuts = np.concatenate([[0], np.nonzero(np.diff(group))[0] + 1, [e1 - e0]]).tolist()
-        rows = []
-        for i, j in itertools.pairwise(cuts):
-            kind = int(ex.kind[e0 + i])
-            ti, tj = int(ex.tok_at[e0 + i]) - t0, int(ex.tok_at[e0 + j]) - t0
-            ai, aj = int(ex.act_at[e0 + i]) - a0, int(ex.act_at[e0 + j]) - a0
-            rows.append((int(ex.latent[e0 + i]), KINDS[kind], j - i,
-                         *(col[i * (8 if c == 0 else 4):j * (8 if c == 0 else 4)]
-                           for c, col in enumerate(columns)),
-                         tok_bytes[4 * ti:4 * tj],
-                         None if kind == RANDOM else act_bytes[4 * ai:4 * aj]))
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-        say.progress("write examples", int(ex.latent[e1 - 1]) + 1, n_latents, start,
-                     unit="latents")
-    return used
-
-
 def _write_latents(conn: sqlite3.Connection, stats: LatentStats, edges: np.ndarray) -> None:
-    rows = []
-    for m in range(stats.n_latents):
-        nz = np.nonzero(stats.hist[m])[0]
-        lo = int(nz[0]) if len(nz) else 0
-        counts = stats.hist[m, lo:int(nz[-1]) + 1].tolist() if len(nz) else []
-        count = int(stats.count[m])
-        rows.append((m, count, count / max(1, stats.n_rows),
-                     float(stats.total[m] / count) if count else 0.0, float(stats.max[m]),
-                     lo, json.dumps(counts),
-                     json.dumps(edges[m].tolist() if count else [])))
+    fired = stats.hist > 0
+    any_fired = fired.any(axis=1)
+    first = np.where(any_fired, fired.argmax(axis=1), 0)
+    last = np.where(any_fired, fired.shape[1] - 1 - fired[:, ::-1].argmax(axis=1), -1)
+    count = stats.count
+    mean = np.where(count > 0, stats.total / np.maximum(count, 1), 0.0)
+    density = count / max(1, stats.n_rows)
+    hist, edge_lists = stats.hist.tolist(), edges.tolist()
+    rows = [(m, c, d, a, mx, lo, json.dumps(hist[m][lo:hi + 1]),
+             json.dumps(edge_lists[m] if c else []))
+            for m, c, d, a, mx, lo, hi in zip(
+                range(stats.n_latents), count.tolist(), density.tolist(), mean.tolist(),
+                stats.max.astype(np.float64).tolist(), first.tolist(), last.tolist(),
+                strict=True)]
     conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", rows)
 
 
@@ -582,14 +376,14 @@ def _write_neighbours(conn: sqlite3.Connection, sae: SAE, n: int) -> None:
     W = sae.W_dec.detach().float()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     n = min(n, sae.cfg.d_sae - 1)
-    rows = []
     for lo in range(0, W.shape[0], 1024):
         sims = W[lo:lo + 1024] @ W.T
         sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -2.0
         vals, idx = sims.topk(n, dim=1)
-        for i in range(sims.shape[0]):
-            rows += [(lo + i, r, int(idx[i, r]), float(vals[i, r])) for r in range(n)]
-    conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?)", rows)
+        others = idx.numpy().astype("<i4")
+        cosines = vals.numpy().astype("<f4")
+        conn.executemany("INSERT INTO neighbours VALUES (?,?,?)", (
+            (lo + i, others[i].tobytes(), cosines[i].tobytes()) for i in range(len(others))))
 
 
 def final_norm_gain(model: torch.nn.Module, width: int) -> tuple[Tensor | None, bool, str]:
@@ -618,7 +412,6 @@ def _write_logit_effects(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec,
     if W_U.shape[1] != sae.cfg.d_in:
         return {"skipped": f"unembedding width {W_U.shape[1]} != SAE width {sae.cfg.d_in}"}
     gain, centre, norm_name = final_norm_gain(loaded.model, sae.cfg.d_in)
-    rows = []
     W_dec = sae.W_dec.detach().float()
     for lo in range(0, W_dec.shape[0], 512):
         d = W_dec[lo:lo + 512]
@@ -631,12 +424,12 @@ def _write_logit_effects(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec,
         for direction, (vals, idx) in (("promoted", effect.topk(k, dim=1)),
                                        ("suppressed", (-effect).topk(k, dim=1))):
             sign = 1.0 if direction == "promoted" else -1.0
-            for i in range(d.shape[0]):
-                ids = idx[i].tolist()
-                used.update(ids)
-                rows += [(lo + i, direction, r, ids[r], sign * float(vals[i, r]))
-                         for r in range(k)]
-    conn.executemany("INSERT INTO logit_effects VALUES (?,?,?,?,?)", rows)
+            ids = idx.numpy().astype("<i4")
+            values = (sign * vals).numpy().astype("<f4")
+            used.update(np.unique(ids).tolist())
+            conn.executemany("INSERT INTO logit_effects VALUES (?,?,?,?)", (
+                (lo + i, direction, ids[i].tobytes(), values[i].tobytes())
+                for i in range(len(ids))))
     return {"final_norm": norm_name or "none found", "centred": centre,
             "approximation": "W_U (gain * centre(d)); the norm's 1/sigma scale is dropped"}
 

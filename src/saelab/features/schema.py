@@ -1,7 +1,7 @@
 """The feature store's SQLite schema and the SAE fingerprint that binds a store to its weights.
 
 One store is one SQLite file, ``features.db``. Tables written by ``saelab features build``:
-``meta``, ``latents``, ``examples``, ``tokens``, ``logit_effects``, ``neighbours`` and
+``meta``, ``latents``, ``examples``, ``contexts``, ``tokens``, ``logit_effects``, ``neighbours`` and
 board-game rows of ``labels``. Tables kept for later work and for users (a rebuild copies them
 over): ``labels`` (user labels), ``explanations``, ``explanation_scores``, ``transcripts``.
 docs/features.md describes every column.
@@ -16,7 +16,8 @@ import torch
 
 from saelab.architectures.base import SAE
 
-#: 2: examples packed one row per (latent, kind) (version 1 had one row per window)
+#: 2: examples packed one row per (latent, kind), window tokens read from ``contexts``, codes
+#: stored sparse (version 1: one row per window with its tokens and every code)
 SCHEMA_VERSION = 2
 STORE_NAME = "features.db"
 
@@ -41,38 +42,40 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY,                  -- token id of the model's vocabulary
     text TEXT NOT NULL                       -- how the token is shown
 );
+CREATE TABLE IF NOT EXISTS contexts (
+    sequence INTEGER PRIMARY KEY,            -- context index in the source
+    token_ids BLOB NOT NULL                  -- int32[context_size] its tokens
+);                                           -- only contexts that some example window is in
 CREATE TABLE IF NOT EXISTS examples (     -- one row per (latent, kind): its windows packed
     latent INTEGER NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'random')),
     n INTEGER NOT NULL,                      -- windows in this row, in display order: top by
                                              -- rank, quantile by bin (highest first) then rank
-    sequence BLOB NOT NULL,                  -- int64[n] context index in the source
+    sequence BLOB NOT NULL,                  -- int64[n] context of each window (-> contexts)
     position BLOB NOT NULL,                  -- int32[n] position of the centre token
     start BLOB NOT NULL,                     -- int32[n] position of the window's first token
     length BLOB NOT NULL,                    -- int32[n] tokens in the window
     bin BLOB NOT NULL,                       -- int32[n] quantile bin (0 = lowest; 0 for others)
     value BLOB NOT NULL,                     -- float32[n] the latent's code at the centre
-    token_ids BLOB NOT NULL,                 -- int32[sum(length)] the windows' tokens, in order
-    acts BLOB,                               -- float32[sum(length)] the latent's code at every
-                                             -- window token (NaN = not counted, e.g. BOS);
-                                             -- NULL = all zero (random windows)
+    act_index BLOB NOT NULL,                 -- int32[m] tokens with a nonzero or no code, as
+                                             -- indices into the n windows laid end to end
+    act_value BLOB NOT NULL,                 -- float32[m] the latent's code there (NaN = not
+                                             -- counted, e.g. BOS); every other token: 0
     PRIMARY KEY (latent, kind)
 );                                           -- arrays: little-endian; rowid table (large rows)
 CREATE TABLE IF NOT EXISTS logit_effects (
     latent INTEGER NOT NULL,
     direction TEXT NOT NULL CHECK (direction IN ('promoted', 'suppressed')),
-    rank INTEGER NOT NULL,
-    token_id INTEGER NOT NULL,
-    value REAL NOT NULL,                     -- logit change per unit of code (docs/features.md)
-    PRIMARY KEY (latent, direction, rank)
+    token_id BLOB NOT NULL,                  -- int32[n] token ids, strongest first
+    value BLOB NOT NULL,                     -- float32[n] logit change per unit of code
+                                             -- (docs/features.md)
+    PRIMARY KEY (latent, direction)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS neighbours (
-    latent INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    other INTEGER NOT NULL,
-    cosine REAL NOT NULL,                    -- cosine of the two decoder directions
-    PRIMARY KEY (latent, rank)
-) WITHOUT ROWID;
+    latent INTEGER PRIMARY KEY,
+    other BLOB NOT NULL,                     -- int32[n] nearest latents, nearest first
+    cosine BLOB NOT NULL                     -- float32[n] cosine of the two decoder directions
+);
 CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     latent INTEGER NOT NULL,

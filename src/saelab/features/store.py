@@ -89,43 +89,59 @@ class FeatureStore:
                 "quantile_edges": json.loads(row["quantile_edges"])}
 
     def examples(self, latent: int) -> dict[str, list[dict[str, Any]]]:
-        """The latent's windows by kind (top, quantile, random), each in display order."""
+        """The latent's windows by kind (top, quantile, random), each in display order, with
+        every token's text, id and code (None: the token was not encoded, e.g. BOS)."""
         out: dict[str, list[dict[str, Any]]] = {"top": [], "quantile": [], "random": []}
+        conn = self._conn()
+        rows = conn.execute("SELECT * FROM examples WHERE latent = ?", (latent,)).fetchall()
+        seqs = {r["kind"]: np.frombuffer(r["sequence"], dtype="<i8").tolist() for r in rows}
+        wanted = sorted({s for kind in seqs.values() for s in kind})
+        contexts = {s: np.frombuffer(t, dtype="<i4") for s, t in conn.execute(
+            f"SELECT sequence, token_ids FROM contexts WHERE sequence IN "
+            f"({','.join('?' * len(wanted))})", wanted)} if wanted else {}
         texts = self._texts
         n_texts = len(texts)
-        for r in self._conn().execute("SELECT * FROM examples WHERE latent = ?", (latent,)):
-            seqs = np.frombuffer(r["sequence"], dtype="<i8").tolist()
+        for r in rows:
             centres = np.frombuffer(r["position"], dtype="<i4").tolist()
             starts = np.frombuffer(r["start"], dtype="<i4").tolist()
             lengths = np.frombuffer(r["length"], dtype="<i4")
             bins = np.frombuffer(r["bin"], dtype="<i4").tolist()
             values = np.frombuffer(r["value"], dtype="<f4").tolist()
-            ids = np.frombuffer(r["token_ids"], dtype="<i4").tolist()
-            if r["acts"] is None:
-                acts: list[float | None] = [0.0] * len(ids)
-            else:  # NaN (not counted) becomes None; x != x only for NaN
-                acts = [None if a != a else a for a in
-                        np.frombuffer(r["acts"], dtype="<f4").round(4).tolist()]
+            codes = np.zeros(int(lengths.sum()), dtype=np.float32)
+            codes[np.frombuffer(r["act_index"], dtype="<i4")] = np.frombuffer(
+                r["act_value"], dtype="<f4")
+            # NaN (not counted) becomes None; x != x only for NaN
+            acts: list[float | None] = [None if a != a else a
+                                        for a in codes.round(4).tolist()]
             cuts = [0, *np.cumsum(lengths).tolist()]
-            out[r["kind"]].extend({
-                "sequence": seqs[i], "position": centres[i], "start": starts[i],
-                "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
-                "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids[a:b]],
-                "token_ids": ids[a:b], "acts": acts[a:b]}
-                for i, (a, b) in enumerate(itertools.pairwise(cuts)))
+            for i, (seq, (a, b)) in enumerate(zip(seqs[r["kind"]], itertools.pairwise(cuts),
+                                                  strict=True)):
+                ids = contexts[seq][starts[i]:starts[i] + b - a].tolist()
+                out[r["kind"]].append({
+                    "sequence": seq, "position": centres[i], "start": starts[i],
+                    "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
+                    "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids],
+                    "token_ids": ids, "acts": acts[a:b]})
         return out
 
     def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {"promoted": [], "suppressed": []}
-        for r in self._conn().execute("SELECT * FROM logit_effects WHERE latent = ? "
-                                      "ORDER BY direction, rank", (latent,)):
-            out[r["direction"]].append({"token": self.token_text.get(r["token_id"], ""),
-                                        "token_id": r["token_id"], "value": r["value"]})
+        for r in self._conn().execute("SELECT * FROM logit_effects WHERE latent = ?",
+                                      (latent,)):
+            ids = np.frombuffer(r["token_id"], dtype="<i4").tolist()
+            values = np.frombuffer(r["value"], dtype="<f4").tolist()
+            out[r["direction"]] = [{"token": self.token_text.get(t, ""), "token_id": t,
+                                    "value": v} for t, v in zip(ids, values, strict=True)]
         return out
 
     def neighbours(self, latent: int) -> list[dict[str, Any]]:
-        return [{"latent": r["other"], "cosine": r["cosine"]} for r in self._conn().execute(
-            "SELECT other, cosine FROM neighbours WHERE latent = ? ORDER BY rank", (latent,))]
+        row = self._conn().execute("SELECT other, cosine FROM neighbours WHERE latent = ?",
+                                   (latent,)).fetchone()
+        if row is None:
+            return []
+        return [{"latent": o, "cosine": c} for o, c in zip(
+            np.frombuffer(row["other"], dtype="<i4").tolist(),
+            np.frombuffer(row["cosine"], dtype="<f4").tolist(), strict=True)]
 
     def labels(self, latent: int) -> list[dict[str, Any]]:
         return [{**dict(r), "details": json.loads(r["details"])} for r in self._conn().execute(
