@@ -229,7 +229,9 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     n_contexts, context_size = (int(s) for s in open_tokens().shape)
 
     t0 = time.perf_counter()
-    edges = stats.quantile_edges(cfg.quantile_bins)
+    # float32 like the codes, so a code's bin is the same in the build and against the stored
+    # edges
+    edges = stats.quantile_edges(cfg.quantile_bins).astype(np.float32)
     window = WindowShape(cfg.window_before, cfg.window_after, context_size)
     quant, pool, fired = sample_pass(codes, edges, n_contexts, window, per_bin=cfg.per_bin,
                                      n_random=cfg.n_random, seed=cfg.seed, say=say)
@@ -352,21 +354,22 @@ def _work_tokens(work: Path, context_size: int) -> np.ndarray:
 
 
 def _write_latents(conn: sqlite3.Connection, stats: LatentStats, edges: np.ndarray) -> None:
+    """One row per latent; the histogram from its first to its last populated fine bin."""
     fired = stats.hist > 0
     any_fired = fired.any(axis=1)
     first = np.where(any_fired, fired.argmax(axis=1), 0)
-    last = np.where(any_fired, fired.shape[1] - 1 - fired[:, ::-1].argmax(axis=1), -1)
+    stop = np.where(any_fired, fired.shape[1] - fired[:, ::-1].argmax(axis=1), 0)
     count = stats.count
     mean = np.where(count > 0, stats.total / np.maximum(count, 1), 0.0)
     density = count / max(1, stats.n_rows)
-    hist, edge_lists = stats.hist.tolist(), edges.tolist()
-    rows = [(m, c, d, a, mx, lo, json.dumps(hist[m][lo:hi + 1]),
-             json.dumps(edge_lists[m] if c else []))
-            for m, c, d, a, mx, lo, hi in zip(
-                range(stats.n_latents), count.tolist(), density.tolist(), mean.tolist(),
-                stats.max.astype(np.float64).tolist(), first.tolist(), last.tolist(),
-                strict=True)]
-    conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", rows)
+    hist = np.ascontiguousarray(stats.hist, dtype="<i8")
+    edge_bytes = np.ascontiguousarray(edges, dtype="<f8")
+    conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", (
+        (m, c, d, a, mx, lo, hist[m, lo:hi].tobytes(), edge_bytes[m].tobytes() if c else b"")
+        for m, c, d, a, mx, lo, hi in zip(
+            range(stats.n_latents), count.tolist(), density.tolist(), mean.tolist(),
+            stats.max.astype(np.float64).tolist(), first.tolist(), stop.tolist(),
+            strict=True)))
 
 
 @torch.no_grad()

@@ -55,9 +55,7 @@ class LatentStats:
         self.count += np.bincount(latents, minlength=self.n_latents)
         self.total += np.bincount(latents, weights=values, minlength=self.n_latents)
         np.maximum.at(self.max, latents, values)
-        flat = latents * N_FINE + fine_bin(values)
-        self.hist += np.bincount(flat, minlength=self.n_latents * N_FINE).reshape(
-            self.n_latents, N_FINE)
+        np.add.at(self.hist.reshape(-1), latents * N_FINE + fine_bin(values), 1)
 
     def quantile_edges(self, n_bins: int) -> np.ndarray:
         """(M, n_bins − 1) activation values splitting each latent's firing codes into
@@ -82,7 +80,7 @@ class LatentStats:
     def load(self, state: dict[str, np.ndarray]) -> None:
         self.n_rows = int(state["n_rows"])
         self.count, self.total = state["count"], state["total"]
-        self.max, self.hist = state["max"], state["hist"]
+        self.max, self.hist = state["max"], np.ascontiguousarray(state["hist"])
 
 
 def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -221,13 +219,16 @@ class CodesFile:
     def append(self, row_ids: np.ndarray, latents: np.ndarray, values: np.ndarray,
                n_rows: int, seqpos_N2: np.ndarray, nnz_before: int) -> None:
         """Entries of one batch, sorted by (row, latent); ``row_ids`` are batch-local."""
-        order = np.lexsort((latents, row_ids))
+        keys = row_ids.astype(np.int64) * (int(latents.max(initial=0)) + 1) + latents
+        if not (np.diff(keys) > 0).all():  # nonzero() hands them out sorted already
+            order = np.argsort(keys)
+            latents, values = latents[order], values[order]
         counts = np.bincount(row_ids, minlength=n_rows)
         offsets = nnz_before + np.cumsum(counts)
         if nnz_before == 0 and self.sizes()[2] == 0:
             offsets = np.concatenate([[0], offsets])
-        for path, arr in zip(self.paths, (values[order].astype(np.float32),
-                                          latents[order].astype(np.int32),
+        for path, arr in zip(self.paths, (values.astype(np.float32),
+                                          latents.astype(np.int32),
                                           offsets.astype(np.int64),
                                           seqpos_N2.astype(np.int64)), strict=True):
             with open(path, "ab") as fh:

@@ -12,8 +12,8 @@ sparse codes to disk, this module
    chunk of rows, each window's codes of its own latent are one range of the chunk's entries
    sorted by (context, latent, position), so only the nonzero codes are ever touched; a bitmask
    per window records which of its tokens were encoded at all;
-4. **writes** (:func:`write_examples`) one ``examples`` row per (latent, kind) with every column
-   a packed array, and one ``contexts`` row per context a window comes from.
+4. **writes** (:func:`write_examples`) one ``examples`` row per latent with every column a packed
+   array, and one ``contexts`` row per context a window comes from.
 
 Memory is one chunk of codes plus arrays sized by the number of windows (latents × examples per
 latent), never by the number of tokens.
@@ -32,8 +32,8 @@ import numpy as np
 
 from saelab.features.collect import CodesFile, TopPerGroup, expand_ranges, gather_rows
 
-KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
-QUANTILE, RANDOM, TOP = range(3)
+KINDS = ("top", "quantile", "random")  # the codes of the ``kind`` column, in display order
+TOP, QUANTILE, RANDOM = range(3)
 
 
 class Progress(Protocol):
@@ -91,7 +91,9 @@ def sample_pass(codes: CodesFile, edges: np.ndarray, n_contexts: int, shape: Win
         lat = latents.astype(np.int64)
         if per_bin:
             row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
-            bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros_like(lat)
+            bins = np.zeros(len(lat), dtype=np.int64)
+            for j in range(n_bins - 1):
+                bins += values > edges[lat, j]
             sample.offer(lat * n_bins + bins, rng.random(len(lat), dtype=np.float32),
                          seqpos[row, 0], seqpos[row, 1], values)
         if pool_size:
@@ -120,8 +122,9 @@ def random_picks(fired: np.ndarray, n_latents: int, n_random: int) -> np.ndarray
 
 @dataclass
 class Windows:
-    """Every selected window, in storage order: by latent, kind code, then display order
-    (top: by rank; quantile: highest bin first, then rank; random: pool order)."""
+    """Every selected window, in storage order: by latent, then kind (top, quantile, random),
+    then display order (top: by rank; quantile: highest bin first, then rank; random: pool
+    order)."""
 
     latent: np.ndarray  # int64
     kind: np.ndarray  # int64 code into KINDS
@@ -248,30 +251,27 @@ def _missing_tokens(encoded: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, 
 def write_examples(conn: sqlite3.Connection, win: Windows,
                    nonzero: tuple[np.ndarray, np.ndarray, np.ndarray],
                    tokens: Callable[[], np.ndarray], say: Progress) -> np.ndarray:
-    """One ``examples`` row per (latent, kind) and one ``contexts`` row per context a window
-    comes from (docs/features.md lists the columns); returns the token ids that appear."""
+    """One ``examples`` row per latent and one ``contexts`` row per context a window comes
+    from (docs/features.md lists the columns); returns the token ids that appear."""
     window, offset, code = nonzero
     start = time.perf_counter()
-    group = win.latent * len(KINDS) + win.kind
-    cuts = np.concatenate([[0], np.nonzero(np.diff(group))[0] + 1, [len(group)]])
-    # a token's index in its row's windows laid end to end
-    row_first = np.repeat(cuts[:-1], np.diff(cuts))
+    cuts = np.concatenate([[0], np.nonzero(np.diff(win.latent))[0] + 1, [len(win.latent)]])
+    # a token's index in its latent's windows laid end to end
     length = win.length
-    ends = np.cumsum(length)
-    window_at = ends - length - (ends - length)[row_first]
-    flat = window_at[window] + offset
+    window_start = np.cumsum(length) - length
+    row_first = np.repeat(cuts[:-1], np.diff(cuts))
+    flat = (window_start - window_start[row_first])[window] + offset
     columns = [(np.ascontiguousarray(a, dtype=t).tobytes(), np.dtype(t).itemsize) for a, t in (
-        (win.seq, "<i8"), (win.pos, "<i4"), (win.start, "<i4"), (length, "<i4"),
-        (win.bin, "<i4"), (win.value, "<f4"))]
+        (win.kind, "u1"), (win.seq, "<i8"), (win.pos, "<i4"), (win.start, "<i4"),
+        (length, "<i4"), (win.bin, "<i4"), (win.value, "<f4"))]
     flat_bytes = np.ascontiguousarray(flat, dtype="<i4").tobytes()
     code_bytes = np.ascontiguousarray(code, dtype="<f4").tobytes()
     code_cuts = np.searchsorted(window, cuts).tolist()
     rows = []
     for (i, j), (ci, cj) in zip(itertools.pairwise(cuts.tolist()),
                                 itertools.pairwise(code_cuts), strict=True):
-        kind = int(win.kind[i])
-        rows.append((int(win.latent[i]), KINDS[kind], j - i,
-                     *(col[i * size:j * size] for col, size in columns),
+        rows.append((int(win.latent[i]), j - i,
+                     *[col[i * size:j * size] for col, size in columns],
                      flat_bytes[4 * ci:4 * cj], code_bytes[4 * ci:4 * cj]))
         if len(rows) == 4096:
             conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)

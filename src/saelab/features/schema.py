@@ -16,7 +16,7 @@ import torch
 
 from saelab.architectures.base import SAE
 
-#: 2: examples packed one row per (latent, kind), window tokens read from ``contexts``, codes
+#: 2: examples packed one row per latent, window tokens read from ``contexts``, codes
 #: stored sparse (version 1: one row per window with its tokens and every code)
 SCHEMA_VERSION = 2
 STORE_NAME = "features.db"
@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS latents (
     mean_act REAL NOT NULL,                  -- mean code over the tokens where it fired
     max_act REAL NOT NULL,
     hist_lo INTEGER NOT NULL,                -- first fine log-bin index with a count
-    hist_counts TEXT NOT NULL,               -- JSON counts of fine log-bins hist_lo, hist_lo+1, ...
-    quantile_edges TEXT NOT NULL             -- JSON activation edges of the equal-count bins
+    hist_counts BLOB NOT NULL,               -- int64[] counts of fine log-bins hist_lo, hist_lo+1..
+    quantile_edges BLOB NOT NULL             -- float64[] activation edges of the equal-count bins
 );
 CREATE INDEX IF NOT EXISTS latents_by_density ON latents(density);
 CREATE INDEX IF NOT EXISTS latents_by_max ON latents(max_act);
@@ -46,11 +46,12 @@ CREATE TABLE IF NOT EXISTS contexts (
     sequence INTEGER PRIMARY KEY,            -- context index in the source
     token_ids BLOB NOT NULL                  -- int32[context_size] its tokens
 );                                           -- only contexts that some example window is in
-CREATE TABLE IF NOT EXISTS examples (     -- one row per (latent, kind): its windows packed
-    latent INTEGER NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'random')),
+CREATE TABLE IF NOT EXISTS examples (
+    latent INTEGER PRIMARY KEY,              -- one row per latent: all its windows, packed
     n INTEGER NOT NULL,                      -- windows in this row, in display order: top by
-                                             -- rank, quantile by bin (highest first) then rank
+                                             -- rank, quantile by bin (highest first) then
+                                             -- rank, random
+    kind BLOB NOT NULL,                      -- uint8[n] 0 = top, 1 = quantile, 2 = random
     sequence BLOB NOT NULL,                  -- int64[n] context of each window (-> contexts)
     position BLOB NOT NULL,                  -- int32[n] position of the centre token
     start BLOB NOT NULL,                     -- int32[n] position of the window's first token
@@ -59,9 +60,8 @@ CREATE TABLE IF NOT EXISTS examples (     -- one row per (latent, kind): its win
     value BLOB NOT NULL,                     -- float32[n] the latent's code at the centre
     act_index BLOB NOT NULL,                 -- int32[m] tokens with a nonzero or no code, as
                                              -- indices into the n windows laid end to end
-    act_value BLOB NOT NULL,                 -- float32[m] the latent's code there (NaN = not
+    act_value BLOB NOT NULL                  -- float32[m] the latent's code there (NaN = not
                                              -- counted, e.g. BOS); every other token: 0
-    PRIMARY KEY (latent, kind)
 );                                           -- arrays: little-endian; rowid table (large rows)
 CREATE TABLE IF NOT EXISTS logit_effects (
     latent INTEGER NOT NULL,

@@ -19,6 +19,7 @@ import numpy as np
 from saelab.architectures.base import SAE
 from saelab.features.build import StoreError, read_meta
 from saelab.features.collect import log_rebin
+from saelab.features.examples import KINDS
 from saelab.features.schema import SCHEMA_VERSION, STORE_NAME, create_schema, fingerprint
 
 SortKey = Literal["id", "density", "max_act", "mean_act"]
@@ -81,47 +82,47 @@ class FeatureStore:
         row = self._conn().execute("SELECT * FROM latents WHERE id = ?", (latent,)).fetchone()
         if row is None:
             return None
-        counts = json.loads(row["hist_counts"])
+        counts = np.frombuffer(row["hist_counts"], dtype="<i8").tolist()
         edges, merged = log_rebin(row["hist_lo"], counts)
         return {"id": row["id"], "n_fired": row["n_fired"], "density": row["density"],
                 "mean_act": row["mean_act"], "max_act": row["max_act"],
                 "histogram": {"edges": edges, "counts": merged},
-                "quantile_edges": json.loads(row["quantile_edges"])}
+                "quantile_edges": np.frombuffer(row["quantile_edges"], dtype="<f8").tolist()}
 
     def examples(self, latent: int) -> dict[str, list[dict[str, Any]]]:
         """The latent's windows by kind (top, quantile, random), each in display order, with
         every token's text, id and code (None: the token was not encoded, e.g. BOS)."""
-        out: dict[str, list[dict[str, Any]]] = {"top": [], "quantile": [], "random": []}
+        out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         conn = self._conn()
-        rows = conn.execute("SELECT * FROM examples WHERE latent = ?", (latent,)).fetchall()
-        seqs = {r["kind"]: np.frombuffer(r["sequence"], dtype="<i8").tolist() for r in rows}
-        wanted = sorted({s for kind in seqs.values() for s in kind})
+        r = conn.execute("SELECT * FROM examples WHERE latent = ?", (latent,)).fetchone()
+        if r is None:
+            return out
+        seqs = np.frombuffer(r["sequence"], dtype="<i8").tolist()
+        wanted = sorted(set(seqs))
         contexts = {s: np.frombuffer(t, dtype="<i4") for s, t in conn.execute(
             f"SELECT sequence, token_ids FROM contexts WHERE sequence IN "
             f"({','.join('?' * len(wanted))})", wanted)} if wanted else {}
+        kinds = np.frombuffer(r["kind"], dtype=np.uint8).tolist()
+        centres = np.frombuffer(r["position"], dtype="<i4").tolist()
+        starts = np.frombuffer(r["start"], dtype="<i4").tolist()
+        lengths = np.frombuffer(r["length"], dtype="<i4")
+        bins = np.frombuffer(r["bin"], dtype="<i4").tolist()
+        values = np.frombuffer(r["value"], dtype="<f4").tolist()
+        codes = np.zeros(int(lengths.sum()), dtype=np.float32)
+        codes[np.frombuffer(r["act_index"], dtype="<i4")] = np.frombuffer(r["act_value"],
+                                                                          dtype="<f4")
+        # NaN (not counted) becomes None; x != x only for NaN
+        acts: list[float | None] = [None if a != a else a for a in codes.round(4).tolist()]
         texts = self._texts
         n_texts = len(texts)
-        for r in rows:
-            centres = np.frombuffer(r["position"], dtype="<i4").tolist()
-            starts = np.frombuffer(r["start"], dtype="<i4").tolist()
-            lengths = np.frombuffer(r["length"], dtype="<i4")
-            bins = np.frombuffer(r["bin"], dtype="<i4").tolist()
-            values = np.frombuffer(r["value"], dtype="<f4").tolist()
-            codes = np.zeros(int(lengths.sum()), dtype=np.float32)
-            codes[np.frombuffer(r["act_index"], dtype="<i4")] = np.frombuffer(
-                r["act_value"], dtype="<f4")
-            # NaN (not counted) becomes None; x != x only for NaN
-            acts: list[float | None] = [None if a != a else a
-                                        for a in codes.round(4).tolist()]
-            cuts = [0, *np.cumsum(lengths).tolist()]
-            for i, (seq, (a, b)) in enumerate(zip(seqs[r["kind"]], itertools.pairwise(cuts),
-                                                  strict=True)):
-                ids = contexts[seq][starts[i]:starts[i] + b - a].tolist()
-                out[r["kind"]].append({
-                    "sequence": seq, "position": centres[i], "start": starts[i],
-                    "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
-                    "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids],
-                    "token_ids": ids, "acts": acts[a:b]})
+        cuts = [0, *np.cumsum(lengths).tolist()]
+        for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+            ids = contexts[seqs[i]][starts[i]:starts[i] + b - a].tolist()
+            out[KINDS[kinds[i]]].append({
+                "sequence": seqs[i], "position": centres[i], "start": starts[i],
+                "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
+                "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids],
+                "token_ids": ids, "acts": acts[a:b]})
         return out
 
     def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
