@@ -260,3 +260,24 @@ def test_cli_build_then_export(setup: TinySetup, tmp_path: Path, capsys) -> None
     assert parse_latents("3-5,1") == [3, 4, 5, 1] and parse_latents("") is None
     with pytest.raises(ValueError, match="bad latent list"):
         parse_latents("a-b")
+
+
+def test_store_is_the_same_when_contexts_straddle_chunks(setup: TinySetup, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample and window passes read the codes in chunks; with chunks far smaller than a
+    context (48 tokens), every context is split between chunks, and the store must not change."""
+    from saelab.features import examples
+
+    stream = CacheRows(setup.cache)
+    cfg = FeatureBuildConfig(board_games=0)
+    whole = build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
+                        progress=False)
+    monkeypatch.setattr(examples, "CHUNK_ROWS", 37)
+    split = build_store(setup.sae, stream, tmp_path / "b", cfg, tokens=stream.tokens,
+                        progress=False)
+    for sql in ("SELECT * FROM examples ORDER BY latent",
+                "SELECT * FROM contexts ORDER BY sequence"):
+        assert _table(split.path, sql) == _table(whole.path, sql)
+    nan_codes = sum(int(np.isnan(np.frombuffer(r[0], dtype="<f4")).sum())
+                    for r in _table(whole.path, "SELECT act_value FROM examples"))
+    assert nan_codes > 0  # the corpus's special tokens are marked as not counted

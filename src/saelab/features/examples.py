@@ -32,6 +32,9 @@ import numpy as np
 
 from saelab.features.collect import CodesFile, TopPerGroup, expand_ranges, gather_rows
 
+#: rows of saved codes read at once by the sample and window passes
+CHUNK_ROWS = 1 << 16
+
 KINDS = ("top", "quantile", "random")  # the codes of the ``kind`` column, in display order
 TOP, QUANTILE, RANDOM = range(3)
 
@@ -87,7 +90,7 @@ def sample_pass(codes: CodesFile, edges: np.ndarray, n_contexts: int, shape: Win
     first_key, stop_key = pool[:, 0] * size + lo, pool[:, 0] * size + hi
     fired = np.zeros((pool_size, M), dtype=bool)
     n_rows, start = codes.n_rows(), time.perf_counter()
-    for row0, offsets, latents, values, seqpos in codes.chunks(8192):
+    for row0, offsets, latents, values, seqpos in codes.chunks(max(1, CHUNK_ROWS // 8)):
         lat = latents.astype(np.int64)
         if per_bin:
             row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
@@ -185,7 +188,7 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
     full = _full_masks(length, n_words)
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     n_rows, start = codes.n_rows(), time.perf_counter()
-    for row0, offsets, latents, values, seqpos in codes.chunks(1 << 16):
+    for row0, offsets, latents, values, seqpos in codes.chunks(CHUNK_ROWS):
         say.progress("windows", row0 + len(seqpos), n_rows, start)
         if len(by_seq) == 0 or len(seqpos) == 0:
             continue
@@ -194,7 +197,8 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
             continue
         w_seq, w_lat, w_lo, w_len = seq[a:b], lat[a:b], lo[a:b], length[a:b]
         # encoded tokens: a window whose rows are all in this chunk is complete; the others
-        # get one bit per row found here
+        # (at a context's special tokens, or split between chunks) get their bits from the
+        # chunk's (context × position) presence matrix
         order, keys = _sorted_rows(seqpos, size)
         first = np.searchsorted(keys, w_seq * size + w_lo)
         stop = np.searchsorted(keys, w_seq * size + w_lo + w_len)
@@ -202,10 +206,8 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
         encoded[a:b][complete] = full[a:b][complete]
         partial = np.nonzero(~complete & (stop > first))[0]
         if len(partial):
-            rows, which = expand_ranges(first[partial], stop[partial])
-            offset = seqpos[order[rows], 1] - w_lo[partial][which]
-            np.bitwise_or.at(encoded, (a + partial[which], offset // 64),
-                             np.left_shift(np.uint64(1), (offset % 64).astype(np.uint64)))
+            encoded[a + partial] |= _presence_bits(seqpos, w_seq[partial], w_lo[partial],
+                                                   w_len[partial], size, n_words)
         # the window latent's codes: one range of the entries sorted by (seq, latent, pos)
         row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
         entry_keys = (seqpos[row, 0] * n_latents + latents) * size + seqpos[row, 1]
@@ -222,8 +224,23 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
     offset = np.concatenate([*(f[1] for f in found), missing_off])
     code = np.concatenate([*(f[2] for f in found),
                            np.full(len(missing_w), np.nan, dtype=np.float32)])
-    order = np.lexsort((offset, window))
+    order = np.argsort(window * (64 * n_words) + offset)
     return window[order], offset[order].astype(np.int64), code[order].astype(np.float32)
+
+
+def _presence_bits(seqpos: np.ndarray, seq: np.ndarray, start: np.ndarray, length: np.ndarray,
+                   size: int, n_words: int) -> np.ndarray:
+    """(n, n_words) uint64 bitmasks: bit j of window i is set where the chunk has a row at
+    (seq[i], start[i] + j), j < length[i]."""
+    contexts, local = np.unique(seqpos[:, 0], return_inverse=True)
+    present = np.zeros((len(contexts), size + 1), dtype=bool)  # column `size`: never present
+    present[local, seqpos[:, 1]] = True
+    at = np.minimum(np.searchsorted(contexts, seq), len(contexts) - 1)
+    known = contexts[at] == seq
+    cols = start[:, None] + np.arange(64 * n_words)[None, :]
+    cols = np.where(cols < (start + length)[:, None], cols, size)
+    bits = present[at[:, None], cols] & known[:, None]
+    return np.packbits(bits, axis=1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def _full_masks(length: np.ndarray, n_words: int) -> np.ndarray:
