@@ -55,13 +55,13 @@ from saelab.features.schema import (
 )
 from saelab.features.sources import LoadedSpec, ModelSpec, RowStream
 from saelab.io import atomic_write_bytes
-from saelab.ops.kernels import release_freed_heap
+from saelab.ops.kernels import release_freed_heap, tune_cpu_allocator
 from saelab.training.logging import _fmt
 
 WORK_DIR = "_work"
-#: seconds between hand-backs of the freed heap during the encode pass (see release_freed_heap)
-TRIM_EVERY_S = 2.0
-
+#: buffers at least this large are mapped for themselves and handed back when freed (see
+#: build_store: without it RSS grew with the number of batches)
+MMAP_THRESHOLD = 1 << 20
 
 class StoreError(ValueError):
     """A feature store is missing, unfinished, corrupt or built for other weights."""
@@ -217,6 +217,10 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     if sae.cfg.d_in != stream.width:
         raise ConfigError(f"the SAE expects d_in={sae.cfg.d_in} but the activations have width "
                           f"{stream.width}; build the store from the SAE's own model and hook")
+    # glibc's dynamic mmap threshold would serve the batch-sized buffers from a heap whose
+    # holes it keeps, so RSS grew with the number of batches; mapped buffers go back to the OS
+    # when freed, so RSS follows what is live (process-wide; costs page faults, ~1% here)
+    tune_cpu_allocator(MMAP_THRESHOLD)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     state = _State(work, key)
@@ -312,7 +316,6 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
     resumed = batches_done
     total = stream.total_rows()
     start, rows_at_start, last_save = time.perf_counter(), stats.n_rows, time.perf_counter()
-    last_trim = start
 
     def save(finished: bool) -> None:
         state.save({"batches_done": batches_done, "nnz": nnz, "code_sizes": codes.sizes(),
@@ -338,11 +341,6 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
         if time.perf_counter() - last_save > cfg.checkpoint_every_s:
             save(False)
             last_save = time.perf_counter()
-        if time.perf_counter() - last_trim > TRIM_EVERY_S:
-            # freed batch buffers would otherwise pile up as heap holes: RSS would grow
-            # with the number of batches (glibc's dynamic mmap threshold)
-            release_freed_heap()
-            last_trim = time.perf_counter()
     save(True)
     release_freed_heap()
     say.progress("encode", stats.n_rows - rows_at_start, None, start, force=True)

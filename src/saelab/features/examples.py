@@ -33,7 +33,7 @@ import numpy as np
 from saelab.features.collect import CodesFile, TopPerGroup, expand_ranges, gather_rows
 
 #: rows of saved codes read at once by the sample and window passes
-CHUNK_ROWS = 1 << 16
+CHUNK_ROWS = 1 << 14
 
 KINDS = ("top", "quantile", "random")  # the codes of the ``kind`` column, in display order
 TOP, QUANTILE, RANDOM = range(3)
