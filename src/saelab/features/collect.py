@@ -104,7 +104,8 @@ def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class TopPerGroup:
     """Exact top-``n`` entries per group by a non-negative float32 score, at most one entry per
-    context (the best-scoring entry of each (group, context)).
+    context (the best-scoring entry of each (group, context)); equal scores are ordered by
+    context, then position, so the result never depends on the order entries arrive in.
 
     Candidates that beat their group's current n-th score are buffered and merged in one sort
     once the buffer holds about as many entries as the table (``flush``): the threshold a
@@ -130,7 +131,8 @@ class TopPerGroup:
 
     def offer(self, group: np.ndarray, score: np.ndarray, seq: np.ndarray, pos: np.ndarray,
               value: np.ndarray) -> None:
-        keep = score > self.score[group, -1]
+        # ties with the n-th best pass: the merge orders them by (context, position)
+        keep = score >= self.score[group, -1]
         if not keep.any():
             return
         self._pending.append((group[keep], np.asarray(score[keep], dtype=np.float32),
