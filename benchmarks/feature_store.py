@@ -5,8 +5,8 @@
    extraction) against a full ``build_store`` from the model; the goal is a store costing at most
    15% on top. ``--sae`` uses a trained SAE (e.g. the README's), else a random TopK SAE.
 2. **memory** — peak RSS (VmHWM) and peak anonymous memory (RssAnon, sampled: leaves out file
-   pages the OS can drop) of a build, each in a fresh process, at two corpus sizes on synthetic
-   activations; the goal is flat.
+   pages the OS can drop) of a build, each in a fresh process, at each corpus size of
+   ``--tokens`` on synthetic activations; the goal is flat.
 3. **latency** — feature-page latency (HTML, and the JSON API) over ``--pages`` random latents on
    the largest store, served by ``saelab explore`` in its own process; goal p95 < 50 ms at
    ≥ 16k latents × 1M tokens. ``page_cpu`` adds the CPU time of the query and the rendering
@@ -282,7 +282,8 @@ def load(url: str, n_latents: int, clients: int, seconds: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokens", default="250000,1000000", help="two corpus sizes (memory run)")
+    p.add_argument("--tokens", default="250000,1000000",
+                   help="corpus sizes of the memory run (comma-separated)")
     p.add_argument("--latents", type=int, default=16384, help="latents of the synthetic SAE")
     p.add_argument("--d-in", type=int, default=64, help="width of the synthetic activations")
     p.add_argument("--k", type=int, default=32, help="TopK k of the synthetic SAE")

@@ -186,7 +186,7 @@ def test_killed_build_resumes_to_the_same_store(setup: TinySetup, tmp_path: Path
     whole = build_store(setup.sae, stream, tmp_path / "b", cfg, tokens=stream.tokens,
                         progress=False)
     for sql in ("SELECT * FROM latents ORDER BY id",
-                "SELECT * FROM examples ORDER BY latent, kind, bin, rank"):
+                "SELECT * FROM examples ORDER BY latent, kind"):
         assert _table(resumed.path, sql) == _table(whole.path, sql)
 
 
@@ -260,3 +260,78 @@ def test_cli_build_then_export(setup: TinySetup, tmp_path: Path, capsys) -> None
     assert parse_latents("3-5,1") == [3, 4, 5, 1] and parse_latents("") is None
     with pytest.raises(ValueError, match="bad latent list"):
         parse_latents("a-b")
+
+
+def test_store_is_the_same_when_contexts_straddle_chunks(setup: TinySetup, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample and window passes read the codes in chunks; with chunks far smaller than a
+    context (48 tokens), every context is split between chunks, and the store must not change."""
+    from saelab.features import examples
+
+    stream = CacheRows(setup.cache)
+    cfg = FeatureBuildConfig(board_games=0)
+    whole = build_store(setup.sae, stream, tmp_path / "a", cfg, tokens=stream.tokens,
+                        progress=False)
+    monkeypatch.setattr(examples, "CHUNK_ROWS", 37)
+    split = build_store(setup.sae, stream, tmp_path / "b", cfg, tokens=stream.tokens,
+                        progress=False)
+    for sql in ("SELECT * FROM examples ORDER BY latent",
+                "SELECT * FROM contexts ORDER BY sequence"):
+        assert _table(split.path, sql) == _table(whole.path, sql)
+    nan_codes = sum(int(np.isnan(np.frombuffer(r[0], dtype="<f4")).sum())
+                    for r in _table(whole.path, "SELECT act_value FROM examples"))
+    assert nan_codes > 0  # the corpus's special tokens are marked as not counted
+
+
+def test_top_per_group_matches_a_brute_force_with_ties_and_repeated_contexts() -> None:
+    """Many small batches with few contexts (so a group sees one context many times) and
+    coarse scores (so ties are common), merged in many flushes: the kept entries are the best
+    of each context, best first, ties broken by context then position, whatever the order the
+    candidates came in."""
+    rng = np.random.default_rng(3)
+    n_groups, n = 7, 5
+    group = rng.integers(0, n_groups, 3000)
+    score = rng.integers(0, 30, 3000).astype(np.float32) / 4
+    seq = rng.integers(0, 40, 3000)
+    pos = rng.integers(0, 50, 3000)
+    want = {}
+    for g in range(n_groups):
+        best: dict[int, tuple[float, int]] = {}
+        for i in np.nonzero(group == g)[0]:
+            s, q, p = float(score[i]), int(seq[i]), int(pos[i])
+            if q not in best or (-s, p) < (-best[q][0], best[q][1]):
+                best[q] = (s, p)
+        ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0], kv[1][1]))[:n]
+        want[g] = [(q, p, s) for q, (s, p) in ranked]
+    for order in (np.arange(3000), rng.permutation(3000)):
+        top = TopPerGroup(n_groups, n, flush_at=50)
+        for lo in range(0, 3000, 64):
+            i = order[lo:lo + 64]
+            top.offer(group[i], score[i], seq[i], pos[i], score[i])
+        assert {g: top.entries(g) for g in range(n_groups)} == want
+
+
+def test_a_store_of_an_older_schema_is_refused_not_deleted(setup: TinySetup,
+                                                           tmp_path: Path) -> None:
+    stream = CacheRows(setup.cache)
+    cfg = FeatureBuildConfig(board_games=0)
+    result = build_store(setup.sae, stream, tmp_path / "s", cfg, tokens=stream.tokens,
+                         progress=False)
+    store = FeatureStore(result.path, setup.sae)
+    store.add_label(3, "kept")
+    store.close()
+    conn = sqlite3.connect(result.path)
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"schema version 1.*--rebuild"):
+        FeatureStore(result.path)
+    with pytest.raises(StoreError, match=r"schema version 1.*--rebuild"):
+        build_store(setup.sae, stream, tmp_path / "s", cfg, tokens=stream.tokens,
+                    progress=False)
+    assert result.path.exists()
+    build_store(setup.sae, stream, tmp_path / "s", cfg, tokens=stream.tokens, rebuild=True,
+                progress=False)
+    store = FeatureStore(result.path, setup.sae)
+    assert [lab["text"] for lab in store.labels(3)] == ["kept"]
+    assert store.meta["schema_version"] == 2 and store.examples(3)["top"]

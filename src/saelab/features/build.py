@@ -19,7 +19,7 @@ Memory is bounded by the number of latents and the batch size, not by the number
 
 from __future__ import annotations
 
-import itertools
+import functools
 import json
 import os
 import shutil
@@ -37,7 +37,15 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE
 from saelab.config import ConfigError, option, to_dict
-from saelab.features.collect import CodesFile, LatentStats, TopPerGroup, gather_rows, lookup
+from saelab.features.collect import CodesFile, LatentStats, TopPerGroup
+from saelab.features.examples import (
+    WindowShape,
+    random_picks,
+    sample_pass,
+    select,
+    window_codes,
+    write_examples,
+)
 from saelab.features.schema import (
     SCHEMA_VERSION,
     STORE_NAME,
@@ -47,13 +55,13 @@ from saelab.features.schema import (
 )
 from saelab.features.sources import LoadedSpec, ModelSpec, RowStream
 from saelab.io import atomic_write_bytes
-from saelab.ops.kernels import release_freed_heap
+from saelab.ops.kernels import release_freed_heap, tune_cpu_allocator
 from saelab.training.logging import _fmt
 
 WORK_DIR = "_work"
-#: seconds between hand-backs of the freed heap during the encode pass (see release_freed_heap)
-TRIM_EVERY_S = 2.0
-
+#: buffers at least this large are mapped for themselves and handed back when freed (see
+#: build_store: without it RSS grew with the number of batches)
+MMAP_THRESHOLD = 1 << 20
 
 class StoreError(ValueError):
     """A feature store is missing, unfinished, corrupt or built for other weights."""
@@ -193,6 +201,11 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         if meta.get("fingerprint") != fp:
             raise StoreError(f"{final} was built for other SAE weights ({meta.get('sae_path')}); "
                              "pass another --out for this SAE")
+        if not rebuild and meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{final} was written in store schema version "
+                             f"{meta.get('schema_version')}; this saelab writes version "
+                             f"{SCHEMA_VERSION}: rebuild it with --rebuild (labels, "
+                             "explanations, scores and transcripts are kept)")
         if not rebuild:
             say(f"{final} is already built for this SAE (use --rebuild to build it again)")
             return BuildResult(final, int(meta.get("n_rows", 0)), sae.cfg.d_sae, 0.0, {},
@@ -200,10 +213,14 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     work = out / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     key = {"fingerprint": fp, "config": to_dict(cfg), "source": source,
-           "width": stream.width}
+           "width": stream.width, "schema_version": SCHEMA_VERSION}
     if sae.cfg.d_in != stream.width:
         raise ConfigError(f"the SAE expects d_in={sae.cfg.d_in} but the activations have width "
                           f"{stream.width}; build the store from the SAE's own model and hook")
+    # glibc's dynamic mmap threshold would serve the batch-sized buffers from a heap whose
+    # holes it keeps, so RSS grew with the number of batches; mapped buffers go back to the OS
+    # when freed, so RSS follows what is live (process-wide; costs page faults, ~1% here)
+    tune_cpu_allocator(MMAP_THRESHOLD)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     state = _State(work, key)
@@ -211,13 +228,21 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
     times["encode"] = time.perf_counter() - t0
     if stats.n_rows == 0:
         raise StoreError("the source yielded no rows to encode")
-    all_tokens = tokens() if tokens is not None else _work_tokens(work, stream.context_size)
+    open_tokens: Callable[[], np.ndarray] = tokens if tokens is not None else \
+        functools.partial(_work_tokens, work, stream.context_size)
+    n_contexts, context_size = (int(s) for s in open_tokens().shape)
 
     t0 = time.perf_counter()
-    edges = stats.quantile_edges(cfg.quantile_bins)
-    quant = _quantile_pass(codes, edges, cfg, say)
-    inverse = _inverse_index(codes, all_tokens.shape, work)
-    randoms = _random_windows(codes, inverse, stats, cfg)
+    # float32 like the codes, so a code's bin is the same in the build and against the stored
+    # edges
+    edges = stats.quantile_edges(cfg.quantile_bins).astype(np.float32)
+    window = WindowShape(cfg.window_before, cfg.window_after, context_size)
+    quant, pool, fired = sample_pass(codes, edges, n_contexts, window, per_bin=cfg.per_bin,
+                                     n_random=cfg.n_random, seed=cfg.seed, say=say)
+    windows = select(top, quant if cfg.per_bin else None,
+                     random_picks(fired, stats.n_latents, cfg.n_random), pool,
+                     cfg.quantile_bins, window)
+    del quant, pool, fired
     times["sample"] = time.perf_counter() - t0
 
     tmp = work / f"{STORE_NAME}.partial"
@@ -229,8 +254,10 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         conn.execute("PRAGMA synchronous = OFF")
         create_schema(conn)
         t0 = time.perf_counter()
-        used_ids = _write_examples(conn, codes, inverse, all_tokens, top, quant, randoms,
-                                   stats.n_latents, cfg, say)
+        codes_of_windows = window_codes(codes, windows, stats.n_latents, context_size, say)
+        used_ids = set(write_examples(conn, windows, codes_of_windows, open_tokens,
+                                      say).tolist())
+        del windows, codes_of_windows
         times["windows"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         _write_latents(conn, stats, edges)
@@ -246,7 +273,7 @@ def build_store(sae: SAE, stream: RowStream, out: str | Path, cfg: FeatureBuildC
         meta = {"schema_version": SCHEMA_VERSION, "fingerprint": fp, "sae_path": sae_path,
                 "sae": {"architecture": sae.name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae},
                 "model": spec.to_dict(), "source": source, "n_rows": stats.n_rows,
-                "n_contexts": int(all_tokens.shape[0]), "context_size": int(all_tokens.shape[1]),
+                "n_contexts": n_contexts, "context_size": context_size,
                 "config": to_dict(cfg), "notes": notes, "built": time.strftime(
                     "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage_seconds": times}
         conn.executemany("INSERT INTO meta VALUES (?, ?)",
@@ -289,7 +316,6 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
     resumed = batches_done
     total = stream.total_rows()
     start, rows_at_start, last_save = time.perf_counter(), stats.n_rows, time.perf_counter()
-    last_trim = start
 
     def save(finished: bool) -> None:
         state.save({"batches_done": batches_done, "nnz": nnz, "code_sizes": codes.sizes(),
@@ -302,7 +328,7 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
             seqpos = batch.seqpos_N2[lo:lo + cfg.batch_rows]
             rows, latents, values = sparse_entries(sae, acts)
             stats.update(len(acts), latents, values)
-            top.offer(latents, values.astype(np.float64), seqpos[rows, 0], seqpos[rows, 1],
+            top.offer(latents, values, seqpos[rows, 0], seqpos[rows, 1],
                       values)
             codes.append(rows, latents, values, len(acts), seqpos, nnz)
             nnz += len(values)
@@ -315,11 +341,6 @@ def _encode_pass(sae: SAE, stream: RowStream, cfg: FeatureBuildConfig, state: _S
         if time.perf_counter() - last_save > cfg.checkpoint_every_s:
             save(False)
             last_save = time.perf_counter()
-        if time.perf_counter() - last_trim > TRIM_EVERY_S:
-            # freed batch buffers would otherwise pile up as heap holes: RSS would grow
-            # with the number of batches (glibc's dynamic mmap threshold)
-            release_freed_heap()
-            last_trim = time.perf_counter()
     save(True)
     release_freed_heap()
     say.progress("encode", stats.n_rows - rows_at_start, None, start, force=True)
@@ -330,166 +351,23 @@ def _work_tokens(work: Path, context_size: int) -> np.ndarray:
     return np.memmap(work / "tokens.i32", dtype=np.int32, mode="r").reshape(-1, context_size)
 
 
-def _quantile_pass(codes: CodesFile, edges: np.ndarray, cfg: FeatureBuildConfig,
-                   say: _Say) -> TopPerGroup:
-    """A uniform sample of ``per_bin`` codes (one per context) from each activation bin."""
-    n_bins = cfg.quantile_bins
-    M = edges.shape[0]
-    sample = TopPerGroup(M * n_bins, max(1, cfg.per_bin))
-    if cfg.per_bin == 0:
-        return sample
-    rng = np.random.default_rng(cfg.seed)
-    n_rows = codes.n_rows()
-    start = time.perf_counter()
-    for lo, offsets, latents, values, seqpos in codes.chunks(8192):
-        lat = latents.astype(np.int64)
-        hi = lo + len(offsets) - 1
-        row = np.repeat(np.arange(hi - lo), np.diff(offsets))
-        bins = (values[:, None] > edges[lat]).sum(1) if n_bins > 1 else np.zeros(len(lat), int)
-        sample.offer(lat * n_bins + bins, rng.random(len(lat)), seqpos[row, 0], seqpos[row, 1],
-                     values)
-        say.progress("sample quantiles", hi, n_rows, start)
-    return sample
-
-
-def _inverse_index(codes: CodesFile, shape: tuple[int, ...], work: Path) -> np.ndarray:
-    """(n_contexts × context_size) row of every token position; −1 where none was counted."""
-    inverse = np.lib.format.open_memmap(work / "inverse.npy", mode="w+", dtype=np.int64,
-                                        shape=(int(shape[0]), int(shape[1])))
-    inverse[:] = -1
-    for lo, _, _, _, seqpos in codes.chunks(1 << 20):
-        inverse[seqpos[:, 0], seqpos[:, 1]] = np.arange(lo, lo + len(seqpos))
-    return inverse
-
-
-def _window(pos: np.ndarray, cfg: FeatureBuildConfig, size: int) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.maximum(0, pos - cfg.window_before)
-    hi = np.minimum(size, pos + cfg.window_after + 1)
-    return lo, hi
-
-
-def _random_windows(codes: CodesFile, inverse: np.ndarray, stats: LatentStats,
-                    cfg: FeatureBuildConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A shared pool of random windows ((sequence, centre) rows) and, per latent, the indices
-    of up to ``n_random`` pool windows where it never fires (−1 where too few exist)."""
-    M = stats.n_latents
-    if cfg.n_random == 0:
-        return np.zeros((M, 0), dtype=np.int64), np.zeros((0, 2), dtype=np.int64)
-    rng = np.random.default_rng([cfg.seed, 1])
-    n_ctx, size = inverse.shape
-    pool_size = min(max(8 * cfg.n_random, 256), n_ctx * size)
-    seq = rng.integers(0, n_ctx, pool_size)
-    pos = rng.integers(0, size, pool_size)
-    lo, hi = _window(pos, cfg, size)
-    fired = np.zeros((pool_size, M), dtype=bool)
-    _, latents, offsets, _ = codes.open()
-    lengths = hi - lo
-    window = np.repeat(np.arange(pool_size), lengths)
-    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    rows = np.asarray(inverse[seq[window], starts + np.arange(len(window))])
-    counted = rows >= 0
-    entry, which = gather_rows(offsets, rows[counted])
-    fired[window[counted][which], np.asarray(latents[entry])] = True
-    order = np.argsort(fired, axis=0, kind="stable")[:cfg.n_random].T  # (M, n) unfired first
-    ok = ~fired[order, np.arange(M)[:, None]]
-    return np.where(ok, order, -1), np.stack([seq, pos], 1)
-
-
-KINDS = ("quantile", "random", "top")  # codes in the primary key's (alphabetical) order
-
-
-def _selected(top: TopPerGroup, quant: TopPerGroup, randoms: tuple[np.ndarray, np.ndarray],
-              lo: int, hi: int, cfg: FeatureBuildConfig) -> np.ndarray:
-    """(latent, kind code, bin, rank, sequence, centre, value) of every example of latents
-    [lo, hi), in primary-key order; ``value`` is a float64 column."""
-    parts = []
-    valid = np.isfinite(top.score[lo:hi])
-    lat, rank = np.nonzero(valid)
-    parts.append(np.stack([lat + lo, np.full_like(lat, 2), np.zeros_like(lat), rank,
-                           top.seq[lo:hi][valid], top.pos[lo:hi][valid],
-                           top.value[lo:hi][valid]], 1))
-    if cfg.per_bin:
-        nb = cfg.quantile_bins
-        score = quant.score[lo * nb:hi * nb]
-        valid = np.isfinite(score)
-        group, rank = np.nonzero(valid)
-        parts.append(np.stack([group // nb + lo, np.zeros_like(group), group % nb, rank,
-                               quant.seq[lo * nb:hi * nb][valid],
-                               quant.pos[lo * nb:hi * nb][valid],
-                               quant.value[lo * nb:hi * nb][valid]], 1))
-    picked, pool = randoms
-    if picked.size:
-        block = picked[lo:hi]
-        lat, slot = np.nonzero(block >= 0)
-        windows = block[lat, slot]
-        rank = np.zeros_like(lat)
-        if len(lat):  # rank among the latent's found windows
-            starts = np.searchsorted(lat, lat, side="left")
-            rank = np.arange(len(lat)) - starts
-        parts.append(np.stack([lat + lo, np.ones_like(lat), np.zeros_like(lat), rank,
-                               pool[windows, 0], pool[windows, 1], np.zeros(len(lat))], 1))
-    rows = np.concatenate(parts).astype(np.float64)
-    order = np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))
-    return rows[order]
-
-
-def _write_examples(conn: sqlite3.Connection, codes: CodesFile, inverse: np.ndarray,
-                    tokens: np.ndarray, top: TopPerGroup, quant: TopPerGroup,
-                    randoms: tuple[np.ndarray, np.ndarray], n_latents: int,
-                    cfg: FeatureBuildConfig, say: _Say) -> set[int]:
-    """Turn every selected example into a window with the latent's code at every token;
-    inserted block by block of latents, in primary-key order (fast B-tree appends)."""
-    size = tokens.shape[1]
-    used: set[int] = set()
-    per_latent = cfg.top_n + cfg.quantile_bins * cfg.per_bin + cfg.n_random
-    block = max(1, 400_000 // max(1, per_latent * (cfg.window_before + cfg.window_after + 1)))
-    start = time.perf_counter()
-    for m0 in range(0, n_latents, block):
-        ex = _selected(top, quant, randoms, m0, min(n_latents, m0 + block), cfg)
-        # mapped afresh per block: the pages a block touches are released with its maps, so
-        # memory does not grow with the size of the codes file
-        values, latents, offsets, _ = codes.open()
-        latent, kind = ex[:, 0].astype(np.int64), ex[:, 1].astype(np.int64)
-        seq, pos = ex[:, 4].astype(np.int64), ex[:, 5].astype(np.int64)
-        lo, hi = _window(pos, cfg, size)
-        lengths = hi - lo
-        which = np.repeat(np.arange(len(ex)), lengths)
-        offs = np.concatenate([[0], np.cumsum(lengths)])
-        positions = lo[which] + np.arange(int(offs[-1])) - offs[which]
-        toks = np.asarray(tokens[seq[which], positions], dtype=np.int32)
-        activating = kind[which] != 1  # random windows never fire: their acts are NULL
-        acts = np.zeros(len(which), dtype=np.float32)
-        acts[activating] = lookup(values, latents, offsets,
-                                  np.asarray(inverse[seq[which][activating],
-                                                     positions[activating]]),
-                                  latent[which][activating], n_latents)
-        used.update(np.unique(toks).tolist())
-        tok_bytes, act_bytes = toks.tobytes(), acts.tobytes()
-        spans = list(itertools.pairwise((offs * 4).tolist()))
-        conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
-            latent.tolist(), [KINDS[k] for k in kind.tolist()], ex[:, 2].astype(int).tolist(),
-            ex[:, 3].astype(int).tolist(), seq.tolist(), pos.tolist(), lo.tolist(),
-            ex[:, 6].tolist(), [tok_bytes[a:b] for a, b in spans],
-            [act_bytes[a:b] if k != 1 else None
-             for (a, b), k in zip(spans, kind.tolist(), strict=True)], strict=True))
-        del values, latents, offsets
-        release_freed_heap()  # this block's window arrays, before the next block's
-        say.progress("windows", min(n_latents, m0 + block), n_latents, start, unit="latents")
-    return used
-
-
 def _write_latents(conn: sqlite3.Connection, stats: LatentStats, edges: np.ndarray) -> None:
-    rows = []
-    for m in range(stats.n_latents):
-        nz = np.nonzero(stats.hist[m])[0]
-        lo = int(nz[0]) if len(nz) else 0
-        counts = stats.hist[m, lo:int(nz[-1]) + 1].tolist() if len(nz) else []
-        count = int(stats.count[m])
-        rows.append((m, count, count / max(1, stats.n_rows),
-                     float(stats.total[m] / count) if count else 0.0, float(stats.max[m]),
-                     lo, json.dumps(counts),
-                     json.dumps([round(float(e), 6) for e in edges[m]] if count else [])))
-    conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", rows)
+    """One row per latent; the histogram from its first to its last populated fine bin."""
+    fired = stats.hist > 0
+    any_fired = fired.any(axis=1)
+    first = np.where(any_fired, fired.argmax(axis=1), 0)
+    stop = np.where(any_fired, fired.shape[1] - fired[:, ::-1].argmax(axis=1), 0)
+    count = stats.count
+    mean = np.where(count > 0, stats.total / np.maximum(count, 1), 0.0)
+    density = count / max(1, stats.n_rows)
+    hist = np.ascontiguousarray(stats.hist, dtype="<i8")
+    edge_bytes = np.ascontiguousarray(edges, dtype="<f8")
+    conn.executemany("INSERT INTO latents VALUES (?,?,?,?,?,?,?,?)", (
+        (m, c, d, a, mx, lo, hist[m, lo:hi].tobytes(), edge_bytes[m].tobytes() if c else b"")
+        for m, c, d, a, mx, lo, hi in zip(
+            range(stats.n_latents), count.tolist(), density.tolist(), mean.tolist(),
+            stats.max.astype(np.float64).tolist(), first.tolist(), stop.tolist(),
+            strict=True)))
 
 
 @torch.no_grad()
@@ -499,14 +377,14 @@ def _write_neighbours(conn: sqlite3.Connection, sae: SAE, n: int) -> None:
     W = sae.W_dec.detach().float()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     n = min(n, sae.cfg.d_sae - 1)
-    rows = []
     for lo in range(0, W.shape[0], 1024):
         sims = W[lo:lo + 1024] @ W.T
         sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -2.0
         vals, idx = sims.topk(n, dim=1)
-        for i in range(sims.shape[0]):
-            rows += [(lo + i, r, int(idx[i, r]), float(vals[i, r])) for r in range(n)]
-    conn.executemany("INSERT INTO neighbours VALUES (?,?,?,?)", rows)
+        others = idx.numpy().astype("<i4")
+        cosines = vals.numpy().astype("<f4")
+        conn.executemany("INSERT INTO neighbours VALUES (?,?,?)", (
+            (lo + i, others[i].tobytes(), cosines[i].tobytes()) for i in range(len(others))))
 
 
 def final_norm_gain(model: torch.nn.Module, width: int) -> tuple[Tensor | None, bool, str]:
@@ -535,7 +413,6 @@ def _write_logit_effects(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec,
     if W_U.shape[1] != sae.cfg.d_in:
         return {"skipped": f"unembedding width {W_U.shape[1]} != SAE width {sae.cfg.d_in}"}
     gain, centre, norm_name = final_norm_gain(loaded.model, sae.cfg.d_in)
-    rows = []
     W_dec = sae.W_dec.detach().float()
     for lo in range(0, W_dec.shape[0], 512):
         d = W_dec[lo:lo + 512]
@@ -548,12 +425,12 @@ def _write_logit_effects(conn: sqlite3.Connection, sae: SAE, loaded: LoadedSpec,
         for direction, (vals, idx) in (("promoted", effect.topk(k, dim=1)),
                                        ("suppressed", (-effect).topk(k, dim=1))):
             sign = 1.0 if direction == "promoted" else -1.0
-            for i in range(d.shape[0]):
-                ids = idx[i].tolist()
-                used.update(ids)
-                rows += [(lo + i, direction, r, ids[r], sign * float(vals[i, r]))
-                         for r in range(k)]
-    conn.executemany("INSERT INTO logit_effects VALUES (?,?,?,?,?)", rows)
+            ids = idx.numpy().astype("<i4")
+            values = (sign * vals).numpy().astype("<f4")
+            used.update(np.unique(ids).tolist())
+            conn.executemany("INSERT INTO logit_effects VALUES (?,?,?,?)", (
+                (lo + i, direction, ids[i].tobytes(), values[i].tobytes())
+                for i in range(len(ids))))
     return {"final_norm": norm_name or "none found", "centred": centre,
             "approximation": "W_U (gain * centre(d)); the norm's 1/sigma scale is dropped"}
 

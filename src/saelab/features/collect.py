@@ -55,9 +55,7 @@ class LatentStats:
         self.count += np.bincount(latents, minlength=self.n_latents)
         self.total += np.bincount(latents, weights=values, minlength=self.n_latents)
         np.maximum.at(self.max, latents, values)
-        flat = latents * N_FINE + fine_bin(values)
-        self.hist += np.bincount(flat, minlength=self.n_latents * N_FINE).reshape(
-            self.n_latents, N_FINE)
+        np.add.at(self.hist.reshape(-1), latents * N_FINE + fine_bin(values), 1)
 
     def quantile_edges(self, n_bins: int) -> np.ndarray:
         """(M, n_bins − 1) activation values splitting each latent's firing codes into
@@ -82,70 +80,122 @@ class LatentStats:
     def load(self, state: dict[str, np.ndarray]) -> None:
         self.n_rows = int(state["n_rows"])
         self.count, self.total = state["count"], state["total"]
-        self.max, self.hist = state["max"], state["hist"]
+        self.max, self.hist = state["max"], np.ascontiguousarray(state["hist"])
+
+
+def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first occurrence of every (a, b) pair (non-negative ints)."""
+    n = len(a)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    pair = a.astype(np.int64) * (int(b.max()) + 1) + b
+    shift = max(1, (n - 1).bit_length())
+    if int(pair.max()) < 2 ** (62 - shift):  # one plain sort of (pair, index) packed in int64
+        packed = np.sort((pair << shift) | np.arange(n))
+        pair_sorted = packed >> shift
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = pair_sorted[1:] != pair_sorted[:-1]
+        first = packed[starts] & ((1 << shift) - 1)
+    else:
+        first = np.unique(pair, return_index=True)[1]
+    first.sort()
+    return first
 
 
 class TopPerGroup:
-    """Exact top-``n`` entries per group by score, at most one entry per context."""
+    """Exact top-``n`` entries per group by a non-negative float32 score, at most one entry per
+    context (the best-scoring entry of each (group, context)); equal scores are ordered by
+    context, then position, so the result never depends on the order entries arrive in.
 
-    def __init__(self, n_groups: int, n: int) -> None:
+    Candidates that beat their group's current n-th score are buffered and merged in one sort
+    once the buffer holds about as many entries as the table (``flush``): the threshold a
+    candidate is checked against may be stale (too low) in between, which only lets more
+    candidates through, never drops one that belongs in the top n. Call :meth:`flush` (or read
+    through :meth:`entries` / :meth:`state`, which do) before reading the arrays.
+    """
+
+    def __init__(self, n_groups: int, n: int, flush_at: int = 0) -> None:
         self.n_groups, self.n = n_groups, n
-        self.score = np.full((n_groups, n), -np.inf, dtype=np.float64)
+        self.score = np.full((n_groups, n), -np.inf, dtype=np.float32)
         self.seq = np.full((n_groups, n), -1, dtype=np.int64)
         self.pos = np.full((n_groups, n), -1, dtype=np.int64)
         self.value = np.zeros((n_groups, n), dtype=np.float32)
+        self.flush_at = flush_at or max(1 << 15, n_groups * n)
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._n_pending = 0
 
     @property
     def threshold(self) -> np.ndarray:
+        """Each group's n-th best score as of the last flush (−inf while not full)."""
         return self.score[:, -1]
 
     def offer(self, group: np.ndarray, score: np.ndarray, seq: np.ndarray, pos: np.ndarray,
               value: np.ndarray) -> None:
-        keep = score > self.threshold[group]
+        # ties with the n-th best pass: the merge orders them by (context, position)
+        keep = score >= self.score[group, -1]
         if not keep.any():
             return
-        group, score, seq, pos, value = group[keep], score[keep], seq[keep], pos[keep], value[keep]
-        touched = np.unique(group)
-        old_valid = np.isfinite(self.score[touched])
-        old_group = np.repeat(touched, self.n).reshape(len(touched), self.n)[old_valid]
-        g = np.concatenate([old_group, group])
-        s = np.concatenate([self.score[touched][old_valid], score])
-        q = np.concatenate([self.seq[touched][old_valid], seq])
-        p = np.concatenate([self.pos[touched][old_valid], pos])
-        v = np.concatenate([self.value[touched][old_valid], value])
-        # one entry per (group, context): the best-scoring one
-        order = np.lexsort((-s, q, g))
-        g, s, q, p, v = g[order], s[order], q[order], p[order], v[order]
-        first = np.ones(len(g), dtype=bool)
-        first[1:] = (g[1:] != g[:-1]) | (q[1:] != q[:-1])
-        g, s, q, p, v = g[first], s[first], q[first], p[first], v[first]
-        order = np.lexsort((-s, g))
-        g, s, q, p, v = g[order], s[order], q[order], p[order], v[order]
-        starts = np.searchsorted(g, g, side="left")
-        rank = np.arange(len(g)) - starts
+        self._pending.append((group[keep], np.asarray(score[keep], dtype=np.float32),
+                              seq[keep], pos[keep], value[keep]))
+        self._n_pending += int(keep.sum())
+        if self._n_pending >= self.flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge the buffered candidates into the table (one sort of table + buffer)."""
+        if not self._pending:
+            return
+        held = np.isfinite(self.score)
+        g = np.concatenate([np.nonzero(held)[0], *(p[0] for p in self._pending)])
+        s = np.concatenate([self.score[held], *(p[1] for p in self._pending)])
+        q = np.concatenate([self.seq[held], *(p[2] for p in self._pending)])
+        p_ = np.concatenate([self.pos[held], *(p[3] for p in self._pending)])
+        v = np.concatenate([self.value[held], *(p[4] for p in self._pending)])
+        self._pending, self._n_pending = [], 0
+        # one int64 key sorts by group, then by descending score (the bits of a non-negative
+        # float32 are ordered like its value); equal keys are rare and then ordered by context,
+        # so the result never depends on the order candidates arrived in (a resumed build
+        # equals an uninterrupted one)
+        key = (g.astype(np.int64) << 32) | (0xFFFFFFFF - s.view(np.uint32).astype(np.int64))
+        order = np.argsort(key)
+        tied = np.diff(key[order]) == 0
+        if tied.any():  # order each run of equal keys by (context, position), in place
+            at = np.unique(np.concatenate([np.nonzero(tied)[0], np.nonzero(tied)[0] + 1]))
+            sub = order[at]
+            order[at] = sub[np.lexsort((p_[sub], q[sub], key[sub]))]
+        g_sorted, q_sorted = g[order], q[order]
+        first = _first_of_pairs(g_sorted, q_sorted)  # the best entry of every (group, context)
+        g_sorted, order = g_sorted[first], order[first]
+        change = np.ones(len(g_sorted), dtype=bool)
+        change[1:] = g_sorted[1:] != g_sorted[:-1]
+        idx = np.arange(len(g_sorted))
+        rank = idx - np.maximum.accumulate(np.where(change, idx, 0))
         top = rank < self.n
-        self.score[touched] = -np.inf
-        self.seq[touched] = -1
-        self.pos[touched] = -1
-        self.value[touched] = 0
-        g, r = g[top], rank[top]
-        self.score[g, r], self.seq[g, r], self.pos[g, r], self.value[g, r] = (
-            s[top], q[top], p[top], v[top])
+        slot = g_sorted[top] * self.n + rank[top]
+        keep = order[top]
+        for table, fill, values in ((self.score, -np.inf, s), (self.seq, -1, q),
+                                    (self.pos, -1, p_), (self.value, 0, v)):
+            table.fill(fill)
+            table.reshape(-1)[slot] = values[keep]
 
     def entries(self, group: int) -> list[tuple[int, int, float]]:
         """(sequence, position, value) of a group's kept entries, best score first."""
+        self.flush()
         valid = np.isfinite(self.score[group])
         return [(int(a), int(b), float(c)) for a, b, c in
                 zip(self.seq[group][valid], self.pos[group][valid], self.value[group][valid],
                     strict=True)]
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
+        self.flush()
         return {f"{prefix}_score": self.score, f"{prefix}_seq": self.seq,
                 f"{prefix}_pos": self.pos, f"{prefix}_value": self.value}
 
     def load(self, state: dict[str, np.ndarray], prefix: str) -> None:
-        self.score, self.seq = state[f"{prefix}_score"], state[f"{prefix}_seq"]
-        self.pos, self.value = state[f"{prefix}_pos"], state[f"{prefix}_value"]
+        self.score = state[f"{prefix}_score"].astype(np.float32)
+        self.seq, self.pos = state[f"{prefix}_seq"], state[f"{prefix}_pos"]
+        self.value = state[f"{prefix}_value"]
+        self._pending, self._n_pending = [], 0
 
 
 class CodesFile:
@@ -171,13 +221,16 @@ class CodesFile:
     def append(self, row_ids: np.ndarray, latents: np.ndarray, values: np.ndarray,
                n_rows: int, seqpos_N2: np.ndarray, nnz_before: int) -> None:
         """Entries of one batch, sorted by (row, latent); ``row_ids`` are batch-local."""
-        order = np.lexsort((latents, row_ids))
+        keys = row_ids.astype(np.int64) * (int(latents.max(initial=0)) + 1) + latents
+        if not (np.diff(keys) > 0).all():  # nonzero() hands them out sorted already
+            order = np.argsort(keys)
+            latents, values = latents[order], values[order]
         counts = np.bincount(row_ids, minlength=n_rows)
         offsets = nnz_before + np.cumsum(counts)
         if nnz_before == 0 and self.sizes()[2] == 0:
             offsets = np.concatenate([[0], offsets])
-        for path, arr in zip(self.paths, (values[order].astype(np.float32),
-                                          latents[order].astype(np.int32),
+        for path, arr in zip(self.paths, (values.astype(np.float32),
+                                          latents.astype(np.int32),
                                           offsets.astype(np.int64),
                                           seqpos_N2.astype(np.int64)), strict=True):
             with open(path, "ab") as fh:
@@ -218,32 +271,17 @@ class CodesFile:
         return values, latents, offsets, seqpos
 
 
+def expand_ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every index of the ranges [starts[i], stops[i]) in order, and for each, its range i."""
+    lengths = np.maximum(stops - starts, 0)
+    which = np.repeat(np.arange(len(starts)), lengths)
+    first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return first + np.arange(len(which)), which
+
+
 def gather_rows(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Entry indices of the given rows (CSR) and, for each entry, its position in ``rows``."""
-    starts, stops = offsets[rows], offsets[rows + 1]
-    lengths = stops - starts
-    which = np.repeat(np.arange(len(rows)), lengths)
-    first = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return first + np.arange(int(lengths.sum())), which
-
-
-def lookup(values: np.ndarray, latents: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
-           query_latents: np.ndarray, n_latents: int) -> np.ndarray:
-    """The code of ``query_latents[i]`` at row ``rows[i]`` (0 where it did not fire; NaN where
-    the row is −1, a position that was not counted)."""
-    out = np.full(len(rows), np.nan, dtype=np.float32)
-    valid = rows >= 0
-    if not valid.any():
-        return out
-    unique_rows, inverse = np.unique(rows[valid], return_inverse=True)
-    entry, which = gather_rows(offsets, unique_rows)
-    keys = which.astype(np.int64) * n_latents + latents[entry]  # sorted: rows, then latents
-    queries = inverse.astype(np.int64) * n_latents + query_latents[valid]
-    at = np.minimum(np.searchsorted(keys, queries), max(0, len(keys) - 1))
-    hit = (keys[at] == queries) if len(keys) else np.zeros(len(queries), dtype=bool)
-    got = np.where(hit, values[entry[at]] if len(keys) else 0.0, 0.0)
-    out[valid] = got
-    return out
+    return expand_ranges(offsets[rows], offsets[rows + 1])
 
 
 def log_rebin(hist_lo: int, counts: list[int], n_bins: int = 40) -> tuple[list[float], list[int]]:

@@ -1,7 +1,7 @@
 """The feature store's SQLite schema and the SAE fingerprint that binds a store to its weights.
 
 One store is one SQLite file, ``features.db``. Tables written by ``saelab features build``:
-``meta``, ``latents``, ``examples``, ``tokens``, ``logit_effects``, ``neighbours`` and
+``meta``, ``latents``, ``examples``, ``contexts``, ``tokens``, ``logit_effects``, ``neighbours`` and
 board-game rows of ``labels``. Tables kept for later work and for users (a rebuild copies them
 over): ``labels`` (user labels), ``explanations``, ``explanation_scores``, ``transcripts``.
 docs/features.md describes every column.
@@ -16,7 +16,9 @@ import torch
 
 from saelab.architectures.base import SAE
 
-SCHEMA_VERSION = 1
+#: 2: examples packed one row per latent, window tokens read from ``contexts``, codes
+#: stored sparse (version 1: one row per window with its tokens and every code)
+SCHEMA_VERSION = 2
 STORE_NAME = "features.db"
 
 DDL = """
@@ -31,8 +33,8 @@ CREATE TABLE IF NOT EXISTS latents (
     mean_act REAL NOT NULL,                  -- mean code over the tokens where it fired
     max_act REAL NOT NULL,
     hist_lo INTEGER NOT NULL,                -- first fine log-bin index with a count
-    hist_counts TEXT NOT NULL,               -- JSON counts of fine log-bins hist_lo, hist_lo+1, ...
-    quantile_edges TEXT NOT NULL             -- JSON activation edges of the equal-count bins
+    hist_counts BLOB NOT NULL,               -- int64[] counts of fine log-bins hist_lo, hist_lo+1..
+    quantile_edges BLOB NOT NULL             -- float64[] activation edges of the equal-count bins
 );
 CREATE INDEX IF NOT EXISTS latents_by_density ON latents(density);
 CREATE INDEX IF NOT EXISTS latents_by_max ON latents(max_act);
@@ -40,35 +42,40 @@ CREATE TABLE IF NOT EXISTS tokens (
     id INTEGER PRIMARY KEY,                  -- token id of the model's vocabulary
     text TEXT NOT NULL                       -- how the token is shown
 );
+CREATE TABLE IF NOT EXISTS contexts (
+    sequence INTEGER PRIMARY KEY,            -- context index in the source
+    token_ids BLOB NOT NULL                  -- int32[context_size] its tokens
+);                                           -- only contexts that some example window is in
 CREATE TABLE IF NOT EXISTS examples (
-    latent INTEGER NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('top', 'quantile', 'random')),
-    bin INTEGER NOT NULL,                    -- quantile bin (0 = lowest); 0 for top and random
-    rank INTEGER NOT NULL,                   -- order within (latent, kind, bin)
-    sequence INTEGER NOT NULL,               -- context index in the source
-    position INTEGER NOT NULL,               -- position of the centre token in the context
-    start INTEGER NOT NULL,                  -- position of the window's first token
-    value REAL NOT NULL,                     -- the latent's code at the centre token
-    token_ids BLOB NOT NULL,                 -- int32 little-endian, the window's tokens
-    acts BLOB,                               -- float32 code of every window token (NaN = not
-                                             -- counted, e.g. BOS); NULL = all zero
-    PRIMARY KEY (latent, kind, bin, rank)
-);                                           -- rowid table: rows are large (two blobs)
+    latent INTEGER PRIMARY KEY,              -- one row per latent: all its windows, packed
+    n INTEGER NOT NULL,                      -- windows in this row, in display order: top by
+                                             -- rank, quantile by bin (highest first) then
+                                             -- rank, random
+    kind BLOB NOT NULL,                      -- uint8[n] 0 = top, 1 = quantile, 2 = random
+    sequence BLOB NOT NULL,                  -- int64[n] context of each window (-> contexts)
+    position BLOB NOT NULL,                  -- int32[n] position of the centre token
+    start BLOB NOT NULL,                     -- int32[n] position of the window's first token
+    length BLOB NOT NULL,                    -- int32[n] tokens in the window
+    bin BLOB NOT NULL,                       -- int32[n] quantile bin (0 = lowest; 0 for others)
+    value BLOB NOT NULL,                     -- float32[n] the latent's code at the centre
+    act_index BLOB NOT NULL,                 -- int32[m] tokens with a nonzero or no code, as
+                                             -- indices into the n windows laid end to end
+    act_value BLOB NOT NULL                  -- float32[m] the latent's code there (NaN = not
+                                             -- counted, e.g. BOS); every other token: 0
+);                                           -- arrays: little-endian; rowid table (large rows)
 CREATE TABLE IF NOT EXISTS logit_effects (
     latent INTEGER NOT NULL,
     direction TEXT NOT NULL CHECK (direction IN ('promoted', 'suppressed')),
-    rank INTEGER NOT NULL,
-    token_id INTEGER NOT NULL,
-    value REAL NOT NULL,                     -- logit change per unit of code (docs/features.md)
-    PRIMARY KEY (latent, direction, rank)
+    token_id BLOB NOT NULL,                  -- int32[n] token ids, strongest first
+    value BLOB NOT NULL,                     -- float32[n] logit change per unit of code
+                                             -- (docs/features.md)
+    PRIMARY KEY (latent, direction)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS neighbours (
-    latent INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    other INTEGER NOT NULL,
-    cosine REAL NOT NULL,                    -- cosine of the two decoder directions
-    PRIMARY KEY (latent, rank)
-) WITHOUT ROWID;
+    latent INTEGER PRIMARY KEY,
+    other BLOB NOT NULL,                     -- int32[n] nearest latents, nearest first
+    cosine BLOB NOT NULL                     -- float32[n] cosine of the two decoder directions
+);
 CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     latent INTEGER NOT NULL,

@@ -7,6 +7,7 @@ SAE's examples for another SAE's weights.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ import numpy as np
 from saelab.architectures.base import SAE
 from saelab.features.build import StoreError, read_meta
 from saelab.features.collect import log_rebin
+from saelab.features.examples import KINDS
 from saelab.features.schema import SCHEMA_VERSION, STORE_NAME, create_schema, fingerprint
 
 SortKey = Literal["id", "density", "max_act", "mean_act"]
@@ -43,7 +45,9 @@ class FeatureStore:
         version = self.meta.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has store schema version {version}; this saelab "
-                             f"reads version {SCHEMA_VERSION}: rebuild it with --rebuild")
+                             f"reads version {SCHEMA_VERSION}: rebuild it with `saelab features "
+                             "build SAE_DIR --rebuild` and the source it was built from "
+                             "(labels, explanations, scores and transcripts are kept)")
         if sae is not None:
             self.check_sae(sae)
         self._local = threading.local()
@@ -78,44 +82,67 @@ class FeatureStore:
         row = self._conn().execute("SELECT * FROM latents WHERE id = ?", (latent,)).fetchone()
         if row is None:
             return None
-        counts = json.loads(row["hist_counts"])
+        counts = np.frombuffer(row["hist_counts"], dtype="<i8").tolist()
         edges, merged = log_rebin(row["hist_lo"], counts)
         return {"id": row["id"], "n_fired": row["n_fired"], "density": row["density"],
                 "mean_act": row["mean_act"], "max_act": row["max_act"],
                 "histogram": {"edges": edges, "counts": merged},
-                "quantile_edges": json.loads(row["quantile_edges"])}
+                "quantile_edges": np.frombuffer(row["quantile_edges"], dtype="<f8").tolist()}
 
     def examples(self, latent: int) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {"top": [], "quantile": [], "random": []}
-        rows = self._conn().execute(
-            "SELECT * FROM examples WHERE latent = ? ORDER BY kind, bin DESC, rank",
-            (latent,)).fetchall()
+        """The latent's windows by kind (top, quantile, random), each in display order, with
+        every token's text, id and code (None: the token was not encoded, e.g. BOS)."""
+        out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        conn = self._conn()
+        r = conn.execute("SELECT * FROM examples WHERE latent = ?", (latent,)).fetchone()
+        if r is None:
+            return out
+        seqs = np.frombuffer(r["sequence"], dtype="<i8").tolist()
+        wanted = sorted(set(seqs))
+        contexts = {s: np.frombuffer(t, dtype="<i4") for s, t in conn.execute(
+            f"SELECT sequence, token_ids FROM contexts WHERE sequence IN "
+            f"({','.join('?' * len(wanted))})", wanted)} if wanted else {}
+        kinds = np.frombuffer(r["kind"], dtype=np.uint8).tolist()
+        centres = np.frombuffer(r["position"], dtype="<i4").tolist()
+        starts = np.frombuffer(r["start"], dtype="<i4").tolist()
+        lengths = np.frombuffer(r["length"], dtype="<i4")
+        bins = np.frombuffer(r["bin"], dtype="<i4").tolist()
+        values = np.frombuffer(r["value"], dtype="<f4").tolist()
+        codes = np.zeros(int(lengths.sum()), dtype=np.float32)
+        codes[np.frombuffer(r["act_index"], dtype="<i4")] = np.frombuffer(r["act_value"],
+                                                                          dtype="<f4")
+        # NaN (not counted) becomes None; x != x only for NaN
+        acts: list[float | None] = [None if a != a else a for a in codes.round(4).tolist()]
         texts = self._texts
-        for r in rows:
-            ids = np.frombuffer(r["token_ids"], dtype=np.int32).tolist()
-            if r["acts"] is None:
-                acts: list[float | None] = [0.0] * len(ids)
-            else:  # NaN (not counted) becomes None; x != x only for NaN
-                acts = [None if a != a else a for a in
-                        np.frombuffer(r["acts"], dtype=np.float32).round(4).tolist()]
-            out[r["kind"]].append({
-                "sequence": r["sequence"], "position": r["position"], "start": r["start"],
-                "centre": r["position"] - r["start"], "value": r["value"], "bin": r["bin"],
-                "tokens": [texts[i] if i < len(texts) else f"<{i}>" for i in ids],
-                "token_ids": ids, "acts": acts})
+        n_texts = len(texts)
+        cuts = [0, *np.cumsum(lengths).tolist()]
+        for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+            ids = contexts[seqs[i]][starts[i]:starts[i] + b - a].tolist()
+            out[KINDS[kinds[i]]].append({
+                "sequence": seqs[i], "position": centres[i], "start": starts[i],
+                "centre": centres[i] - starts[i], "value": values[i], "bin": bins[i],
+                "tokens": [texts[t] if t < n_texts else f"<{t}>" for t in ids],
+                "token_ids": ids, "acts": acts[a:b]})
         return out
 
     def logit_effects(self, latent: int) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {"promoted": [], "suppressed": []}
-        for r in self._conn().execute("SELECT * FROM logit_effects WHERE latent = ? "
-                                      "ORDER BY direction, rank", (latent,)):
-            out[r["direction"]].append({"token": self.token_text.get(r["token_id"], ""),
-                                        "token_id": r["token_id"], "value": r["value"]})
+        for r in self._conn().execute("SELECT * FROM logit_effects WHERE latent = ?",
+                                      (latent,)):
+            ids = np.frombuffer(r["token_id"], dtype="<i4").tolist()
+            values = np.frombuffer(r["value"], dtype="<f4").tolist()
+            out[r["direction"]] = [{"token": self.token_text.get(t, ""), "token_id": t,
+                                    "value": v} for t, v in zip(ids, values, strict=True)]
         return out
 
     def neighbours(self, latent: int) -> list[dict[str, Any]]:
-        return [{"latent": r["other"], "cosine": r["cosine"]} for r in self._conn().execute(
-            "SELECT other, cosine FROM neighbours WHERE latent = ? ORDER BY rank", (latent,))]
+        row = self._conn().execute("SELECT other, cosine FROM neighbours WHERE latent = ?",
+                                   (latent,)).fetchone()
+        if row is None:
+            return []
+        return [{"latent": o, "cosine": c} for o, c in zip(
+            np.frombuffer(row["other"], dtype="<i4").tolist(),
+            np.frombuffer(row["cosine"], dtype="<f4").tolist(), strict=True)]
 
     def labels(self, latent: int) -> list[dict[str, Any]]:
         return [{**dict(r), "details": json.loads(r["details"])} for r in self._conn().execute(
