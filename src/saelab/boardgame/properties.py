@@ -365,20 +365,39 @@ def chess_positions(games: chess_games.ChessGames, max_per_game: int = 0) -> np.
     return np.argwhere(dots)
 
 
-def label_all(game: str, games: Any, index_P2: np.ndarray) -> dict[str, np.ndarray]:
-    """Labels of every property of ``game`` at the positions ``index_P2`` (the chess boards
-    are replayed once for all strategy flags, not once per flag)."""
-    out: dict[str, np.ndarray] = {}
-    strategy = None
+#: chess square properties computed from python-chess boards (shared with the strategy flags)
+_BOARD_SQUARE_FNS: dict[str, Callable[[Any], np.ndarray]] = {
+    "threats": board_threats, "pseudo_legal_destinations": board_pseudo_legal_destinations}
+
+Report = Callable[[int, int], None]  # (done, total) progress callback
+
+
+def label_all(game: str, games: Any, index_P2: np.ndarray, report: Report | None = None
+              ) -> dict[str, np.ndarray]:
+    """Labels of every property of ``game`` at the positions ``index_P2``. Chess boards are
+    replayed once and shared by the board-based properties (``report(done, total)`` is called
+    as they are labelled: they take a few ms per position)."""
+    props = properties_for(game)
+    out = {p.name: p.labels(games, index_P2) for p in props
+           if p.group != "strategy" and p.name not in _BOARD_SQUARE_FNS}
+    if game != "chess":
+        return out
+    boards = boards_at(games, index_P2)
+    squares = {name: np.zeros((len(boards), 64), dtype=bool) for name in _BOARD_SQUARE_FNS}
+    strategy = np.zeros((len(boards), len(STRATEGY_FLAGS)), dtype=bool)
+    for i, board in enumerate(boards):
+        for name, fn in _BOARD_SQUARE_FNS.items():
+            squares[name][i] = fn(board)
+        strategy[i] = board_strategy_flags(board)
+        if report is not None and (i % 500 == 499 or i == len(boards) - 1):
+            report(i + 1, len(boards))
     flag_column = {name: j for j, (name, _, _) in enumerate(STRATEGY_FLAGS)}
-    for prop in properties_for(game):
+    for prop in props:
         if prop.group == "strategy":
-            if strategy is None:
-                strategy = chess_strategy_table(games, index_P2)
             out[prop.name] = strategy[:, flag_column[prop.name]][:, None]
-        else:
-            out[prop.name] = prop.labels(games, index_P2)
-    return out
+        elif prop.name in squares:
+            out[prop.name] = squares[prop.name]
+    return {p.name: out[p.name] for p in props}
 
 
 def chess_labels_for_prefix(movetext: str) -> dict[str, np.ndarray]:
