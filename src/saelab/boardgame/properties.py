@@ -164,7 +164,8 @@ def boards_at(games: chess_games.ChessGames, index_P2: np.ndarray) -> list[Any]:
     game replayed once."""
     out: list[Any] = [None] * len(index_P2)
     order = np.lexsort((index_P2[:, 1], index_P2[:, 0]))
-    current_game, board, sans, done = -1, None, [], 0
+    current_game, sans, done = -1, [], 0
+    board: Any = None
     for row in order:
         g, pos = int(index_P2[row, 0]), int(index_P2[row, 1])
         if g != current_game:
