@@ -280,10 +280,14 @@ class Counts:
 
     @classmethod
     def of(cls, firing_PM: Tensor, labels_PC: Tensor) -> Counts:
-        tp = torch.sparse.mm(firing_PM.t(), labels_PC.float())
-        on = torch.sparse.sum(firing_PM, dim=0).to_dense() if firing_PM._nnz() else torch.zeros(
-            firing_PM.shape[1])
-        return cls(tp, on, labels_PC.float().sum(0))
+        labels = labels_PC.float()  # no copy when the caller already converted them
+        tp = torch.sparse.mm(firing_PM.t(), labels)
+        on = torch.bincount(firing_PM._indices()[1], minlength=firing_PM.shape[1]).float()
+        return cls(tp, on, labels.sum(0))
+
+    def columns(self, start: int, stop: int) -> Counts:
+        """The counts of cells ``start:stop`` (one property of a concatenated label matrix)."""
+        return Counts(self.tp_MC[:, start:stop], self.on_M, self.positives_C[start:stop])
 
     def f1(self) -> Tensor:
         """2·TP / (2·TP + FP + FN) = 2·TP / (#fired + #positives)."""
@@ -297,9 +301,16 @@ class Counts:
 
 def reconstruction_f1(firing_PM: Tensor, labels_MC: Tensor, truth_PC: Tensor) -> float:
     """Micro-F1 of the predicted board (OR of the firing latents' label sets) vs the truth."""
-    predicted = torch.sparse.mm(firing_PM, labels_MC.float()) > 0
-    return board_metrics.micro_f1(float((predicted & truth_PC).sum()), float(predicted.sum()),
-                                  float(truth_PC.sum()))
+    index = firing_PM._indices()
+    keep = labels_MC.any(1)[index[1]]  # only latents with a label predict anything
+    if not bool(keep.any()):
+        return board_metrics.micro_f1(0.0, 0.0, float(torch.count_nonzero(truth_PC)))
+    labelled = torch.sparse_coo_tensor(index[:, keep], torch.ones(int(keep.sum())),
+                                       firing_PM.shape, check_invariants=False)
+    predicted = torch.sparse.mm(labelled, labels_MC.float()) > 0
+    return board_metrics.micro_f1(float(torch.count_nonzero(predicted & truth_PC)),
+                                  float(torch.count_nonzero(predicted)),
+                                  float(torch.count_nonzero(truth_PC)))
 
 
 @dataclass
@@ -332,16 +343,22 @@ class _Best:
 
 def score_property(name: str, firing_train: dict[float, Tensor], firing_test: dict[float, Tensor],
                    labels_train_PC: Tensor, labels_test_PC: Tensor,
-                   cfg: BoardEvalConfig, paper_cells: int = 0) -> PropertyScores:
+                   cfg: BoardEvalConfig, paper_cells: int = 0,
+                   counts_train: dict[float, Counts] | None = None,
+                   counts_test: dict[float, Counts] | None = None) -> PropertyScores:
     """Pick thresholds, latents and labels on the training split; score both splits. The
     paper-style numbers use the denominator ``paper_cells`` (0 = every cell) and, for
-    reconstruction, the best threshold on the test split."""
+    reconstruction, the best threshold on the test split. ``counts_*`` (per threshold) may be
+    passed when already computed."""
+    counts_train = counts_train or {t: Counts.of(f, labels_train_PC)
+                                    for t, f in firing_train.items()}
+    counts_test = counts_test or {t: Counts.of(f, labels_test_PC) for t, f in firing_test.items()}
     scored_C = labels_train_PC.any(0)
     denominator = paper_cells or int(labels_train_PC.shape[1])
     coverage, coverage_paper, recon = _Best(), _Best(), _Best()
     recon_test_best = 0.0
     for fraction, firing_PM in firing_train.items():
-        counts = Counts.of(firing_PM, labels_train_PC)
+        counts = counts_train[fraction]
         best_f1_C, best_latent_C = counts.f1().max(0)
         score = board_metrics.coverage(best_f1_C, scored_C)
         if score > coverage.score:
@@ -356,10 +373,8 @@ def score_property(name: str, firing_train: dict[float, Tensor], firing_test: di
         recon_test_best = max(recon_test_best, reconstruction_f1(
             firing_test[fraction], labels_MC, labels_test_PC))
     cells = torch.arange(labels_test_PC.shape[1])
-    test_f1_C = Counts.of(firing_test[coverage.fraction], labels_test_PC).f1()[
-        coverage.payload, cells]
-    paper_test_f1_C = Counts.of(firing_test[coverage_paper.fraction], labels_test_PC).f1()[
-        coverage_paper.payload, cells]
+    test_f1_C = counts_test[coverage.fraction].f1()[coverage.payload, cells]
+    paper_test_f1_C = counts_test[coverage_paper.fraction].f1()[coverage_paper.payload, cells]
     both_C = scored_C & labels_test_PC.any(0)
     return PropertyScores(
         property=name, n_cells=int(labels_train_PC.shape[1]), n_cells_scored=int(scored_C.sum()),
@@ -450,9 +465,19 @@ def evaluate_sae(sae: SAE, data: BoardData, cfg: BoardEvalConfig, name: str = "s
     firing_train = {t: train.firing(max_M, t) for t in fractions}
     firing_test = {t: test.firing(max_M, t) for t in fractions}
     paper_cells = {p.name: p.paper_denominator for p in properties_for(data.game)}
-    scores = {p: score_property(p, firing_train, firing_test, data.train.labels[p],
-                                data.test.labels[p], cfg, paper_cells.get(p, 0))
-              for p in data.train.labels}
+    # one sparse product per threshold and split for all properties' cells together
+    props = list(data.train.labels)
+    bounds = np.cumsum([0] + [data.train.labels[p].shape[1] for p in props])
+    all_train = torch.cat([data.train.labels[p] for p in props], 1).float()
+    all_test = torch.cat([data.test.labels[p] for p in props], 1).float()
+    counts_train = {t: Counts.of(f, all_train) for t, f in firing_train.items()}
+    counts_test = {t: Counts.of(f, all_test) for t, f in firing_test.items()}
+    scores = {}
+    for p, start, stop in zip(props, bounds[:-1], bounds[1:], strict=True):
+        scores[p] = score_property(
+            p, firing_train, firing_test, data.train.labels[p], data.test.labels[p], cfg,
+            paper_cells.get(p, 0), {t: c.columns(start, stop) for t, c in counts_train.items()},
+            {t: c.columns(start, stop) for t, c in counts_test.items()})
     groups = {g: _group_scores(g, members, scores)
               for g, members in group_members(data.game).items()
               if all(m in scores for m in members)}
