@@ -1,5 +1,5 @@
 """The paper-style comparison: best of sweep (each maximum over the sweep), matched L0
-(nearest on a log scale, flagged when off), mean ± sd over seeds, and the paper's findings."""
+(nearest on a log scale, flagged when off), mean ± 95% interval over seeds, and the paper's findings."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_best_of_sweep_and_matched_l0() -> None:
     assert row.best_reconstruction_paper.values == pytest.approx([0.6, 0.6])  # the L0-4 point
     assert row.matched_l0.mean == 15.0 and row.matched  # 15 is nearest 16, within 1.25×
     assert row.matched_coverage_test.mean == pytest.approx(0.9)
-    assert row.best_coverage_paper.sd == pytest.approx(0.00707, abs=1e-4)
+    assert row.best_coverage_paper.ci95 == pytest.approx(12.706 * 0.00707 / 2**0.5, rel=1e-3)
     assert row.paper_coverage == 0.77
     control = cmp.row("random-init", "topk")
     assert control is not None and control.paper_coverage == 0.43

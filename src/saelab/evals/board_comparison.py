@@ -2,7 +2,7 @@
 
 Input: board-eval results of SAE sweeps (several sparsity settings per architecture, several
 seeds, on the trained game LM and its random-init control). Output, per model kind and
-architecture, mean ± sd over seeds of:
+architecture, mean ± 95% t-interval over seeds of:
 
 - **paper-style, best of sweep**: the largest in-sample coverage of the headline property with
   the paper's denominator (never-true cells as 0) over the sweep, and the largest
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from saelab.config import option, to_dict
 from saelab.evals.boardgame import BoardEvalResult
+from saelab.metrics.seeds import mean_ci
 
 #: the paper's Othello numbers (280 layer-5 SAEs, best over each sweep; SAE_BoardGameEval CSV):
 #: mine/yours (with blank) coverage and board reconstruction
@@ -86,17 +86,19 @@ def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
 
 @dataclass
 class Stat:
+    """Mean over seeds ± the half-width of its 95% t-interval (``saelab.metrics.seeds``)."""
+
     mean: float
-    sd: float
+    ci95: float  # NaN for one seed
     values: list[float]
 
     @classmethod
     def of(cls, values: list[float]) -> Stat:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return cls(statistics.fmean(values) if values else math.nan, sd, values)
+        summary = mean_ci(values)
+        return cls(summary.mean, summary.half_width, values)
 
     def text(self) -> str:
-        return f"{self.mean:.3f}±{self.sd:.3f}" if len(self.values) > 1 else f"{self.mean:.3f}"
+        return f"{self.mean:.3f}" if math.isnan(self.ci95) else f"{self.mean:.3f}±{self.ci95:.3f}"
 
 
 @dataclass
@@ -224,7 +226,7 @@ def format_table(comparison: BoardComparison) -> str:
         "in-sample coverage with the paper's denominator (never-true cells count 0) and "
         "reconstruction with its threshold picked on the test games. saelab = the sweep point "
         f"with held-out L0 nearest {cfg.target_l0:g}, scored on held-out games (thresholds, "
-        "latents and labels chosen on training games). mean±sd over seeds.", "",
+        "latents and labels chosen on training games). mean ± 95% t-interval over seeds.", "",
         "| model | SAE | seeds | paper cov | ours cov (paper-style) | paper recon | "
         "ours recon (paper-style) | L0 (matched) | cov held-out | recon held-out | EV | "
         "matched? |",
