@@ -521,6 +521,9 @@ def latent_board_labels(sae: SAE, data: BoardData, cfg: BoardEvalConfig
     train = encode_sparse(sae, data.train.acts_PD, cfg.batch_size)
     test = encode_sparse(sae, data.test.acts_PD, cfg.batch_size)
     max_M = train.max_per_latent()
+    if data.train.max_acts_PD is not None:
+        max_M = torch.maximum(max_M, max_activation(sae, data.train.max_acts_PD,
+                                                    cfg.batch_size))
     M = sae.cfg.d_sae
     best_f1 = torch.full((M,), -1.0)
     best = {"prop": torch.zeros(M, dtype=torch.long), "cell": torch.zeros(M, dtype=torch.long),
