@@ -63,7 +63,8 @@ def test_report_text_defines_columns_and_states_a_conclusion() -> None:
     text = board_report.format_report(results, {"a": 300_000})
     for column in board_report.SAE_COLUMNS:
         assert f"  {column}: " in text
-    assert "  cov board: " in text and "  cov* board: " in text and "  rec board: " in text
+    assert "  cov <property>: " in text and "  cov* <property>: " in text
+    assert "  rec <property>: " in text and "  properties: board" in text
     assert "300,000" in text and "k=16" in text
     assert text.count("WARNING:") == 2  # unmatched L0 and b's negative EV
     assert text.splitlines()[-1].startswith("Conclusion: On board")

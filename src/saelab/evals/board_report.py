@@ -45,17 +45,18 @@ SAE_COLUMNS = {
 
 
 def score_columns(props: list[str]) -> dict[str, str]:
-    """Definitions of the score columns for these properties."""
-    out = {}
-    for p in props:
-        out[f"cov {p}"] = (f"coverage of {p}, held out: mean over cells of the F1 of the best "
-                           "single latent (threshold and latent chosen on the training games, "
-                           "F1 on the test games; cells never true are left out)")
-        out[f"cov* {p}"] = (f"coverage of {p}, the paper's way: in-sample, summed best F1 / the "
-                            "reference code's cell count (never-true cells count as 0)")
-        out[f"rec {p}"] = (f"board reconstruction of {p}, held out: micro-F1 of the cells "
-                           "predicted by the ≥95%-precise labels of the firing latents")
-    return out
+    """Definitions of the score columns (one per metric, for every property listed)."""
+    which = ", ".join(props)
+    return {
+        "cov <property>": "coverage, held out: mean over the property's cells of the F1 of the "
+                          "best single latent (threshold and latent chosen on the training "
+                          "games, F1 on the test games; cells never true are left out)",
+        "cov* <property>": "coverage the paper's way: in-sample, summed best F1 / the reference "
+                           "code's cell count (never-true cells count as 0)",
+        "rec <property>": "board reconstruction, held out: micro-F1 of the cells predicted by "
+                          "the ≥95%-precise labels of the firing latents",
+        "properties": which,
+    }
 
 
 @dataclass
@@ -258,8 +259,7 @@ def format_report(results: dict[str, BoardEvalResult],
     parts = ["SAEs:", _table(list(SAE_COLUMNS), [i.cells() for i in infos]), "",
              "Scores (held out unless marked *):",
              _table(score_header, score_rows(results, props)), "", "Columns:"]
-    parts += [f"  {k}: {v}" for k, v in {**SAE_COLUMNS, **score_columns(props)}.items()
-              if k in score_header or k in SAE_COLUMNS]
+    parts += [f"  {k}: {v}" for k, v in {**SAE_COLUMNS, **score_columns(props)}.items()]
     groups = _group_lines(results)
     if groups:
         parts += ["", *groups]
