@@ -54,7 +54,7 @@ def test_trained_below_control_warning() -> None:
     results = {"trained": trained, "random-init": control}
     assert warnings[0] in board_report.comparison_warnings(results)
     sentence = board_report.conclusion(results)
-    assert sentence.startswith("On board, relu covers the board best")
+    assert sentence.startswith("On board, relu has the highest held-out coverage (0.500")
     assert "above the best SAE on the random-init control (0.400)" in sentence
 
 

@@ -196,7 +196,7 @@ def conclusion(results: dict[str, BoardEvalResult]) -> str:
         return "No SAE was evaluated."
     best = max(main.saes, key=lambda s: s.scores[prop].coverage_test)
     score = best.scores[prop]
-    text = (f"On {prop}, {best.name} covers the board best on held-out games (coverage "
+    text = (f"On {prop}, {best.name} has the highest held-out coverage ("
             f"{score.coverage_test:.3f}, reconstruction {score.reconstruction_f1_test:.3f}, at L0 "
             f"{best.l0_test:.1f})")
     if main.probe and prop in main.probe:
