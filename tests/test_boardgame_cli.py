@@ -50,7 +50,11 @@ def test_activations_then_eval(tiny_model: Path, tmp_path: Path, capsys) -> None
     result = json.loads(out.read_text())
     assert [s["name"] for s in result["saes"]] == ["a", "b"]
     assert out.with_suffix(".png").exists()
-    assert "linear probe" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "linear probe" in printed.out
+    assert "  dead: " in printed.out and "\nConclusion: On board" in printed.out
+    assert set(result["report"]) == {"saes", "columns", "warnings", "conclusion"}
+    assert "scoring SAEs: 2/2" in printed.err  # progress lines go to stderr
 
 
 def test_eval_without_saes_says_how_to_fix(tiny_model: Path) -> None:
@@ -70,7 +74,11 @@ def test_demo_pipeline_writes_a_report(tiny_model: Path, tmp_path: Path) -> None
     assert set(summary["trained"]) == {"topk", "panneal"}
     for name in ("report.md", "report.html", "results.json", "comparison.png"):
         assert (tmp_path / name).exists()
-    assert "linear probe" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "linear probe" in report
+    for section in ("**Conclusion.** On board", "## Warnings", "## SAEs", "## Columns"):
+        assert section in report
+    assert "| trained | topk | topk | 32 | k=4 | 2,048 |" in report
     # Activations went through a real activation cache: every (game, position) exactly once.
     from saelab.cache import CacheSource
 

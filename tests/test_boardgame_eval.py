@@ -123,3 +123,48 @@ def test_end_to_end_on_a_tiny_model(tiny_othello_lm: str, tmp_path) -> None:
         {"architecture": "topk", "k": 4, "d_in": 16, "d_sae": 64}))}
     with pytest.raises(ValueError, match="d_in=16"):
         board_eval.run(wrong, cfg, data)
+
+
+def test_paper_denominator_counts_never_true_cells_as_zero() -> None:
+    train, test = _planted(400, 0), _planted(400, 1)
+    never = torch.zeros(400, 1, dtype=torch.bool)  # a 4th cell that is never true
+    train = (train[0], torch.cat([train[1], never], 1))
+    test = (test[0], torch.cat([test[1], never], 1))
+    cfg = BoardEvalConfig()
+    tr, te = _sparse(train[0]), _sparse(test[0])
+    max_M = tr.max_per_latent()
+    fire_tr = {t: tr.firing(max_M, t) for t in cfg.fractions()}
+    fire_te = {t: te.firing(max_M, t) for t in cfg.fractions()}
+    scores = board_eval.score_property("p", fire_tr, fire_te, train[1], test[1], cfg,
+                                       paper_cells=6)
+    assert scores.coverage_train == pytest.approx(1.0)  # ours: the never-true cell is left out
+    assert scores.n_cells_scored == 3 and scores.n_cells_paper == 6
+    assert scores.coverage_train_paper == pytest.approx(3 / 6)  # 3 perfect cells out of 6
+    assert scores.coverage_test_paper == pytest.approx(3 / 6)
+    assert scores.reconstruction_f1_test_best == pytest.approx(1.0)
+
+
+def test_chess_thresholds_use_every_character(tmp_path) -> None:
+    pytest.importorskip("chess")
+    from saelab.boardgame import lm
+
+    cfg_lm = lm.LMTrainConfig(game="chess", n_layer=1, d_model=16, n_head=2)
+    lm.save_model(lm.build_model(cfg_lm), tmp_path, {"game": "chess", "command": "test",
+                                                     "settings": {}})
+    cfg = BoardEvalConfig(game="chess", model=str(tmp_path), layer=0, train_games=3,
+                          test_games=3, probe=False, progress=False)
+    data = board_eval.collect_board_data(cfg)
+    per_game = 20
+    assert data.train.acts_PD.shape[0] <= 3 * per_game
+    assert data.train.max_acts_PD is not None
+    assert data.train.max_acts_PD.shape[0] > 3 * 100  # every character, not only the dots
+    sae = saelab.build(saelab.config_from_dict(
+        {"architecture": "topk", "k": 1, "d_in": 16, "d_sae": 256}))
+    result = board_eval.evaluate_sae(sae, data, cfg)
+    every = board_eval.max_activation(sae, data.train.max_acts_PD)
+    dots = board_eval.max_activation(sae, data.train.acts_PD)
+    assert int((every > dots).sum()) > 0  # the maximum really comes from other characters
+    # latents firing only between the dots are alive: their maxima were taken everywhere
+    assert result.alive_latents == int((every > 0).sum()) > int((dots > 0).sum())
+    assert set(result.groups) == {"strategy"}
+    assert len(result.groups["strategy"].properties) == 16

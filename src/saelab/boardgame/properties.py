@@ -13,12 +13,19 @@ implicit pass the same player moves again and the labels do not flip):
 - ``legal_moves``: squares the next mover may play (64 cells).
 
 Chess (the position after the moves completed so far; at the scored ``.`` positions White is
-to move):
+to move, and "the side to move" / "the opponent" are White / Black there):
 
 - ``piece``: the piece on each square, 12 classes (an empty square is none; 768 cells).
-- ``legal_destinations``: squares some legal move of the side to move lands on (64 cells).
-- ``flags``: in check, the four castling rights, each side has a queen, each side has the
-  bishop pair, an en-passant capture is legal (10 cells).
+- ``piece_no_initial``: the same cells, false wherever the square holds the piece it held in
+  the initial position (the paper's headline chess property: blanks and initial squares
+  masked, so "a rook on a1" at move 1 does not count).
+- ``legal_destinations`` / ``pseudo_legal_destinations``: squares some legal (pseudo-legal)
+  move of the side to move lands on (64 cells each).
+- ``threats``: squares the opponent attacks (64 cells; the paper's "squares attacked by Black").
+- One property per whole-board flag (1 cell each), the paper's *strategy* properties, averaged
+  together as the ``strategy`` group: check, pin, knight_fork, any_fork, the castling rights,
+  en_passant, can_claim_draw, can_check, bishop_pair, mate_threat, can_capture_queen,
+  has_queen, connected_rooks, ambiguous_moves (definitions in :data:`STRATEGY_FLAGS`).
 
 Each property also has a ``*_for_prefix`` helper that labels one game prefix (used by the tests
 on hand-checked positions).
@@ -39,15 +46,27 @@ SQUARE_NAMES = tuple(othello.square_name(s) for s in range(64))
 
 @dataclass(frozen=True)
 class BoardProperty:
-    """A named group of binary cells and how to compute them from a game batch's positions."""
+    """A named group of binary cells and how to compute them from a game batch's positions.
+
+    ``paper_cells`` is the denominator the reference code (SAE_BoardGameEval) divides coverage
+    by: the full one-hot size minus a masked class, so cells that can never be true still count
+    (0 = ``n_cells``). ``group`` names an average the paper reports over several properties
+    (chess ``strategy``).
+    """
 
     name: str
     cell_names: tuple[str, ...]
     labels: Callable[[Any, np.ndarray], np.ndarray]  # (games, (P, 2) [game, pos]) -> (P, cells)
+    paper_cells: int = 0
+    group: str = ""
 
     @property
     def n_cells(self) -> int:
         return len(self.cell_names)
+
+    @property
+    def paper_denominator(self) -> int:
+        return self.paper_cells or self.n_cells
 
 
 def _square_cells(classes: Sequence[str]) -> tuple[str, ...]:
@@ -81,7 +100,9 @@ def othello_legal(games: othello.OthelloGames, index_P2: np.ndarray) -> np.ndarr
 
 OTHELLO_PROPERTIES = (
     BoardProperty("board", _square_cells(("empty", "mine", "theirs")), othello_board),
-    BoardProperty("mine_theirs", _square_cells(("mine", "theirs")), othello_mine_theirs),
+    # the reference code's blank-masked config names no masked class: it divides by 8·8·3
+    BoardProperty("mine_theirs", _square_cells(("mine", "theirs")), othello_mine_theirs,
+                  paper_cells=192),
     BoardProperty("legal_moves", _square_cells(("legal",)), othello_legal),
 )
 
@@ -112,38 +133,295 @@ def chess_piece(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarr
     return one_hot.reshape(len(index_P2), -1)
 
 
+def initial_pieces() -> np.ndarray:
+    """``(64,)`` piece class per square in the initial position (0 = empty)."""
+    return chess_games.board_state(_initial_board()).pieces.astype(np.int64)
+
+
+def _initial_board() -> Any:
+    import chess
+    return chess.Board()
+
+
+def chess_piece_no_initial(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
+    """``(P, 768)``: like :func:`chess_piece`, but a square holding its initial piece is no
+    cell (blanks and initial squares masked, Karvonen et al.'s headline chess property)."""
+    pieces = games.pieces[index_P2[:, 0], index_P2[:, 1]].astype(np.int64)
+    pieces = np.where(pieces == initial_pieces()[None, :], 0, pieces)
+    one_hot = pieces[:, None, :] == np.arange(1, 13)[None, :, None]
+    return one_hot.reshape(len(index_P2), -1)
+
+
 def chess_legal_destinations(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
     """``(P, 64)``: squares a legal move of the side to move ends on."""
     return othello.unpack_bits(games.legal_destinations[index_P2[:, 0], index_P2[:, 1]])
 
 
-def chess_flags(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
-    """``(P, 10)``: the whole-board flags of chess_games.FLAG_NAMES."""
-    return games.flags[index_P2[:, 0], index_P2[:, 1]]
+# ---------------------------------------------------------------------------- chess boards
+
+def boards_at(games: chess_games.ChessGames, index_P2: np.ndarray) -> list[Any]:
+    """The python-chess ``Board`` at every position (moves completed by that character), each
+    game replayed once."""
+    out: list[Any] = [None] * len(index_P2)
+    order = np.lexsort((index_P2[:, 1], index_P2[:, 0]))
+    current_game, sans, done = -1, [], 0
+    board: Any = None
+    for row in order:
+        g, pos = int(index_P2[row, 0]), int(index_P2[row, 1])
+        if g != current_game:
+            board, sans, done = _initial_board(), _completed_sans(games.texts[g]), 0
+            current_game = g
+        plies = games.texts[g][:pos + 1].count(" ")
+        while done < plies:
+            board.push_san(sans[done])
+            done += 1
+        out[row] = board.copy(stack=True)
+    return out
+
+
+def _completed_sans(text: str) -> list[str]:
+    return [tok.split(".")[-1] for tok in text[1:].split(" ")[:-1] if tok.split(".")[-1]]
+
+
+def _square_bits(squares: Any) -> np.ndarray:
+    bits = np.zeros(64, dtype=bool)
+    bits[list(squares)] = True
+    return bits
+
+
+def board_threats(board: Any) -> np.ndarray:
+    """``(64,)``: squares the opponent of the side to move attacks."""
+    import chess
+    return _square_bits(s for s in chess.SQUARES if board.is_attacked_by(not board.turn, s))
+
+
+def board_pseudo_legal_destinations(board: Any) -> np.ndarray:
+    """``(64,)``: squares a pseudo-legal move of the side to move ends on."""
+    return _square_bits(m.to_square for m in board.pseudo_legal_moves)
+
+
+def _square_property(fn: Callable[[Any], np.ndarray]
+                     ) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
+    def labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
+        boards = boards_at(games, index_P2)
+        return np.stack([fn(b) for b in boards]) if boards else np.zeros((0, 64), dtype=bool)
+    return labels
+
+
+# ---------------------------------------------------------------------------- strategy flags
+
+#: attacker -> the enemy pieces that make a double attack a fork (worth more than the attacker,
+#: or the king), as in the reference code's any-fork property
+FORK_TARGETS = {1: (2, 3, 4, 5, 6), 2: (4, 5, 6), 3: (4, 5, 6), 4: (5, 6)}
+
+
+def _forks(board: Any, attackers: tuple[int, ...]) -> bool:
+    color = board.turn
+    for piece_type in attackers:
+        targets = FORK_TARGETS[piece_type]
+        for square in board.pieces(piece_type, color):
+            if board.is_pinned(color, square):
+                continue
+            hits = sum(1 for s in board.attacks(square)
+                       if (p := board.piece_at(s)) is not None and p.color != color
+                       and p.piece_type in targets)
+            if hits >= 2:
+                return True
+    return False
+
+
+def _any_pin(board: Any) -> bool:
+    import chess
+    return any(board.is_pinned(color, s) for color in (chess.WHITE, chess.BLACK)
+               for s in chess.scan_forward(board.occupied_co[color]))
+
+
+def _mate_threat(board: Any) -> bool:
+    """The opponent would have a mating move if it were its turn."""
+    flipped = board.copy(stack=False)
+    flipped.turn = not board.turn
+    flipped.ep_square = None
+    for move in flipped.legal_moves:
+        if flipped.gives_check(move):
+            flipped.push(move)
+            mate = flipped.is_checkmate()
+            flipped.pop()
+            if mate:
+                return True
+    return False
+
+
+def _can_capture_queen(board: Any) -> bool:
+    import chess
+    queens = board.pieces(chess.QUEEN, not board.turn)
+    return any(m.to_square in queens for m in board.legal_moves)
+
+
+def _connected_rooks(board: Any) -> bool:
+    import chess
+    rooks = list(board.pieces(chess.ROOK, board.turn))
+    return any(b in board.attacks(a) for i, a in enumerate(rooks) for b in rooks[i + 1:])
+
+
+def _ambiguous_moves(board: Any) -> bool:
+    """Two pieces of one type (pawns aside: SAN never disambiguates them) of the side to move
+    can go to the same square, so the move's SAN needs a file or rank."""
+    import chess
+    seen: set[tuple[int, int]] = set()
+    for move in board.legal_moves:
+        piece_type = board.piece_type_at(move.from_square)
+        if piece_type == chess.PAWN:
+            continue
+        key = (int(piece_type or 0), move.to_square)
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def _bishop_pair(board: Any) -> bool:
+    import chess
+    return len(board.pieces(chess.BISHOP, board.turn)) >= 2
+
+
+def _has_queen(board: Any) -> bool:
+    import chess
+    return bool(board.pieces(chess.QUEEN, board.turn))
+
+
+#: the paper's whole-board ("strategy") properties, from the side to move's view
+STRATEGY_FLAGS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("check", lambda b: b.is_check(), "the side to move is in check"),
+    ("pin", _any_pin, "some piece of either side is pinned to its king"),
+    ("knight_fork", lambda b: _forks(b, (2,)),
+     "an unpinned knight of the side to move attacks two or more of rook/queen/king"),
+    ("any_fork", lambda b: _forks(b, (1, 2, 3, 4)),
+     "an unpinned pawn/knight/bishop/rook of the side to move attacks two or more enemy "
+     "pieces worth more than it (or the king)"),
+    ("castling_rights", lambda b: b.has_castling_rights(b.turn),
+     "the side to move may still castle on some side"),
+    ("kingside_castling_rights", lambda b: b.has_kingside_castling_rights(b.turn),
+     "the side to move may still castle kingside"),
+    ("queenside_castling_rights", lambda b: b.has_queenside_castling_rights(b.turn),
+     "the side to move may still castle queenside"),
+    ("en_passant", lambda b: b.has_legal_en_passant(), "an en-passant capture is legal"),
+    ("can_claim_draw", lambda b: b.can_claim_draw(),
+     "the side to move can claim a draw (threefold repetition or fifty moves)"),
+    ("can_check", lambda b: any(b.gives_check(m) for m in b.legal_moves),
+     "some legal move gives check"),
+    ("bishop_pair", _bishop_pair, "the side to move has two or more bishops"),
+    ("mate_threat", _mate_threat,
+     "the opponent would have a mating move if it were its turn"),
+    ("can_capture_queen", _can_capture_queen, "a legal move captures the opponent's queen"),
+    ("has_queen", _has_queen, "the side to move has a queen"),
+    ("connected_rooks", _connected_rooks,
+     "two rooks of the side to move see each other along a rank or file"),
+    ("ambiguous_moves", _ambiguous_moves,
+     "a move of the side to move needs a disambiguating file or rank in SAN"),
+)
+
+
+def board_strategy_flags(board: Any) -> np.ndarray:
+    """``(len(STRATEGY_FLAGS),)`` bool: every strategy flag of one board."""
+    return np.array([fn(board) for _, fn, _ in STRATEGY_FLAGS], dtype=bool)
+
+
+def chess_strategy_table(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
+    """``(P, len(STRATEGY_FLAGS))``: all strategy flags at every position."""
+    boards = boards_at(games, index_P2)
+    if not boards:
+        return np.zeros((0, len(STRATEGY_FLAGS)), dtype=bool)
+    return np.stack([board_strategy_flags(b) for b in boards])
+
+
+def _flag_property(j: int) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
+    def labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
+        return chess_strategy_table(games, index_P2)[:, j:j + 1]
+    return labels
 
 
 CHESS_PROPERTIES = (
     BoardProperty("piece", _square_cells(chess_games.PIECE_CLASSES[1:]), chess_piece),
+    BoardProperty("piece_no_initial", _square_cells(chess_games.PIECE_CLASSES[1:]),
+                  chess_piece_no_initial),
     BoardProperty("legal_destinations", _square_cells(("dest",)), chess_legal_destinations),
-    BoardProperty("flags", chess_games.FLAG_NAMES, chess_flags),
+    BoardProperty("pseudo_legal_destinations", _square_cells(("pseudo",)),
+                  _square_property(board_pseudo_legal_destinations)),
+    BoardProperty("threats", _square_cells(("threat",)), _square_property(board_threats)),
+    *(BoardProperty(name, (name,), _flag_property(j), group="strategy")
+      for j, (name, _, _) in enumerate(STRATEGY_FLAGS)),
 )
 
+#: the paper's chess headline property (pieces, blanks and initial squares masked)
+CHESS_HEADLINE = "piece_no_initial"
+PAPER_POSITIONS_PER_GAME = 20
 
-def chess_positions(games: chess_games.ChessGames) -> np.ndarray:
-    """``(P, 2)`` [game, character index] of every ``.`` (just before White moves)."""
-    return np.argwhere(games.dot_mask())
+
+def chess_positions(games: chess_games.ChessGames, max_per_game: int = 0) -> np.ndarray:
+    """``(P, 2)`` [game, character index] of the ``.`` characters (just before White moves);
+    with ``max_per_game`` > 0 only the first that many per game (the paper scores 20)."""
+    dots = games.dot_mask()
+    if max_per_game > 0:
+        dots = dots & (np.cumsum(dots, axis=1) <= max_per_game)
+    return np.argwhere(dots)
+
+
+#: chess square properties computed from python-chess boards (shared with the strategy flags)
+_BOARD_SQUARE_FNS: dict[str, Callable[[Any], np.ndarray]] = {
+    "threats": board_threats, "pseudo_legal_destinations": board_pseudo_legal_destinations}
+
+Report = Callable[[int, int], None]  # (done, total) progress callback
+
+
+def label_all(game: str, games: Any, index_P2: np.ndarray, report: Report | None = None
+              ) -> dict[str, np.ndarray]:
+    """Labels of every property of ``game`` at the positions ``index_P2``. Chess boards are
+    replayed once and shared by the board-based properties (``report(done, total)`` is called
+    as they are labelled: they take a few ms per position)."""
+    props = properties_for(game)
+    out = {p.name: p.labels(games, index_P2) for p in props
+           if p.group != "strategy" and p.name not in _BOARD_SQUARE_FNS}
+    if game != "chess":
+        return out
+    boards = boards_at(games, index_P2)
+    squares = {name: np.zeros((len(boards), 64), dtype=bool) for name in _BOARD_SQUARE_FNS}
+    strategy = np.zeros((len(boards), len(STRATEGY_FLAGS)), dtype=bool)
+    for i, board in enumerate(boards):
+        for name, fn in _BOARD_SQUARE_FNS.items():
+            squares[name][i] = fn(board)
+        strategy[i] = board_strategy_flags(board)
+        if report is not None and (i % 500 == 499 or i == len(boards) - 1):
+            report(i + 1, len(boards))
+    flag_column = {name: j for j, (name, _, _) in enumerate(STRATEGY_FLAGS)}
+    for prop in props:
+        if prop.group == "strategy":
+            out[prop.name] = strategy[:, flag_column[prop.name]][:, None]
+        elif prop.name in squares:
+            out[prop.name] = squares[prop.name]
+    return {p.name: out[p.name] for p in props}
 
 
 def chess_labels_for_prefix(movetext: str) -> dict[str, np.ndarray]:
     """Labels of every chess property after the moves completed in ``movetext``."""
     board = chess_games.replay_prefix(movetext)
     state = chess_games.board_state(board)
+    n = len(movetext)  # every character shows this state; only the last one is labelled
     games = chess_games.ChessGames(
-        [movetext], np.zeros((1, 1), np.int64), np.ones(1, np.int64), state.pieces[None, None],
-        np.array([[state.legal_destinations]], dtype=np.uint64), state.flags[None, None],
-        np.array([[state.white_to_move]]))
-    index = np.zeros((1, 2), dtype=np.int64)
-    return {p.name: p.labels(games, index)[0] for p in CHESS_PROPERTIES}
+        [movetext], chess_games.encode(movetext)[None], np.array([n]),
+        np.repeat(state.pieces[None, None], n, axis=1),
+        np.full((1, n), state.legal_destinations, dtype=np.uint64),
+        np.repeat(state.flags[None, None], n, axis=1), np.full((1, n), state.white_to_move))
+    index = np.array([[0, n - 1]], dtype=np.int64)
+    return {name: labels[0] for name, labels in label_all("chess", games, index).items()}
+
+
+def group_members(game: str) -> dict[str, list[str]]:
+    """Property groups the paper averages over (chess: ``strategy``)."""
+    groups: dict[str, list[str]] = {}
+    for prop in properties_for(game):
+        if prop.group:
+            groups.setdefault(prop.group, []).append(prop.name)
+    return groups
 
 
 def properties_for(game: str) -> tuple[BoardProperty, ...]:

@@ -174,15 +174,20 @@ def sae_folders(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from saelab.evals import board_report
     from saelab.evals import boardgame as board_eval
-    from saelab.io import load
+    from saelab.io import atomic_write_json, load
 
     cfg = from_dict(board_eval.BoardEvalConfig, args_to_dict(args, board_eval.BoardEvalConfig))
-    saes = {name: load(path) for name, path in sae_folders(args).items()}
+    folders = sae_folders(args)
+    saes = {name: load(path) for name, path in folders.items()}
     result = board_eval.run(saes, cfg)
     out = Path(args.out)
-    result.write(out)
-    print(board_eval.format_table(board_eval.summary_rows(result)))
+    kind = board_report.CONTROL if cfg.random_init else board_report.TRAINED
+    tokens = {name: board_report.trained_tokens(path) for name, path in folders.items()}
+    atomic_write_json(out, {**result.to_dict(),
+                            "report": board_report.report_dict({kind: result}, tokens)})
+    print(board_report.format_report({kind: result}, tokens))
     if not args.no_plot:
         print(f"plot: {board_eval.plot_comparison([result], out.with_suffix('.png'))}")
     print(f"results: {out}")

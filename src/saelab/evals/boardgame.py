@@ -15,7 +15,11 @@ fraction t: it says "yes" where f > t·m_f, for t ∈ {0, 0.1, …, 1.0}.
 - **Board reconstruction**: predict a position's cells as the OR of the label sets of the
   latents firing above t; score = micro-F1 over all (position, cell) pairs. t is chosen on the
   training split and the score reported on held-out games. (The reference implementation picks
-  this threshold on its test split itself; we do not.)
+  this threshold on its test split itself; ``reconstruction_f1_test_best`` is that number.)
+- **Paper denominators**: ``coverage_*_paper`` divide the summed best F1 by the reference
+  code's cell count, never-true cells counted as 0 (formulas in :mod:`saelab.metrics.board`).
+- **Chess** is scored at the first 20 ``.`` characters of each game, and each latent's
+  maximum m_f is taken over every character of the training games, as in the paper.
 
 A linear probe per property (independent logistic regression per cell, fit on the training
 split) is the baseline; running the same pipeline on the random-initialised model is the control.
@@ -25,6 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +45,14 @@ from saelab.architectures.base import SAE
 from saelab.boardgame import chess_games, lm, othello
 from saelab.boardgame.properties import (
     chess_positions,
+    group_members,
+    label_all,
     othello_positions,
     properties_for,
 )
 from saelab.config import ConfigError, option, to_dict
 from saelab.io import atomic_write_json
+from saelab.metrics import board as board_metrics
 from saelab.metrics.core import CoreMetricsAccumulator
 
 TRAIN_GAMES_SEED = 2_000_000  # evaluation games never overlap the LM's training games
@@ -65,10 +76,19 @@ class BoardEvalConfig:
     probe: bool = option(True, "also fit the linear-probe baseline")
     probe_steps: int = option(400, "linear probe: Adam steps of 1024 positions")
     batch_size: int = option(4096, "positions per SAE forward pass")
+    chess_positions_per_game: int = option(20, "chess: score the first N '.' characters of "
+                                           "each game (the paper: 20); 0 = every '.'")
+    threshold_max: str = option("all", "where each latent's maximum (the threshold scale) is "
+                                "taken: 'all' = every position of the training games (chess: "
+                                "every character, as the paper), 'scored' = scored positions")
+    progress: bool = option(True, "print progress lines (what, rate, ETA) to stderr")
 
     def validate(self) -> None:
         if self.game not in lm.GAMES:
             raise ConfigError(f"unknown game {self.game!r}; choose one of {list(lm.GAMES)}")
+        if self.threshold_max not in ("all", "scored"):
+            raise ConfigError(f"threshold_max must be 'all' or 'scored', got "
+                              f"{self.threshold_max!r}")
         if self.train_games < 1 or self.test_games < 1:
             raise ConfigError("train_games and test_games must be at least 1")
         if self.n_thresholds < 2:
@@ -81,13 +101,43 @@ class BoardEvalConfig:
 # ---------------------------------------------------------------------------- activations + labels
 
 
+class StageProgress:
+    """Progress lines on stderr (flushed, so logs get them): what is being done, how far, the
+    rate and an ETA. Silent when disabled."""
+
+    def __init__(self, prefix: str, enabled: bool = True) -> None:
+        self.prefix, self.enabled, self.start = prefix, enabled, time.perf_counter()
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(f"[{self.prefix} {time.perf_counter() - self.start:6.1f}s] {text}",
+                  file=sys.stderr, flush=True)
+
+    def counter(self, what: str, unit: str, interval: float = 5.0) -> Callable[[int, int], None]:
+        """A ``report(done, total)`` callback printing at most every ``interval`` seconds."""
+        begin, last = time.perf_counter(), [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if not self.enabled or (now - last[0] < interval and done < total):
+                return
+            last[0] = now
+            rate = done / max(now - begin, 1e-9)
+            eta = (total - done) / max(rate, 1e-9)
+            self.say(f"{what}: {done}/{total} {unit} ({rate:,.1f} {unit}/s, ETA {eta:.0f} s)")
+        return report
+
+
 @dataclass
 class Split:
-    """Activations at the scored positions of a set of games and their property labels."""
+    """Activations at the scored positions of a set of games and their property labels;
+    ``max_acts_PD`` holds the positions where latent maxima are taken when they differ from
+    the scored ones (chess: every character)."""
 
     acts_PD: Tensor
     labels: dict[str, Tensor]  # property name -> (P, cells) bool
     n_games: int
+    max_acts_PD: Tensor | None = None
 
 
 @dataclass
@@ -106,9 +156,11 @@ def default_layer(model: torch.nn.Module) -> int:
     return max(0, math.ceil(2 * n_layer / 3) - 1)
 
 
-def collect_board_data(cfg: BoardEvalConfig) -> BoardData:
+def collect_board_data(cfg: BoardEvalConfig, progress: StageProgress | None = None
+                       ) -> BoardData:
     """Generate train and test games, run the LM, keep the scored positions and their labels."""
     cfg.validate()
+    progress = progress or StageProgress("board", cfg.progress)
     source = cfg.model or cfg.game
     model, game = lm.load_game_lm(source, random_init=cfg.random_init)
     if game != cfg.game:
@@ -116,9 +168,21 @@ def collect_board_data(cfg: BoardEvalConfig) -> BoardData:
                           f"pass --game {game}")
     layer = default_layer(model) if cfg.layer < 0 else cfg.layer
     settings = _chess_settings(source)
-    train = game_split(model, game, layer, cfg.train_games, TRAIN_GAMES_SEED + cfg.seed, settings)
-    test = game_split(model, game, layer, cfg.test_games, TEST_GAMES_SEED + cfg.seed, settings)
-    return BoardData(game, str(source), layer, cfg.random_init, train, test)
+    per_game = cfg.chess_positions_per_game
+    splits = []
+    for split, n_games, seed in (("training", cfg.train_games, TRAIN_GAMES_SEED),
+                                 ("test", cfg.test_games, TEST_GAMES_SEED)):
+        start = time.perf_counter()
+        progress.say(f"{split} split: playing {n_games} {game} games, labelling the board, "
+                     f"reading the residual stream after block {layer}")
+        splits.append(game_split(model, game, layer, n_games, seed + cfg.seed, settings,
+                                 per_game, cfg.threshold_max == "all",
+                                 progress.counter(f"{split} split: labelling chess positions",
+                                                  "positions")))
+        took = time.perf_counter() - start
+        progress.say(f"{split} split: {splits[-1].acts_PD.shape[0]} positions from {n_games} "
+                     f"games in {took:.1f} s ({n_games / max(took, 1e-9):.0f} games/s)")
+    return BoardData(game, str(source), layer, cfg.random_init, splits[0], splits[1])
 
 
 def _chess_settings(source: str) -> dict[str, Any]:
@@ -129,9 +193,14 @@ def _chess_settings(source: str) -> dict[str, Any]:
 
 
 def game_split(model: torch.nn.Module, game: str, layer: int, n_games: int, seed: int,
-               chess_settings: dict[str, Any] | None = None) -> Split:
+               chess_settings: dict[str, Any] | None = None,
+               chess_per_game: int = 0, max_over_all: bool = True,
+               report: Callable[[int, int], None] | None = None) -> Split:
     """Activations and labels at the scored positions of ``n_games`` seeded games: every move
-    of the first 59 (Othello), every ``.`` (chess)."""
+    of the first 59 (Othello), the first ``chess_per_game`` ``.`` characters (chess; 0 = all).
+    With ``max_over_all``, chess also keeps the activations at every character of the games
+    (where latent maxima are taken)."""
+    max_acts_PD = None
     if game == "othello":
         o_games = othello.random_games(n_games, seed)
         tokens = o_games.tokens()[:, :othello.MAX_MOVES - 1]
@@ -140,11 +209,15 @@ def game_split(model: torch.nn.Module, game: str, layer: int, n_games: int, seed
     else:
         games = chess_games.random_games(n_games, seed, **(chess_settings or {}))
         tokens = games.tokens
-        index = chess_positions(games)
+        index = chess_positions(games, chess_per_game)
     acts = lm.residual_stream(model, torch.from_numpy(tokens), layer)
     acts_PD = acts[torch.from_numpy(index[:, 0]), torch.from_numpy(index[:, 1])]
-    labels = {p.name: torch.from_numpy(p.labels(games, index)) for p in properties_for(game)}
-    return Split(acts_PD.contiguous(), labels, n_games)
+    if game == "chess" and max_over_all:
+        inside = torch.arange(tokens.shape[1])[None, :] < torch.from_numpy(games.lengths)[:, None]
+        max_acts_PD = acts[inside].contiguous()
+    labels = {name: torch.from_numpy(value)
+              for name, value in label_all(game, games, index, report).items()}
+    return Split(acts_PD.contiguous(), labels, n_games, max_acts_PD)
 
 
 # ---------------------------------------------------------------------------- sparse codes
@@ -207,14 +280,18 @@ class Counts:
 
     @classmethod
     def of(cls, firing_PM: Tensor, labels_PC: Tensor) -> Counts:
-        tp = torch.sparse.mm(firing_PM.t(), labels_PC.float())
-        on = torch.sparse.sum(firing_PM, dim=0).to_dense() if firing_PM._nnz() else torch.zeros(
-            firing_PM.shape[1])
-        return cls(tp, on, labels_PC.float().sum(0))
+        labels = labels_PC.float()  # no copy when the caller already converted them
+        tp = torch.sparse.mm(firing_PM.t(), labels)
+        on = torch.bincount(firing_PM._indices()[1], minlength=firing_PM.shape[1]).float()
+        return cls(tp, on, labels.sum(0))
+
+    def columns(self, start: int, stop: int) -> Counts:
+        """The counts of cells ``start:stop`` (one property of a concatenated label matrix)."""
+        return Counts(self.tp_MC[:, start:stop], self.on_M, self.positives_C[start:stop])
 
     def f1(self) -> Tensor:
         """2·TP / (2·TP + FP + FN) = 2·TP / (#fired + #positives)."""
-        return 2 * self.tp_MC / (self.on_M[:, None] + self.positives_C[None, :]).clamp_min(1)
+        return board_metrics.cell_f1(self.tp_MC, self.on_M, self.positives_C)
 
     def feature_labels(self, min_precision: float, min_tp: int) -> Tensor:
         """``(M, C)`` bool: latent f is a high-precision classifier of cell φ."""
@@ -224,9 +301,16 @@ class Counts:
 
 def reconstruction_f1(firing_PM: Tensor, labels_MC: Tensor, truth_PC: Tensor) -> float:
     """Micro-F1 of the predicted board (OR of the firing latents' label sets) vs the truth."""
-    predicted = torch.sparse.mm(firing_PM, labels_MC.float()) > 0
-    tp = float((predicted & truth_PC).sum())
-    return 2 * tp / max(1.0, float(predicted.sum()) + float(truth_PC.sum()))
+    index = firing_PM._indices()
+    keep = labels_MC.any(1)[index[1]]  # only latents with a label predict anything
+    if not bool(keep.any()):
+        return board_metrics.micro_f1(0.0, 0.0, float(torch.count_nonzero(truth_PC)))
+    labelled = torch.sparse_coo_tensor(index[:, keep], torch.ones(int(keep.sum())),
+                                       firing_PM.shape, check_invariants=False)
+    predicted = torch.sparse.mm(labelled, labels_MC.float()) > 0
+    return board_metrics.micro_f1(float(torch.count_nonzero(predicted & truth_PC)),
+                                  float(torch.count_nonzero(predicted)),
+                                  float(torch.count_nonzero(truth_PC)))
 
 
 @dataclass
@@ -244,6 +328,10 @@ class PropertyScores:
     reconstruction_threshold: float
     n_feature_labels: int  # (latent, cell) labels at the reconstruction threshold
     n_labelled_latents: int
+    n_cells_paper: int = 0  # the reference code's coverage denominator
+    coverage_train_paper: float = 0.0  # in-sample, never-true cells as 0, paper denominator
+    coverage_test_paper: float = 0.0  # the same classifiers on held-out games
+    reconstruction_f1_test_best: float = 0.0  # threshold picked on the test games (the paper)
 
 
 @dataclass
@@ -255,28 +343,43 @@ class _Best:
 
 def score_property(name: str, firing_train: dict[float, Tensor], firing_test: dict[float, Tensor],
                    labels_train_PC: Tensor, labels_test_PC: Tensor,
-                   cfg: BoardEvalConfig) -> PropertyScores:
-    """Pick thresholds, latents and labels on the training split; score both splits."""
+                   cfg: BoardEvalConfig, paper_cells: int = 0,
+                   counts_train: dict[float, Counts] | None = None,
+                   counts_test: dict[float, Counts] | None = None) -> PropertyScores:
+    """Pick thresholds, latents and labels on the training split; score both splits. The
+    paper-style numbers use the denominator ``paper_cells`` (0 = every cell) and, for
+    reconstruction, the best threshold on the test split. ``counts_*`` (per threshold) may be
+    passed when already computed."""
+    counts_train = counts_train or {t: Counts.of(f, labels_train_PC)
+                                    for t, f in firing_train.items()}
+    counts_test = counts_test or {t: Counts.of(f, labels_test_PC) for t, f in firing_test.items()}
     scored_C = labels_train_PC.any(0)
-    coverage, recon = _Best(), _Best()
+    denominator = paper_cells or int(labels_train_PC.shape[1])
+    coverage, coverage_paper, recon = _Best(), _Best(), _Best()
+    recon_test_best = 0.0
     for fraction, firing_PM in firing_train.items():
-        counts = Counts.of(firing_PM, labels_train_PC)
+        counts = counts_train[fraction]
         best_f1_C, best_latent_C = counts.f1().max(0)
-        score = float(best_f1_C[scored_C].mean()) if scored_C.any() else 0.0
+        score = board_metrics.coverage(best_f1_C, scored_C)
         if score > coverage.score:
             coverage = _Best(score, fraction, best_latent_C)
+        paper = board_metrics.coverage_paper(best_f1_C, denominator)
+        if paper > coverage_paper.score:
+            coverage_paper = _Best(paper, fraction, best_latent_C)
         labels_MC = counts.feature_labels(cfg.min_precision, cfg.min_true_positives)
         f1 = reconstruction_f1(firing_PM, labels_MC, labels_train_PC)
         if f1 > recon.score:
             recon = _Best(f1, fraction, labels_MC)
-    test_counts = Counts.of(firing_test[coverage.fraction], labels_test_PC)
+        recon_test_best = max(recon_test_best, reconstruction_f1(
+            firing_test[fraction], labels_MC, labels_test_PC))
     cells = torch.arange(labels_test_PC.shape[1])
-    test_f1_C = test_counts.f1()[coverage.payload, cells]
+    test_f1_C = counts_test[coverage.fraction].f1()[coverage.payload, cells]
+    paper_test_f1_C = counts_test[coverage_paper.fraction].f1()[coverage_paper.payload, cells]
     both_C = scored_C & labels_test_PC.any(0)
     return PropertyScores(
         property=name, n_cells=int(labels_train_PC.shape[1]), n_cells_scored=int(scored_C.sum()),
         coverage_train=coverage.score,
-        coverage_test=float(test_f1_C[both_C].mean()) if both_C.any() else 0.0,
+        coverage_test=board_metrics.coverage(test_f1_C, both_C),
         coverage_threshold=coverage.fraction,
         reconstruction_f1_train=recon.score,
         reconstruction_f1_test=reconstruction_f1(firing_test[recon.fraction], recon.payload,
@@ -284,10 +387,26 @@ def score_property(name: str, firing_train: dict[float, Tensor], firing_test: di
         reconstruction_threshold=recon.fraction,
         n_feature_labels=int(recon.payload.sum()),
         n_labelled_latents=int(recon.payload.any(1).sum()),
+        n_cells_paper=denominator,
+        coverage_train_paper=coverage_paper.score,
+        coverage_test_paper=board_metrics.coverage_paper(paper_test_f1_C * scored_C, denominator),
+        reconstruction_f1_test_best=recon_test_best,
     )
 
 
 # ---------------------------------------------------------------------------- one SAE
+
+
+@dataclass
+class GroupScores:
+    """The mean of per-property scores over a group the paper averages (chess ``strategy``)."""
+
+    group: str
+    properties: list[str]
+    coverage_train: float
+    coverage_test: float
+    coverage_train_paper: float
+    coverage_test_paper: float
 
 
 @dataclass
@@ -296,10 +415,35 @@ class SAEBoardResult:
 
     name: str
     d_sae: int
-    alive_latents: int
+    alive_latents: int  # fire at least once where the latent maxima are taken (training games)
     l0_test: float
     explained_variance_test: float
     scores: dict[str, PropertyScores]
+    groups: dict[str, GroupScores] = field(default_factory=dict)
+    architecture: str = ""
+    sparsity: str = ""  # "k=16", "l1_coefficient=2" ... (what sets this SAE's L0)
+
+    @property
+    def dead_latents(self) -> int:
+        return self.d_sae - self.alive_latents
+
+
+def sparsity_setting(sae: SAE) -> str:
+    """The hyperparameter that sets an SAE's L0, as ``name=value`` (k, or the coefficient)."""
+    parts = [f"{key}={getattr(sae.cfg, key):g}" for key in ("k", "l1_coefficient",
+                                                            "l0_coefficient")
+             if isinstance(getattr(sae.cfg, key, None), int | float)]
+    return ", ".join(parts[:1])
+
+
+@torch.no_grad()
+def max_activation(sae: SAE, acts_PD: Tensor, batch_size: int = 4096) -> Tensor:
+    """``(M,)`` each latent's maximum code over ``acts_PD`` (0 for a latent that never fires)."""
+    sae.eval()
+    out = torch.zeros(sae.cfg.d_sae)
+    for start in range(0, acts_PD.shape[0], batch_size):
+        out = torch.maximum(out, sae.encode(acts_PD[start:start + batch_size]).float().amax(0))
+    return out
 
 
 def evaluate_sae(sae: SAE, data: BoardData, cfg: BoardEvalConfig, name: str = "sae"
@@ -314,14 +458,41 @@ def evaluate_sae(sae: SAE, data: BoardData, cfg: BoardEvalConfig, name: str = "s
     test = encode_sparse(sae, data.test.acts_PD, cfg.batch_size, accumulator)
     core = accumulator.compute()
     max_M = train.max_per_latent()
+    if data.train.max_acts_PD is not None:
+        max_M = torch.maximum(max_M, max_activation(sae, data.train.max_acts_PD,
+                                                    cfg.batch_size))
     fractions = cfg.fractions()
     firing_train = {t: train.firing(max_M, t) for t in fractions}
     firing_test = {t: test.firing(max_M, t) for t in fractions}
-    scores = {p: score_property(p, firing_train, firing_test, data.train.labels[p],
-                                data.test.labels[p], cfg)
-              for p in data.train.labels}
+    paper_cells = {p.name: p.paper_denominator for p in properties_for(data.game)}
+    # one sparse product per threshold and split for all properties' cells together
+    props = list(data.train.labels)
+    bounds = np.cumsum([0] + [data.train.labels[p].shape[1] for p in props])
+    all_train = torch.cat([data.train.labels[p] for p in props], 1).float()
+    all_test = torch.cat([data.test.labels[p] for p in props], 1).float()
+    counts_train = {t: Counts.of(f, all_train) for t, f in firing_train.items()}
+    counts_test = {t: Counts.of(f, all_test) for t, f in firing_test.items()}
+    scores = {}
+    for p, start, stop in zip(props, bounds[:-1], bounds[1:], strict=True):
+        scores[p] = score_property(
+            p, firing_train, firing_test, data.train.labels[p], data.test.labels[p], cfg,
+            paper_cells.get(p, 0), {t: c.columns(start, stop) for t, c in counts_train.items()},
+            {t: c.columns(start, stop) for t, c in counts_test.items()})
+    groups = {g: _group_scores(g, members, scores)
+              for g, members in group_members(data.game).items()
+              if all(m in scores for m in members)}
     return SAEBoardResult(name, sae.cfg.d_sae, int((max_M > 0).sum()), core.l0,
-                          core.explained_variance, scores)
+                          core.explained_variance, scores, groups,
+                          str(getattr(sae, "name", type(sae).__name__)),
+                          sparsity_setting(sae))
+
+
+def _group_scores(group: str, members: list[str], scores: dict[str, PropertyScores]
+                  ) -> GroupScores:
+    def avg(key: str) -> float:
+        return statistics.fmean(getattr(scores[m], key) for m in members)
+    return GroupScores(group, members, avg("coverage_train"), avg("coverage_test"),
+                       avg("coverage_train_paper"), avg("coverage_test_paper"))
 
 
 # ---------------------------------------------------------------------------- per-latent labels
@@ -350,6 +521,9 @@ def latent_board_labels(sae: SAE, data: BoardData, cfg: BoardEvalConfig
     train = encode_sparse(sae, data.train.acts_PD, cfg.batch_size)
     test = encode_sparse(sae, data.test.acts_PD, cfg.batch_size)
     max_M = train.max_per_latent()
+    if data.train.max_acts_PD is not None:
+        max_M = torch.maximum(max_M, max_activation(sae, data.train.max_acts_PD,
+                                                    cfg.batch_size))
     M = sae.cfg.d_sae
     best_f1 = torch.full((M,), -1.0)
     best = {"prop": torch.zeros(M, dtype=torch.long), "cell": torch.zeros(M, dtype=torch.long),
@@ -482,8 +656,20 @@ class BoardEvalResult:
 def run(saes: dict[str, SAE], cfg: BoardEvalConfig, data: BoardData | None = None
         ) -> BoardEvalResult:
     """Evaluate named SAEs on one (game, model, layer); the activations are collected once."""
-    data = data or collect_board_data(cfg)
-    results = [evaluate_sae(sae, data, cfg, name) for name, sae in saes.items()]
+    progress = StageProgress("board" + (" random-init" if cfg.random_init else ""),
+                             cfg.progress)
+    data = data or collect_board_data(cfg, progress)
+    results = []
+    report = progress.counter("scoring SAEs", "SAEs", interval=0.0)
+    progress.say(f"scoring {len(saes)} SAE(s) on {data.train.acts_PD.shape[0]} + "
+                 f"{data.test.acts_PD.shape[0]} positions, {len(data.train.labels)} properties, "
+                 f"{cfg.n_thresholds} thresholds")
+    for name, sae in saes.items():
+        results.append(evaluate_sae(sae, data, cfg, name))
+        report(len(results), len(saes))
+    if cfg.probe:
+        progress.say(f"fitting the linear-probe baseline ({len(data.train.labels)} properties, "
+                     f"{cfg.probe_steps} steps each)")
     probe = probe_baseline(data, cfg) if cfg.probe else None
     return BoardEvalResult(data.game, data.model, data.layer, data.random_init,
                            int(data.train.acts_PD.shape[0]), int(data.test.acts_PD.shape[0]),

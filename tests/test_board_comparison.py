@@ -1,0 +1,58 @@
+"""The paper-style comparison: best of sweep (each maximum over the sweep), matched L0
+(nearest on a log scale, flagged when off), mean ± 95% interval over seeds, and the paper's findings."""
+
+from __future__ import annotations
+
+import pytest
+
+from saelab.evals.board_comparison import ComparisonConfig, SweepPoint, compare, format_table
+
+
+def _point(kind: str, seed: int, arch: str, l0: float, cov_paper: float, rec_paper: float,
+           cov_test: float = 0.3, rec_test: float = 0.3) -> SweepPoint:
+    return SweepPoint(kind, seed, arch, f"{arch}@{l0:g}", f"x={l0:g}", l0, 0.8, 0, cov_paper,
+                      rec_paper, cov_test, rec_test, cov_paper)
+
+
+def _sweep(kind: str, arch: str, cov: float, rec: float, seeds: tuple[int, ...] = (0, 1)
+           ) -> list[SweepPoint]:
+    out = []
+    for seed in seeds:
+        for l0, scale in ((4.0, 0.5), (15.0, 0.9), (60.0, 1.0)):
+            out.append(_point(kind, seed, arch, l0, cov * scale + 0.01 * seed,
+                              rec * (1.5 - scale), cov_test=scale, rec_test=l0 / 100))
+    return out
+
+
+def test_best_of_sweep_and_matched_l0() -> None:
+    points = _sweep("trained", "topk", 0.8, 0.6) + _sweep("random-init", "topk", 0.3, 0.3)
+    cmp = compare(points, "othello", ComparisonConfig(target_l0=16))
+    row = cmp.row("trained", "topk")
+    assert row is not None and row.n_seeds == 2
+    assert row.best_coverage_paper.values == pytest.approx([0.8, 0.81])  # the L0-60 point
+    assert row.best_reconstruction_paper.values == pytest.approx([0.6, 0.6])  # the L0-4 point
+    assert row.matched_l0.mean == 15.0 and row.matched  # 15 is nearest 16, within 1.25×
+    assert row.matched_coverage_test.mean == pytest.approx(0.9)
+    assert row.best_coverage_paper.ci95 == pytest.approx(12.706 * 0.00707 / 2**0.5, rel=1e-3)
+    assert row.paper_coverage == 0.77
+    control = cmp.row("random-init", "topk")
+    assert control is not None and control.paper_coverage == 0.43
+    far = compare(points, "othello", ComparisonConfig(target_l0=30)).row("trained", "topk")
+    assert far is not None and not far.matched  # 15 or 60 are both more than 1.25× from 30
+
+
+def test_findings_follow_the_numbers() -> None:
+    paper_like = (_sweep("trained", "topk", 0.77, 0.91) + _sweep("trained", "gated", 0.76, 0.91)
+                  + _sweep("trained", "panneal", 0.64, 0.95)
+                  + _sweep("trained", "relu", 0.56, 0.95)
+                  + _sweep("random-init", "topk", 0.43, 0.43))
+    findings = compare(paper_like, "othello", ComparisonConfig()).findings
+    assert [f.reproduces for f in findings] == [True, True, True, True, True]
+    reversed_order = (_sweep("trained", "topk", 0.40, 0.99) + _sweep("trained", "gated", 0.5, 0.9)
+                      + _sweep("trained", "panneal", 0.64, 0.5)
+                      + _sweep("trained", "relu", 0.70, 0.5)
+                      + _sweep("random-init", "topk", 0.45, 0.43))
+    cmp = compare(reversed_order, "othello", ComparisonConfig())
+    assert [f.reproduces for f in cmp.findings] == [False, True, False, False, False]
+    table = format_table(cmp)
+    assert "| trained | TopK | 2 | 0.77 |" in table and "| no |" in table
