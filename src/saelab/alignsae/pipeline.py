@@ -31,7 +31,13 @@ from torch import nn
 
 from saelab.architectures.alignsae import AlignSAE, AlignSAEConfig
 from saelab.architectures.base import SAE
-from saelab.biography.lm import BioLMConfig, answer_position_activations, load_bio_lm, people_of
+from saelab.biography.lm import (
+    BioLMConfig,
+    answer_position_activations,
+    load_bio_lm,
+    n_layers,
+    people_of,
+)
 from saelab.biography.task import VOCAB, Question, questions
 from saelab.config import ConfigError, from_dict, option, to_dict
 from saelab.data.arrays import ArrayFileSource
@@ -191,7 +197,7 @@ def run_training(cfg: AlignSAERunConfig, out: str | Path) -> Path:
     cfg.validate()
     out = Path(out)
     model, lm_cfg = load_bio_lm(cfg.model or None)
-    n_layer = int(model.config.n_layer)
+    n_layer = n_layers(model)
     bad = [layer for layer in cfg.layers if not 0 <= layer < n_layer]
     if bad:
         raise ConfigError(f"layers {bad} do not exist: the model has blocks 0..{n_layer - 1}")

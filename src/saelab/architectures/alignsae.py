@@ -156,9 +156,14 @@ class AlignSAE(SAE):
         self.head_W2 = nn.ParameterList([nn.Parameter(torch.zeros(h, v)) for _ in range(n)])
         self.head_b2 = nn.Parameter(torch.zeros(n, v))
         self.reset_parameters(torch.Generator().manual_seed(0))
+        # from now on reset_parameters (the trainer's initialisation) also reads init_from;
+        # building or loading a saved SAE never does (its folder may be long gone)
+        self._built = True
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator) -> None:
+        """Random init (decoder = encoder transpose, heads as nn.Linear); then, at the
+        trainer's initialisation, the weights of ``init_from`` if set."""
         super().reset_parameters(generator)
         if not hasattr(self, "head_w1"):  # called from SAE.__init__ before the heads exist
             return
@@ -169,7 +174,7 @@ class AlignSAE(SAE):
         for w in self.head_W2:
             w.copy_((torch.rand(w.shape, generator=generator) * 2 - 1) * bound)
         self.head_b2.copy_((torch.rand(self.head_b2.shape, generator=generator) * 2 - 1) * bound)
-        if self.cfg.init_from:
+        if self.cfg.init_from and getattr(self, "_built", False):
             self._load_start(self.cfg.init_from)
 
     def _load_start(self, path: str) -> None:

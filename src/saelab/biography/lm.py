@@ -9,6 +9,7 @@ time and the answer accuracy per attribute.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -43,15 +44,15 @@ N_POSITIONS = 96
 class BioLMConfig:
     """Settings of one biography-LM training run (all recorded next to the weights)."""
 
-    n_people: int = option(200, "people in the world (each asked about in training)")
+    n_people: int = option(100, "people in the world (each asked about in training)")
     data_seed: int = option(0, "seed of the people and the biographies")
     bios_per_person: int = option(4, "biographies per person (random templates and order)")
     n_layer: int = option(4, "transformer blocks")
-    d_model: int = option(128, "residual stream width")
+    d_model: int = option(64, "residual stream width")
     n_head: int = option(4, "attention heads")
-    steps: int = option(4000, "optimiser steps")
-    qa_batch: int = option(64, "questions per step (training phrasings)")
-    bio_batch: int = option(16, "biographies per step")
+    steps: int = option(2000, "optimiser steps")
+    qa_batch: int = option(32, "questions per step (training phrasings)")
+    bio_batch: int = option(4, "biographies per step")
     lr: float = option(3e-3, "peak AdamW learning rate (linear warm-up, cosine decay to 10%)")
     warmup_steps: int = option(100, "learning-rate warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
@@ -112,11 +113,12 @@ def train_bio_lm(cfg: BioLMConfig, out_dir: str | Path, command: str = "",
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()
         qa, bios = training_sequences(cfg)
         model = build_model(cfg)
         losses = _fit(model, cfg, qa, bios, progress)
         train_seconds = time.time() - start
+        cpu_seconds = time.process_time() - cpu_start
         people = make_people(cfg.n_people, cfg.data_seed)
         accuracy = {"held_out": answer_accuracy(model, questions(people, held_out=True)),
                     "training_phrasings": answer_accuracy(model, questions(people, False))}
@@ -125,6 +127,7 @@ def train_bio_lm(cfg: BioLMConfig, out_dir: str | Path, command: str = "",
     meta = {"task": "biography", "settings": to_dict(cfg),
             "command": command or reproduce_command(cfg),
             "final_loss": float(np.mean(losses[-50:])), "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1),
             "threads": cfg.threads, "answer_accuracy": accuracy, "versions": _versions()}
     save_bio_lm(model, out_dir, meta)
     return meta
@@ -238,6 +241,9 @@ def save_bio_lm(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> 
     out = Path(out_dir)
     with _no_progress_bars():
         model.save_pretrained(out)  # type: ignore[operator]
+    for path in out.iterdir():  # safetensors writes 0600; a model folder is for sharing
+        if path.is_file():
+            path.chmod(0o644)
     atomic_write_json(out / METADATA_NAME, meta)
     atomic_write_bytes(out / "README.md", _readme(meta).encode())
     return out
@@ -292,6 +298,11 @@ def people_of(cfg: BioLMConfig) -> list[Person]:
 # ---------------------------------------------------------------------------- activations
 
 
+def n_layers(model: nn.Module) -> int:
+    """Transformer blocks of a biography model."""
+    return int(getattr(model, "config").n_layer)  # noqa: B009  (an HF config, untyped)
+
+
 def block_hook(layer: int) -> str:
     """The hook of the residual stream after block ``layer`` (0-based)."""
     return f"transformer.h.{layer}"
@@ -304,13 +315,13 @@ def answer_position_activations(model: nn.Module, qs: list[Question], layer: int
     (the ``:`` after ``A``, where the answer's first token is predicted)."""
     from saelab.models.hooks import capture
 
-    n_layer = int(model.config.n_layer)
+    n_layer = n_layers(model)
     if not 0 <= layer < n_layer:
         raise ConfigError(f"layer {layer} is out of range: the model has blocks 0..{n_layer - 1}")
     hook = block_hook(layer)
     out = []
     for s in range(0, len(qs), batch_size):
         ids, lengths = pad_right([q.prompt for q in qs[s:s + batch_size]])
-        got = next(iter(capture(model, [hook], lambda ids=ids: model(input_ids=ids)).values()))
+        got = next(iter(capture(model, [hook], functools.partial(model, input_ids=ids)).values()))
         out.append(got[torch.arange(len(lengths)), lengths - 1])
     return torch.cat(out)

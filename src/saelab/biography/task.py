@@ -24,25 +24,13 @@ ATTRIBUTE_PHRASES: dict[str, str] = {
     "major": "major", "employer": "employer", "company_city": "company city",
 }
 
-FIRST_NAMES = ("Anna Ben Clara David Emma Felix Grace Henry Iris Jack Kate Liam Mia Noah Olivia "
-               "Paul Quinn Rosa Sam Tara Uma Victor Wendy Xavier Yara Zane Alice Bruno Chloe "
-               "Dylan Elena Frank Gina Hugo Ivy Jonas").split()
-LAST_NAMES = ("Smith Jones Brown Taylor Wilson Davies Evans Thomas Roberts Walker Wright "
-              "Robinson Thompson White Hughes Edwards Green Hall Wood Harris Lewis Martin "
-              "Jackson Clarke Clark Turner Hill Scott Cooper Morris Ward Moore King Watson "
-              "Baker Harper").split()
-MONTHS = ("January February March April May June July August September October November "
-          "December").split()
-CITIES = ("Boston Denver Austin Seattle Chicago Phoenix Portland Atlanta Dallas Miami Houston "
-          "Detroit Oakland Tampa Omaha Tucson Fresno Reno Boise Raleigh Memphis Louisville "
-          "Richmond Spokane").split()
-UNIVERSITIES = ("Harvard Stanford Yale Princeton Cornell Columbia Duke Brown Rice Emory "
-                "Purdue Tufts Vanderbilt Dartmouth Caltech Georgetown").split()
-MAJORS = ("physics chemistry biology history economics philosophy mathematics music "
-          "linguistics geology astronomy sociology psychology architecture literature "
-          "statistics").split()
-EMPLOYERS = ("Acme Globex Initech Umbrella Hooli Vandelay Stark Wayne Cyberdyne Tyrell "
-             "Aperture Soylent Wonka Oscorp Gringotts Monarch").split()
+FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jack", "Kate", "Liam", "Mia", "Noah", "Olivia", "Paul", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wendy", "Xavier", "Yara", "Zane", "Alice", "Bruno", "Chloe", "Dylan", "Elena", "Frank", "Gina", "Hugo", "Ivy", "Jonas"]
+LAST_NAMES = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Davies", "Evans", "Thomas", "Roberts", "Walker", "Wright", "Robinson", "Thompson", "White", "Hughes", "Edwards", "Green", "Hall", "Wood", "Harris", "Lewis", "Martin", "Jackson", "Clarke", "Clark", "Turner", "Hill", "Scott", "Cooper", "Morris", "Ward", "Moore", "King", "Watson", "Baker", "Harper"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
+CITIES = ["Boston", "Denver", "Austin", "Seattle", "Chicago", "Phoenix", "Portland", "Atlanta", "Dallas", "Miami", "Houston", "Detroit", "Oakland", "Tampa", "Omaha", "Tucson", "Fresno", "Reno", "Boise", "Raleigh", "Memphis", "Louisville", "Richmond", "Spokane"]
+UNIVERSITIES = ["Harvard", "Stanford", "Yale", "Princeton", "Cornell", "Columbia", "Duke", "Brown", "Rice", "Emory", "Purdue", "Tufts", "Vanderbilt", "Dartmouth", "Caltech", "Georgetown"]
+MAJORS = ["physics", "chemistry", "biology", "history", "economics", "philosophy", "mathematics", "music", "linguistics", "geology", "astronomy", "sociology", "psychology", "architecture", "literature", "statistics"]
+EMPLOYERS = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay", "Stark", "Wayne", "Cyberdyne", "Tyrell", "Aperture", "Soylent", "Wonka", "Oscorp", "Gringotts", "Monarch"]
 
 BIO_TEMPLATES: dict[str, tuple[str, ...]] = {
     "birth_date": ("{n} was born on {v} .", "{n} came into the world on {v} .",
@@ -182,7 +170,7 @@ def questions(people: list[Person], held_out: bool) -> list[Question]:
     out = []
     for p, person in enumerate(people):
         for r, rel in enumerate(RELATIONS):
-            answer = VOCAB.encode(person.values[rel]) + [VOCAB.ids[EOS]]
+            answer = [*VOCAB.encode(person.values[rel]), VOCAB.ids[EOS]]
             for f in frames_for(r, held_out):
                 out.append(Question(p, r, f, VOCAB.encode(question_text(person, r, f)), answer))
     return out

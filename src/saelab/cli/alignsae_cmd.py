@@ -84,13 +84,12 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
 
 
 def _evaluate(args: argparse.Namespace, swap: Any) -> int:
-    from saelab.alignsae.evaluate import format_report, write_report
-    from saelab.alignsae.evaluate import evaluate_runs as run_eval
+    from saelab.alignsae.evaluate import evaluate_runs, format_report, write_report
 
     torch.set_num_threads(1)
     runs = [Path(r) for r in args.runs]
     report_dir = Path(args.report) if args.report else runs[0] / "report"
-    results = run_eval(runs, swap, progress=not args.no_progress)
+    results = evaluate_runs(runs, swap, progress=not args.no_progress)
     path = write_report(results, report_dir)
     print(format_report(results, swap is not None))
     print(f"report: {path}", file=sys.stderr)
