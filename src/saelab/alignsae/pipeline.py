@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,11 @@ def _fit(name: str, sae_cfg: Any, train: TrainConfig, data: Path, out: Path) -> 
     if (final / "cfg.json").exists():
         return load(final)
     source = ArrayFileSource(data, seed=train.seed)
-    return Trainer({name: sae_cfg}, train, source, out).fit()[name]
+    with warnings.catch_warnings():
+        # the paper's schedule: many epochs over a fixed question set (scored on held-out
+        # phrasings), which the trainer would otherwise warn about at every stage
+        warnings.filterwarnings("ignore", message=".*times over.*")
+        return Trainer({name: sae_cfg}, train, source, out).fit()[name]
 
 
 def train_layer(model_dir: Path, model: nn.Module, lm_cfg: BioLMConfig, cfg: AlignSAERunConfig,
