@@ -71,10 +71,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    model, lm_cfg = load_bio_lm()
-    held_out = answer_accuracy(model, questions(people_of(lm_cfg), held_out=True))
     with ProcessPoolExecutor(len(args.seeds), mp_context=mp.get_context("spawn")) as pool:
-        per_seed = list(pool.map(_seed_job, [args] * len(args.seeds), args.seeds))
+        jobs = [pool.submit(_seed_job, args, seed) for seed in args.seeds]
+        model, lm_cfg = load_bio_lm()  # meanwhile: the model's own accuracy
+        held_out = answer_accuracy(model, questions(people_of(lm_cfg), held_out=True))
+        per_seed = [job.result() for job in jobs]
     per_run = [r for result in per_seed for r in result["runs"]]
     layers = per_seed[0]["layers"]
     results = {"runs": per_run, "layers": layers, "summary": summarise(per_run, layers),
