@@ -12,6 +12,9 @@ import torch
 
 from saelab.config import add_arguments, args_to_dict, from_dict
 
+#: eval and swap write to different folders, so neither replaces the other's results
+_REPORT_DIRS = {"eval": "eval_report", "swap": "report"}
+
 
 def add_parser(sub: Any) -> None:
     from saelab.alignsae.evaluate import SwapConfig
@@ -45,7 +48,7 @@ def add_parser(sub: Any) -> None:
         ev.add_argument("runs", nargs="+", help="run folder(s) of `alignsae train` (several "
                         "seeds are averaged)")
         ev.add_argument("--report", default=None, help="folder for results.json, report.md "
-                        "(and swap.png); default: the first run's folder/report")
+                        f"(and swap.png); default: the first run's folder/{_REPORT_DIRS[name]}")
         ev.add_argument("--no-progress", action="store_true", help="no progress lines")
         if name == "swap":
             add_arguments(ev, SwapConfig)
@@ -83,12 +86,12 @@ def _train(args: argparse.Namespace, extra: list[str], parser: argparse.Argument
     return 0
 
 
-def _evaluate(args: argparse.Namespace, swap: Any) -> int:
+def _evaluate(args: argparse.Namespace, swap: Any, verb: str) -> int:
     from saelab.alignsae.evaluate import evaluate_runs, format_report, write_report
 
     torch.set_num_threads(1)
     runs = [Path(r) for r in args.runs]
-    report_dir = Path(args.report) if args.report else runs[0] / "report"
+    report_dir = Path(args.report) if args.report else runs[0] / _REPORT_DIRS[verb]
     results = evaluate_runs(runs, swap, progress=not args.no_progress)
     path = write_report(results, report_dir)
     print(format_report(results, swap is not None))
@@ -99,7 +102,7 @@ def _evaluate(args: argparse.Namespace, swap: Any) -> int:
 def _eval(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return _evaluate(args, None)
+    return _evaluate(args, None, "eval")
 
 
 def _swap(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
@@ -107,4 +110,4 @@ def _swap(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentP
 
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return _evaluate(args, from_dict(SwapConfig, args_to_dict(args, SwapConfig)))
+    return _evaluate(args, from_dict(SwapConfig, args_to_dict(args, SwapConfig)), "swap")
