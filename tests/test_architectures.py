@@ -12,7 +12,7 @@ from saelab.registry import config_from_dict, get_architecture
 from tests.helpers import all_names, ctx, small_options, small_sae
 
 EXPECTED = {"relu", "panneal", "gated", "gated_panneal", "topk", "batchtopk", "jumprelu",
-            "matryoshka", "ordered", "transcoder", "crosscoder"}
+            "matryoshka", "ordered", "transcoder", "crosscoder", "alignsae"}
 
 
 def test_registry_has_every_architecture():

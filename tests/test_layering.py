@@ -52,10 +52,10 @@ def test_public_names_still_work():
 # interpretation/use → cli). A new subpackage must be placed here.
 LAYERS = {
     0: {"config", "registry", "architectures", "ops", "metrics", "io", "integrity", "lock"},
-    1: {"data", "cache", "text", "models", "sources", "boardgame", "interop"},
+    1: {"data", "cache", "text", "models", "sources", "boardgame", "interop", "biography"},
     2: {"training", "distributed", "run_config"},
     3: {"evals", "search", "toy", "sweep"},
-    4: {"features", "explore", "interp", "steer", "sarm", "pipelines", "lfads"},
+    4: {"features", "explore", "interp", "steer", "sarm", "pipelines", "lfads", "alignsae"},
     5: {"cli"},
 }
 

@@ -1,6 +1,7 @@
 """SAE architectures: one file each, registered by name (see ``saelab.registry``)."""
 
 from saelab.architectures import (  # noqa: F401  (registers every architecture)
+    alignsae,
     batchtopk,
     crosscoder,
     gated,

@@ -14,6 +14,7 @@ from saelab.config import ConfigError
 
 def _commands() -> list[ModuleType]:
     from saelab.cli import (
+        alignsae_cmd,
         architectures_cmd,
         boardgame_cmd,
         cache_cmd,
@@ -52,6 +53,7 @@ def _commands() -> list[ModuleType]:
         export_cmd,
         toy_cmd,
         boardgame_cmd,
+        alignsae_cmd,
         demo_cmd,
         architectures_cmd,
     ]
