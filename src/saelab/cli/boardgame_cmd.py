@@ -50,19 +50,40 @@ def _add_train_lm(actions: Any) -> None:
     p = actions.add_parser("train-lm", allow_abbrev=False, help="train a game GPT",
                            description="Train a GPT-2 on seeded random Othello games or "
                            "weak-engine chess games, report legal-move accuracy on held-out "
-                           "games and save config.json, model.safetensors and training.json.")
-    p.add_argument("--out", required=True, help="output folder")
+                           "games and save config.json, model.safetensors and training.json. "
+                           "Checkpoints go to OUT/checkpoint/ every --checkpoint-minutes and "
+                           "when stopped (Ctrl-C, SIGTERM); --resume OUT continues from there.")
+    p.add_argument("--out", help="output folder (required unless --resume)")
+    p.add_argument("--resume", metavar="OUT",
+                   help="continue the run checkpointed in OUT (its settings are kept; "
+                   "--device, --threads, --checkpoint-minutes and the eval sizes may change, and "
+                   "--train-games may grow a one-epoch run)")
     add_arguments(p.add_argument_group("training options"), LMTrainConfig)
     p.set_defaults(boardgame_action=_train_lm)
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from saelab.boardgame.lm import LMTrainConfig, train_lm
+    import sys
 
-    cfg = from_dict(LMTrainConfig, args_to_dict(args, LMTrainConfig))
-    meta = train_lm(cfg, args.out)
+    from saelab.boardgame.lm import LMTrainConfig
+    from saelab.training.game_lm import TrainingStopped, resume_config, train_lm
+
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise ConfigError("--resume OUT continues in OUT itself; drop --out")
+    if not (args.resume or args.out):
+        raise ConfigError("train-lm needs --out FOLDER (or --resume FOLDER to continue a run)")
+    out = args.resume or args.out
+    given = args_to_dict(args, LMTrainConfig)
+    cfg = resume_config(out, given) if args.resume else from_dict(LMTrainConfig, given)
+    try:
+        meta = train_lm(cfg, out, resume=bool(args.resume))
+    except TrainingStopped as stopped:
+        print(f"{stopped}\ncontinue with: saelab boardgame train-lm --resume {out}",
+              file=sys.stderr)
+        return 130
     print(json.dumps({"legal_move_accuracy": meta["legal_move_accuracy"],
-                      "train_seconds": meta["train_seconds"], "out": args.out}, indent=2))
+                      "train_seconds": meta["train_seconds"], "steps": meta["steps"],
+                      "out": out}, indent=2))
     return 0
 
 
