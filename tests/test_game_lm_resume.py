@@ -65,6 +65,9 @@ def test_stop_and_resume_gives_the_weights_of_a_straight_run(tmp_path: Path) -> 
     assert stopped.value.step == 7 and ckpt == tmp_path / "split" / "checkpoint"
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 7 and not any(ckpt.glob("*.pt")) and not any(ckpt.glob("*.bin"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(f.stat().st_mode & 0o777) for f in ckpt.iterdir()} == {0o666 & ~umask}
     mid_model, game = lm.load_game_lm(ckpt)  # a checkpoint is a loadable game LM
     assert game == "othello" and not torch.equal(
         mid_model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
@@ -88,7 +91,7 @@ def test_refusals_keep_the_users_runs(tmp_path: Path) -> None:
         game_lm.train_lm(cfg, tmp_path, progress_seconds=1e9)
     with pytest.raises(ConfigError, match="d_model"):
         game_lm.resume_config(tmp_path, {"d_model": 32})
-    with pytest.raises(ConfigError, match="grow"):
+    with pytest.raises(ConfigError, match="not below the 16 games"):
         game_lm.resume_config(tmp_path, {"train_games": 8})
     grown = game_lm.resume_config(tmp_path, {"train_games": 32, "device": "cpu"})
     assert grown.train_games == 32 and grown.d_model == 16
@@ -116,3 +119,47 @@ def test_sigterm_checkpoints_then_stops(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGTERM) == before  # our handler is removed again
     record = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert record[-1]["checkpoint"].endswith("checkpoint") and record[-1]["step"] == step
+
+
+def test_board_probe_square_accuracies_read_the_class_major_cells() -> None:
+    from saelab.boardgame import othello
+    from saelab.boardgame.properties import othello_board, othello_positions
+    from saelab.pipelines.board_probe import square_accuracies
+
+    games = othello.random_games(3, seed=0)
+    board = torch.from_numpy(othello_board(games, othello_positions(games, 59)))
+    assert square_accuracies(board.float() * 10 - 5, board) == (1.0, 1.0)
+    swapped = torch.cat([board[:, :64], board[:, 128:], board[:, 64:128]], dim=1)
+    square, mine_theirs = square_accuracies(swapped.float(), board)
+    assert mine_theirs == 0.0
+    assert square == pytest.approx(float(board[:, :64].float().mean()))  # only empties right
+
+
+def test_train_resume_and_lm_eval_from_the_command_line(tmp_path: Path, capsys) -> None:
+    from saelab.cli import main
+
+    out = tmp_path / "lm"
+    common = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--batch-size", "8",
+              "--eval-games", "5", "--warmup-steps", "1"]
+    assert main(["boardgame", "train-lm", "--out", str(out), "--train-games", "16",
+                 *common]) == 0
+    assert main(["boardgame", "train-lm", "--resume", str(out), "--train-games", "40",
+                 "--stop-at-step", "3"]) == 130
+    assert main(["boardgame", "train-lm", "--resume", str(out), "--train-games", "32"]) == 0
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["steps"] == 4 and [s["from_step"] for s in meta["schedule_segments"]] == [0, 2, 3]
+    # The recorded commands retrace the run with its schedule changes, to the same weights.
+    again = tmp_path / "again"
+    for command in meta["command"].replace("OUT", str(again)).split(" && "):
+        assert command.startswith("saelab boardgame train-lm")
+        assert main(command.split()[1:]) in (0, 130)
+    a, b = _weights(out), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert main(["boardgame", "train-lm", "--resume", str(out), "--d-model", "32"]) == 2
+    assert "['d_model'] differ from the checkpoint" in capsys.readouterr().err
+    assert main(["boardgame", "lm-eval", str(out), "--games", "4", "--probe-games", "4",
+                 "--probe-steps", "5"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert 0 <= scores["top1_legal"] <= 1
+    assert scores["board_probe"]["layer"] == 0 and 0 < scores["board_probe"]["square_accuracy"] <= 1

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 
 from saelab.boardgame import chess_games, othello
 from saelab.config import ConfigError, option
+from saelab.integrity import current_umask
 from saelab.io import atomic_write_bytes, atomic_write_json
 
 Game = Literal["othello", "chess"]
@@ -278,11 +280,21 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def save_weights(model: nn.Module, out: Path) -> None:
+    """``save_pretrained`` (config.json, model.safetensors), with the files given the usual
+    permissions (transformers writes its weights as 0600)."""
+    with _no_progress_bars():
+        model.save_pretrained(out)  # type: ignore[operator]
+    mode = 0o666 & ~current_umask()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        if (out / name).exists():
+            os.chmod(out / name, mode)
+
+
 def save_model(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """``save_pretrained`` plus ``training.json`` and a short README."""
     out = Path(out_dir)
-    with _no_progress_bars():
-        model.save_pretrained(out)  # type: ignore[operator]
+    save_weights(model, out)
     atomic_write_json(out / METADATA_NAME, meta)
     atomic_write_bytes(out / "README.md", _readme(meta).encode())
     return out

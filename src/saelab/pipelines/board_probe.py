@@ -40,12 +40,19 @@ def othello_board_probe(model: torch.nn.Module, layer: int = -1, train_games: in
     layer = default_layer(model) if layer < 0 else layer
     train = game_split(model, "othello", layer, train_games, TRAIN_GAMES_SEED + seed)
     test = game_split(model, "othello", layer, test_games, TEST_GAMES_SEED + seed)
-    # "board" cells are class-major: empty@0..63, mine@0..63, theirs@0..63
     probe = fit_probe(train.acts_PD, train.labels["board"], steps, seed)
     with torch.no_grad():
-        logits = probe(test.acts_PD).reshape(-1, 3, 64)
-    truth = test.labels["board"].reshape(-1, 3, 64).float().argmax(1)  # (P, 64) class per square
-    right = logits.argmax(1) == truth
+        logits = probe(test.acts_PD)
+    square, mine_theirs = square_accuracies(logits, test.labels["board"])
+    return BoardProbeResult(layer, square, mine_theirs, train_games, test_games)
+
+
+def square_accuracies(logits_PC: torch.Tensor, board_PC: torch.Tensor) -> tuple[float, float]:
+    """(3-way accuracy over all squares, accuracy over occupied squares) of per-cell logits
+    against one-hot ``board`` labels, whose cells are class-major: empty@a1..h8, mine@…,
+    theirs@…; each square's prediction is the arg-max of its three cells."""
+    predicted = logits_PC.reshape(-1, 3, 64).argmax(1)
+    truth = board_PC.reshape(-1, 3, 64).float().argmax(1)  # (P, 64): 0 empty, 1 mine, 2 theirs
+    right = predicted == truth
     occupied = truth > 0
-    return BoardProbeResult(layer, float(right.float().mean()),
-                            float(right[occupied].float().mean()), train_games, test_games)
+    return float(right.float().mean()), float(right[occupied].float().mean())

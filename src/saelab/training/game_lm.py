@@ -17,6 +17,7 @@ with exactly the weights of an uninterrupted run (same device and thread count).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -51,7 +52,7 @@ from saelab.training.logging import MetricsLog, _fmt
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "state.json"
 STATE_FORMAT_VERSION = 1
-QUICK_EVAL_GAMES = 200  # held-out Othello games scored at each checkpoint
+QUICK_EVAL_GAMES = 200  # held-out Othello games scored at each checkpoint (at most eval_games)
 
 
 class TrainingStopped(Exception):
@@ -71,6 +72,8 @@ class RunState:
     data_seconds: float = 0.0
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per checkpoint
+    # the schedule's history: from step s on the run aimed at train_games (changed on resume)
+    segments: list[dict[str, int]] = field(default_factory=list)
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -81,8 +84,9 @@ def resume_config(out_dir: str | Path, changes: dict[str, Any]) -> lm.LMTrainCon
     """The settings of the run checkpointed in ``out_dir`` with ``changes`` applied.
 
     Only settings that do not change what is trained may change (``lm.RUN_ONLY_SETTINGS``),
-    plus ``train_games`` upwards for one-epoch runs (the learning-rate schedule is then
-    stretched from the resumed step on, so the result is no longer that of a straight run).
+    plus ``train_games`` of a one-epoch run, to any count not below the games already trained
+    on: the learning-rate schedule is then re-stretched from the resumed step on (lengthened or
+    shortened), so the result is no longer that of a straight run.
     """
     state = _read_state(checkpoint_path(out_dir))
     settings = dict(state["settings"])
@@ -95,8 +99,8 @@ def resume_config(out_dir: str | Path, changes: dict[str, Any]) -> lm.LMTrainCon
     if "train_games" in changes and changes["train_games"] != settings["train_games"]:
         games_done = state["step"] * settings["batch_size"]
         if settings["epochs"] != 1 or changes["train_games"] < games_done:
-            raise ConfigError(f"--train-games can only grow a one-epoch run past the "
-                              f"{games_done} games it has trained on")
+            raise ConfigError(f"--train-games can only change for a one-epoch run, and not "
+                              f"below the {games_done} games it has trained on")
     settings.update(changes)
     cfg = from_dict(lm.LMTrainConfig, settings, "checkpoint settings")
     cfg.validate()
@@ -123,6 +127,12 @@ def train_lm(cfg: lm.LMTrainConfig, out_dir: str | Path, command: str = "",
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                 weight_decay=cfg.weight_decay)
         state = _load_checkpoint(checkpoint_path(out), model, opt) if resume else RunState()
+        if not state.segments or state.segments[-1]["train_games"] != cfg.train_games:
+            state.segments.append({"from_step": state.step, "train_games": cfg.train_games})
+        if resume:
+            print(f"resuming from {checkpoint_path(out)}: step {state.step}/"
+                  f"{lm.total_steps(cfg)}, {_fmt(state.train_seconds)} trained so far",
+                  file=sys.stderr, flush=True)
         log = MetricsLog(out, enabled=True)
         try:
             with _stop_on_signals() as stop:
@@ -194,10 +204,10 @@ def _fit(model: nn.Module, opt: torch.optim.Optimizer, cfg: lm.LMTrainConfig, st
         if stopping or now - last_ckpt >= 60 * cfg.checkpoint_minutes or state.step == total:
             state.train_seconds += now - session_start - data_seconds
             state.data_seconds += data_seconds
-            session_start, data_seconds = now, 0.0
             path = write_checkpoint(out, model, opt, cfg, state, log)
-            last_ckpt = time.time()
-            session_start += last_ckpt - now  # checkpoint and quick eval are not training time
+            # the rate restarts after each checkpoint (its write and quick eval are not training)
+            session_start = last_ckpt = time.time()
+            session_steps, data_seconds = 0, 0.0
             if stopping and state.step < total:
                 raise TrainingStopped(state.step, total, path)
 
@@ -264,14 +274,14 @@ def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer,
     path = checkpoint_path(out)
 
     def fill(tmp: Path) -> None:
-        with lm._no_progress_bars():
-            model.save_pretrained(tmp)  # type: ignore[operator]
+        lm.save_weights(model, tmp)
         save_tensors(flat, tmp / "optimizer.safetensors")
         save_tensors({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
         doc = {"format_version": STATE_FORMAT_VERSION, "step": state.step,
                "total_steps": lm.total_steps(cfg), "train_seconds": state.train_seconds,
                "data_seconds": state.data_seconds, "recent_losses": list(state.recent_losses),
-               "history": state.history, "optimizer_param_groups": groups,
+               "history": state.history, "segments": state.segments,
+               "optimizer_param_groups": groups,
                "settings": to_dict(cfg)}
         (tmp / STATE_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True))
         atomic_write_json(tmp / lm.METADATA_NAME, {**_metadata(cfg, state, ""), **quick,
@@ -293,7 +303,7 @@ def _quick_eval(model: nn.Module, cfg: lm.LMTrainConfig) -> dict[str, float]:
         return {}
     was_training = model.training
     model.eval()
-    games = othello.random_games(QUICK_EVAL_GAMES, lm.held_out_seed(cfg.seed))
+    games = othello.random_games(min(QUICK_EVAL_GAMES, cfg.eval_games), lm.held_out_seed(cfg.seed))
     score = lm.othello_legal_accuracy(model, games)
     model.train(was_training)
     return {"top1_legal": score}
@@ -329,17 +339,33 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     optimizer_from_flat(opt, optim, doc["optimizer_param_groups"])
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     state = RunState(int(doc["step"]), float(doc["train_seconds"]), float(doc["data_seconds"]),
-                     deque(doc["recent_losses"], maxlen=20), list(doc["history"]))
-    print(f"resuming from {path}: step {state.step}/{doc['total_steps']}, "
-          f"{_fmt(state.train_seconds)} trained so far", file=sys.stderr, flush=True)
+                     deque(doc["recent_losses"], maxlen=20), list(doc["history"]),
+                     list(doc.get("segments", [])))
     return state
 
 
+def reproduce_commands(cfg: lm.LMTrainConfig, segments: list[dict[str, int]]) -> list[str]:
+    """The commands that retrace a run whose ``--train-games`` changed on resume: each part
+    stops where the next one changed the schedule (``--stop-at-step``), so they give the same
+    weights as the run itself (same torch build and thread count)."""
+    if len(segments) <= 1:
+        return [lm.reproduce_command(cfg)]
+    first = dataclasses.replace(cfg, train_games=segments[0]["train_games"])
+    commands = [lm.reproduce_command(first)]
+    for seg in segments[1:]:
+        commands[-1] += f" --stop-at-step {seg['from_step']}"
+        commands.append(f"saelab boardgame train-lm --resume OUT --train-games "
+                        f"{seg['train_games']}")
+    return commands
+
+
 def _metadata(cfg: lm.LMTrainConfig, state: RunState, command: str) -> dict[str, Any]:
+    commands = reproduce_commands(cfg, state.segments)
     return {
         "game": cfg.game,
         "settings": to_dict(cfg),
-        "command": command or lm.reproduce_command(cfg),
+        "command": command or " && ".join(commands),
+        "schedule_segments": state.segments,
         "final_loss": float(np.mean(state.recent_losses)) if state.recent_losses else math.nan,
         "steps": state.step,
         "games_trained": state.step * cfg.batch_size,
