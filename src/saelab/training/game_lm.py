@@ -340,7 +340,8 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     state = RunState(int(doc["step"]), float(doc["train_seconds"]), float(doc["data_seconds"]),
                      deque(doc["recent_losses"], maxlen=20), list(doc["history"]),
-                     list(doc.get("segments", [])))
+                     list(doc.get("segments", [{"from_step": 0,  # written before segments
+                                                "train_games": doc["settings"]["train_games"]}])))
     return state
 
 
