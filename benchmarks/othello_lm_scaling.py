@@ -1,6 +1,6 @@
 """Small scaling curve of Othello GPTs on this machine: which size to train for longer?
 
-Each config trains with ``train_lm`` (seeded random games, legal-move targets, one torch thread)
+Each config trains with ``saelab.training.game_lm.train_lm`` (seeded random games, legal-move targets, one torch thread)
 for its number of games, then is scored on held-out games: top-1 legal (``saelab boardgame
 lm-eval``'s measure) and the 3-way board probe at the hooked layer
 (``saelab.pipelines.board_probe``). Prints one JSON object: per config the parameters, games,
@@ -21,6 +21,7 @@ import torch
 
 from saelab.boardgame import lm
 from saelab.pipelines.board_probe import othello_board_probe
+from saelab.training.game_lm import train_lm
 
 # (n_layer, d_model, n_head, train_games): the game counts roughly match training seconds
 DEFAULT_CONFIGS = ["4x128x4:24000", "4x192x4:12000", "4x256x8:8000", "6x192x4:8000"]
@@ -50,7 +51,7 @@ def main() -> None:
                                eval_games=args.eval_games, threads=1)
         out = Path(args.out) / spec.replace(":", "_")
         print(f"training {spec} ...", file=sys.stderr, flush=True)
-        meta = lm.train_lm(cfg, out, log_every=200)
+        meta = train_lm(cfg, out, progress_seconds=60)
         model, _ = lm.load_game_lm(out)
         start = time.time()
         probe = othello_board_probe(model, train_games=args.probe_games,
