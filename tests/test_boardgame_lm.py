@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saelab.boardgame import chess_games, lm, othello
+from saelab.training.game_lm import train_lm
 
 pytest.importorskip("transformers")
 
@@ -47,7 +48,7 @@ def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     cfg = lm.LMTrainConfig(game="othello", n_layer=1, d_model=16, n_head=2, train_games=64,
                            batch_size=16, eval_games=20, warmup_steps=2)
     out = tmp_path_factory.mktemp("oth")
-    return out, lm.train_lm(cfg, out, log_every=0)
+    return out, train_lm(cfg, out, progress_seconds=1e9)
 
 
 def test_train_lm_writes_a_reproducible_folder(tiny_trained: tuple[Path, dict]) -> None:
@@ -63,7 +64,7 @@ def test_train_lm_writes_a_reproducible_folder(tiny_trained: tuple[Path, dict]) 
 def test_training_is_deterministic(tiny_trained: tuple[Path, dict], tmp_path: Path) -> None:
     out, meta = tiny_trained
     cfg = lm.LMTrainConfig(**meta["settings"])
-    again = lm.train_lm(cfg, tmp_path, log_every=0)
+    again = train_lm(cfg, tmp_path, progress_seconds=1e9)
     assert again["final_loss"] == meta["final_loss"]
     first, second = lm.load_game_lm(out)[0], lm.load_game_lm(tmp_path)[0]
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
@@ -110,7 +111,7 @@ def test_shipped_models_play_legal_moves(game: str) -> None:
     seed = lm.held_out_seed(0)
     if game == "othello":
         accuracy = lm.othello_legal_accuracy(model, othello.random_games(100, seed))
-        assert accuracy > 0.85
+        assert accuracy > 0.93  # 0.954 on 500 held-out games (training.json)
     else:
         games = chess_games.random_games(5, seed, max_chars=int(lm.model_config(model).n_positions))
         assert lm.chess_first_char_accuracy(model, games) > 0.8

@@ -15,8 +15,7 @@ import dataclasses
 import functools
 import json
 import math
-import sys
-import time
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from saelab.boardgame import chess_games, othello
-from saelab.config import ConfigError, option, to_dict
+from saelab.config import ConfigError, option
+from saelab.integrity import current_umask
 from saelab.io import atomic_write_bytes, atomic_write_json
 
 Game = Literal["othello", "chess"]
@@ -59,6 +59,11 @@ class LMTrainConfig:
     legal_targets: bool = option(True, "othello: train towards the uniform distribution over "
                                  "legal next moves (the expected next-token loss; less noise)")
     threads: int = option(1, "torch threads while training (the machine may be shared)")
+    chunk_games: int = option(16_384, "games generated at a time (memory stays bounded; each "
+                              "chunk has its own seed, so a resumed run regenerates the same games)")
+    device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps")
+    checkpoint_minutes: float = option(10.0, "minutes between resumable checkpoints in "
+                                       "OUT/checkpoint/ (also written when stopped)")
 
     def validate(self) -> None:
         if self.game not in GAMES:
@@ -67,6 +72,15 @@ class LMTrainConfig:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.train_games < self.batch_size:
             raise ConfigError("train_games must be at least batch_size")
+        if self.chunk_games < self.batch_size:
+            raise ConfigError(f"chunk_games={self.chunk_games} must be at least "
+                              f"batch_size={self.batch_size}")
+        if self.checkpoint_minutes <= 0:
+            raise ConfigError("checkpoint_minutes must be positive")
+
+
+#: Settings that only say where and how fast a run goes; a resumed run may change them.
+RUN_ONLY_SETTINGS = ("device", "threads", "checkpoint_minutes", "eval_games", "greedy_eval_games")
 
 
 def context_length(game: str, max_chars: int = 256) -> int:
@@ -115,10 +129,10 @@ class TrainingData:
         if self.next_legal is None:
             assert self.targets is not None
             return nn.functional.cross_entropy(logits_BTV.flatten(0, 1),
-                                               self.targets[rows].flatten(),
+                                               self.targets[rows].flatten().to(logits_BTV.device),
                                                ignore_index=IGNORE_INDEX)
         legal = torch.from_numpy(othello.unpack_bits(self.next_legal[rows.numpy()]))
-        legal_tokens = legal[..., list(othello.PLAYABLE_SQUARES)].float()  # token order 1..60
+        legal_tokens = legal[..., list(othello.PLAYABLE_SQUARES)].to(logits_BTV.device).float()
         counts = legal_tokens.sum(-1, keepdim=True)
         log_probs = logits_BTV[..., 1:].float().log_softmax(-1)  # the pad is never legal
         per_position = -(legal_tokens * log_probs).sum(-1) / counts.clamp_min(1).squeeze(-1)
@@ -150,6 +164,71 @@ def training_data(cfg: LMTrainConfig, n_games: int, seed: int) -> TrainingData:
     return TrainingData(ids[:, :-1], targets)
 
 
+# ---------------------------------------------------------------------------- the game stream
+
+
+def chunk_sizes(cfg: LMTrainConfig) -> list[int]:
+    """Games per chunk: ``chunk_games`` rounded down to whole batches, the last one shorter."""
+    size = cfg.chunk_games - cfg.chunk_games % cfg.batch_size
+    full, rest = divmod(cfg.train_games, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """Seed of chunk ``chunk``'s games and order. Chunk 0 uses ``seed`` itself, so a run whose
+    games fit in one chunk trains on exactly the games (and order) of earlier saelab versions."""
+    if chunk == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint32)[0])
+
+
+def steps_per_epoch(cfg: LMTrainConfig) -> int:
+    return sum(n // cfg.batch_size for n in chunk_sizes(cfg))
+
+
+def total_steps(cfg: LMTrainConfig) -> int:
+    return steps_per_epoch(cfg) * cfg.epochs
+
+
+def chunk_order(cfg: LMTrainConfig, chunk: int, n_games: int, epoch: int) -> Tensor:
+    """The order chunk ``chunk``'s games are visited in during ``epoch``: the (epoch+1)-th
+    permutation from the chunk's seeded generator (recomputed, never stored)."""
+    generator = torch.Generator().manual_seed(chunk_seed(cfg.seed, chunk))
+    for _ in range(epoch):
+        torch.randperm(n_games, generator=generator)
+    return torch.randperm(n_games, generator=generator)
+
+
+@dataclass
+class Batch:
+    step: int
+    data: TrainingData
+    rows: Tensor  # rows of ``data`` in this batch
+
+
+def batches(cfg: LMTrainConfig, start_step: int = 0) -> Iterator[Batch]:
+    """The batches of a run from ``start_step`` on, generating one chunk of games at a time.
+
+    Step s always gets the same games, however the run was interrupted and resumed: the chunk,
+    epoch and offset follow from s alone.
+    """
+    sizes = chunk_sizes(cfg)
+    per_chunk = [n // cfg.batch_size for n in sizes]
+    starts = np.cumsum([0, *per_chunk])
+    per_epoch, total = int(starts[-1]), total_steps(cfg)
+    step = start_step
+    while step < total:
+        epoch, within = divmod(step, per_epoch)
+        chunk = int(np.searchsorted(starts, within, side="right")) - 1
+        data = training_data(cfg, sizes[chunk], chunk_seed(cfg.seed, chunk))
+        order = chunk_order(cfg, chunk, sizes[chunk], epoch)
+        for b in range(within - int(starts[chunk]), per_chunk[chunk]):
+            if step >= total:
+                return
+            yield Batch(step, data, order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            step += 1
+
+
 def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < warmup:
@@ -163,80 +242,13 @@ def held_out_seed(seed: int) -> int:
     return 1_000_003 + seed
 
 
-def train_lm(cfg: LMTrainConfig, out_dir: str | Path, command: str = "",
-             log_every: int = 50) -> dict[str, Any]:
-    """Train a game LM, evaluate legal-move accuracy on held-out games, save it to ``out_dir``.
-
-    Returns the metadata written to ``training.json``.
-    """
-    cfg.validate()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        start = time.time()
-        data = training_data(cfg, cfg.train_games, cfg.seed)
-        data_seconds = time.time() - start
-        model = build_model(cfg)
-        losses = _fit(model, cfg, data, log_every)
-        train_seconds = time.time() - start - data_seconds
-        model.eval()
-        accuracy = legal_move_accuracy(model, cfg.game, cfg.eval_games, held_out_seed(cfg.seed),
-                                       greedy_games=cfg.greedy_eval_games,
-                                       max_chars=cfg.max_chars, greedy_prob=cfg.greedy_prob)
-    finally:
-        torch.set_num_threads(old_threads)
-    meta = {
-        "game": cfg.game,
-        "settings": to_dict(cfg),
-        "command": command or reproduce_command(cfg),
-        "final_loss": float(np.mean(losses[-20:])),
-        "data_seconds": round(data_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "legal_move_accuracy": accuracy,
-        "versions": _versions(),
-    }
-    save_model(model, out_dir, meta)
-    return meta
-
-
-def _fit(model: nn.Module, cfg: LMTrainConfig, data: TrainingData, log_every: int
-         ) -> list[float]:
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=cfg.weight_decay)
-    inputs = data.inputs
-    steps_per_epoch = inputs.shape[0] // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    generator = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    model.train()
-    tick = time.time()
-    for step in range(total):
-        if step % steps_per_epoch == 0:
-            order = torch.randperm(inputs.shape[0], generator=generator)
-        rows = order[(step % steps_per_epoch) * cfg.batch_size:][:cfg.batch_size]
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup_steps)
-        loss = data.loss(model(input_ids=inputs[rows]).logits, rows)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log_every and (step + 1) % log_every == 0:
-            rate = log_every / (time.time() - tick)
-            print(f"step {step + 1}/{total} loss {np.mean(losses[-log_every:]):.4f} "
-                  f"({rate:.2f} steps/s)", file=sys.stderr, flush=True)
-            tick = time.time()
-    return losses
-
-
 def reproduce_command(cfg: LMTrainConfig) -> str:
     """The ``saelab boardgame train-lm`` command line that reproduces ``cfg``: every setting is
     spelled out, so later changes of the defaults cannot change what it trains."""
     flags = []
     for f in dataclasses.fields(cfg):
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
-        if f.name == "game":
+        if f.name in ("game", "device", "checkpoint_minutes"):  # no effect on the weights
             continue
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])
@@ -268,11 +280,21 @@ def _no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def save_weights(model: nn.Module, out: Path) -> None:
+    """``save_pretrained`` (config.json, model.safetensors), with the files given the usual
+    permissions (transformers writes its weights as 0600)."""
+    with _no_progress_bars():
+        model.save_pretrained(out)  # type: ignore[operator]
+    mode = 0o666 & ~current_umask()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        if (out / name).exists():
+            os.chmod(out / name, mode)
+
+
 def save_model(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """``save_pretrained`` plus ``training.json`` and a short README."""
     out = Path(out_dir)
-    with _no_progress_bars():
-        model.save_pretrained(out)  # type: ignore[operator]
+    save_weights(model, out)
     atomic_write_json(out / METADATA_NAME, meta)
     atomic_write_bytes(out / "README.md", _readme(meta).encode())
     return out
@@ -360,7 +382,9 @@ def residual_stream(model: nn.Module, tokens_GT: Tensor, layer: int,
 
 @torch.no_grad()
 def _logits(model: nn.Module, tokens_GT: Tensor, batch_size: int = 256) -> Tensor:
-    return torch.cat([model(input_ids=tokens_GT[s:s + batch_size]).logits
+    """Logits on the CPU, whatever device the model is on."""
+    device = next(model.parameters()).device
+    return torch.cat([model(input_ids=tokens_GT[s:s + batch_size].to(device)).logits.cpu()
                       for s in range(0, tokens_GT.shape[0], batch_size)])
 
 

@@ -8,7 +8,10 @@ Actions: ``train-lm`` (train an Othello or chess GPT), ``lm-eval`` (legal-move a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,19 +53,41 @@ def _add_train_lm(actions: Any) -> None:
     p = actions.add_parser("train-lm", allow_abbrev=False, help="train a game GPT",
                            description="Train a GPT-2 on seeded random Othello games or "
                            "weak-engine chess games, report legal-move accuracy on held-out "
-                           "games and save config.json, model.safetensors and training.json.")
-    p.add_argument("--out", required=True, help="output folder")
+                           "games and save config.json, model.safetensors and training.json. "
+                           "Checkpoints go to OUT/checkpoint/ every --checkpoint-minutes and "
+                           "when stopped (Ctrl-C, SIGTERM); --resume OUT continues from there.")
+    p.add_argument("--out", help="output folder (required unless --resume)")
+    p.add_argument("--resume", metavar="OUT",
+                   help="continue the run checkpointed in OUT (its settings are kept; "
+                   "--device, --threads, --checkpoint-minutes and the eval sizes may change, and "
+                   "--train-games of a one-epoch run may change, re-stretching the "
+                   "learning-rate schedule)")
     add_arguments(p.add_argument_group("training options"), LMTrainConfig)
+    p.add_argument("--stop-at-step", type=int, default=None, metavar="STEP",
+                   help="checkpoint and stop after this step (resume later with --resume)")
     p.set_defaults(boardgame_action=_train_lm)
 
 
 def _train_lm(args: argparse.Namespace) -> int:
-    from saelab.boardgame.lm import LMTrainConfig, train_lm
+    from saelab.boardgame.lm import LMTrainConfig
+    from saelab.training.game_lm import TrainingStopped, resume_config, train_lm
 
-    cfg = from_dict(LMTrainConfig, args_to_dict(args, LMTrainConfig))
-    meta = train_lm(cfg, args.out)
+    if args.resume and args.out and Path(args.out) != Path(args.resume):
+        raise ConfigError("--resume OUT continues in OUT itself; drop --out")
+    if not (args.resume or args.out):
+        raise ConfigError("train-lm needs --out FOLDER (or --resume FOLDER to continue a run)")
+    out = args.resume or args.out
+    given = args_to_dict(args, LMTrainConfig)
+    cfg = resume_config(out, given) if args.resume else from_dict(LMTrainConfig, given)
+    try:
+        meta = train_lm(cfg, out, resume=bool(args.resume), stop_at_step=args.stop_at_step)
+    except TrainingStopped as stopped:
+        print(f"{stopped}\ncontinue with: saelab boardgame train-lm --resume {out}",
+              file=sys.stderr)
+        return 130
     print(json.dumps({"legal_move_accuracy": meta["legal_move_accuracy"],
-                      "train_seconds": meta["train_seconds"], "out": args.out}, indent=2))
+                      "train_seconds": meta["train_seconds"], "steps": meta["steps"],
+                      "out": out}, indent=2))
     return 0
 
 
@@ -80,6 +105,14 @@ def _add_lm_eval(actions: Any) -> None:
                    help="chess: games whose moves are greedy-decoded")
     p.add_argument("--random-init", action="store_true", help="score the random-init control")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out games")
+    p.add_argument("--no-probe", action="store_true",
+                   help="othello: skip the linear board probe (empty/mine/theirs per square)")
+    p.add_argument("--probe-games", type=int, default=500,
+                   help="othello: games the board probe is fit on (and as many it is scored on)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="othello: block the probe reads; -1 = the model's default (hooked) layer")
+    p.add_argument("--probe-steps", type=int, default=400,
+                   help="othello: Adam steps (of 1024 positions) fitting the board probe")
     p.set_defaults(boardgame_action=_lm_eval)
 
 
@@ -92,9 +125,24 @@ def _lm_eval(args: argparse.Namespace) -> int:
     )
 
     model, game = load_game_lm(args.model, random_init=args.random_init)
-    scores = legal_move_accuracy(model, game, args.games, held_out_seed(args.seed),
-                                 greedy_games=args.greedy_games,
-                                 max_chars=int(model_config(model).n_positions))
+    print(f"lm-eval: legal moves on {args.games} held-out {game} games ...", file=sys.stderr,
+          flush=True)
+    start = time.time()
+    scores: dict[str, Any] = legal_move_accuracy(model, game, args.games,
+                                                 held_out_seed(args.seed),
+                                                 greedy_games=args.greedy_games,
+                                                 max_chars=int(model_config(model).n_positions))
+    print(f"lm-eval: done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    if game == "othello" and not args.no_probe:
+        from saelab.pipelines.board_probe import othello_board_probe
+
+        print(f"lm-eval: board probe: fit on {args.probe_games} games, scored on "
+              f"{args.probe_games} held-out games ...", file=sys.stderr, flush=True)
+        start = time.time()
+        probe = othello_board_probe(model, args.layer, args.probe_games, args.probe_games,
+                                    args.seed, args.probe_steps)
+        print(f"lm-eval: probe done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+        scores["board_probe"] = dataclasses.asdict(probe)
     print(json.dumps({"model": args.model, "game": game, "random_init": args.random_init,
                       "games": args.games, **scores}, indent=2))
     return 0
