@@ -37,13 +37,14 @@ from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
 
-#: default sweeps: TopK over k, the others over their sparsity coefficient (each brackets
-#: L0 ≈ 16 on the shipped 4-layer d128 Othello model at 512 latents)
+#: default sweeps: TopK over k, the others over their sparsity coefficient. A measured run at
+#: 60k rows per SAE with relu/p-anneal 0.5–2 and gated 1–4 left every penalty SAE at L0 47–184
+#: (docs/boardgame.md), so these are shifted up to bracket L0 ≈ 16 and TopK reaches 64
 SWEEPS: dict[str, tuple[float, ...]] = {
-    "topk": (8, 16, 32),
-    "relu": (0.5, 1.0, 2.0),
-    "panneal": (0.5, 1.0, 2.0),
-    "gated": (1.0, 2.0, 4.0),
+    "topk": (8, 16, 32, 64),
+    "relu": (2.0, 4.0, 8.0),
+    "panneal": (2.0, 4.0, 8.0),
+    "gated": (4.0, 8.0, 16.0),
 }
 HEADLINE = {"othello": "board", "chess": "piece_no_initial"}
 
