@@ -30,8 +30,8 @@ from saelab.sweep.pbt import (
     report_state,
     restored_state,
 )
-from saelab.sweep.runner import import_ray, write_results
-from saelab.sweep.trainable import _install_checkpoint
+from saelab.sweep.runner import check_same_spec, fit_tuner, import_ray, write_results
+from saelab.sweep.trainable import install_checkpoint
 from saelab.training.checkpoint import list_checkpoints
 
 EXPERIMENT = "autolfads"
@@ -107,7 +107,7 @@ def lfads_trial(config: dict[str, Any], *, run: dict[str, Any], root: str,
     ckpt_root = out / "checkpoints"
     with restored_state() as restored:
         if restored is not None:
-            step = _install_checkpoint(restored.folder, ckpt_root, replace_all=restored.exploited)
+            step = install_checkpoint(restored.folder, ckpt_root, replace_all=restored.exploited)
             if restored.exploited:
                 out.mkdir(parents=True, exist_ok=True)
                 with (out / EXPLOITS_FILE).open("a") as fh:
@@ -137,7 +137,6 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
     auto.validate()
     ray = import_ray()
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     out = out.resolve()
     if not run.data:
@@ -150,13 +149,7 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
     SpikeData.load(run.data)  # fail here, not in every worker, if the file is bad
     spec = {"run": to_dict(run), "autolfads": to_dict(auto)}
     spec_path = out / "autolfads.json"
-    if spec_path.exists():
-        if not resume:
-            raise ConfigError(f"{out} already holds an AutoLFADS run; drop --fresh to resume it "
-                              "or choose a new --out")
-        if json.loads(spec_path.read_text()) != json.loads(json.dumps(spec)):
-            raise ConfigError(f"{out} holds a different AutoLFADS run; resume it with the same "
-                              "options or choose a new --out")
+    check_same_spec(spec_path, spec, resume, "AutoLFADS run")
     atomic_write_json(spec_path, spec)
     space = search_space(auto)
     scheduler = population_based_training(space, auto.pbt, auto.seed)
@@ -167,22 +160,10 @@ def run_autolfads(run: LFADSRunConfig, auto: AutoLFADSConfig, out: Path,
         tune.with_parameters(lfads_trial, run=to_dict(run), root=str(out),
                              report_every=auto.steps_per_generation),
         {"cpu": auto.cpus_per_trial})
-    experiment = out / "ray" / EXPERIMENT
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        print(f"resuming AutoLFADS in {out}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=SELECTION_METRIC, mode="min", scheduler=scheduler,
-                num_samples=auto.population, reuse_actors=True,
-                search_alg=BasicVariantGenerator(random_state=auto.seed)),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "ray"), verbose=1,
-                                      stop={"step": auto.total_steps},
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
-    grid = tuner.fit()
-    results = [grid[i] for i in range(len(grid))]
+    results = fit_tuner(trainable, out=out, experiment=EXPERIMENT, what="AutoLFADS",
+                        space=space, metric=SELECTION_METRIC, mode="min", scheduler=scheduler,
+                        num_samples=auto.population, seed=auto.seed,
+                        total_steps=auto.total_steps, resume=resume)
     rows = []
     for result in results:
         metrics = result.metrics or {}

@@ -37,7 +37,7 @@ def run_sweep(sf: SweepFile, out: Path, resume: bool = True) -> list[dict[str, A
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     spec = {"run": sf.run.to_dict(), "sweep": to_dict(s)}
-    _check_same_sweep(out / "sweep.json", spec, resume)
+    check_same_spec(out / "sweep.json", spec, resume, "sweep")
     atomic_write_json(out / "sweep.json", spec)
     space = {key: tune_domain(value, s.search) for key, value in s.params.items()}
     scheduler = (population_based_training(space, s.pbt, s.seed)
@@ -49,39 +49,53 @@ def run_sweep(sf: SweepFile, out: Path, resume: bool = True) -> list[dict[str, A
         tune.with_parameters(sae_trial, run=sf.run.to_dict(), sae_name=sf.sae_name,
                              report_every=s.report_every, root=str(out)),
         {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
-    experiment = out / "ray" / EXPERIMENT
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        print(f"resuming the sweep in {out}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True)
-    else:
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        tuner = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.num_samples,
-                search_alg=BasicVariantGenerator(random_state=s.seed),
-                reuse_actors=True),  # PBT restarts trials often: keep their processes
-            # A trial is done at its last step; without this PBT would keep exploiting into it.
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out / "ray"), verbose=1,
-                                      stop={"step": sf.run.train.total_steps},
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
-    grid = tuner.fit()
-    results = [grid[i] for i in range(len(grid))]
+    results = fit_tuner(trainable, out=out, experiment=EXPERIMENT, what="the sweep",
+                        space=space, metric=s.metric, mode=s.mode, scheduler=scheduler,
+                        num_samples=s.num_samples, seed=s.seed,
+                        total_steps=sf.run.train.total_steps, resume=resume)
     rows = [_row(result, s.params, sf.run.train.total_steps) for result in results]
     write_results(rows, out, s.metric, s.mode, [r.metrics_dataframe for r in results])
     return rows
 
 
-def _check_same_sweep(path: Path, spec: dict[str, Any], resume: bool) -> None:
+def fit_tuner(trainable: Any, *, out: Path, experiment: str, what: str, space: dict[str, Any],
+              metric: str, mode: str, scheduler: Any, num_samples: int, seed: int,
+              total_steps: int, resume: bool) -> list[Any]:
+    """Resume the Tune experiment in ``out/ray/<experiment>`` or start it; fit; one result per
+    trial. Shared by ``saelab sweep`` and AutoLFADS."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    path = out / "ray" / experiment
+    if resume and tune.Tuner.can_restore(str(path)):
+        print(f"resuming {what} in {out}", file=sys.stderr)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, scheduler=scheduler, num_samples=num_samples,
+                search_alg=BasicVariantGenerator(random_state=seed),
+                reuse_actors=True),  # PBT restarts trials often: keep their processes
+            # A trial is done at its last step; without this PBT would keep exploiting into it.
+            run_config=tune.RunConfig(name=experiment, storage_path=str(out / "ray"), verbose=1,
+                                      stop={"step": total_steps},
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)))
+    grid = tuner.fit()
+    return [grid[i] for i in range(len(grid))]
+
+
+def check_same_spec(path: Path, spec: dict[str, Any], resume: bool, what: str) -> None:
+    """Refuse to start over (``--fresh``) or to resume with other options in a folder that
+    already holds a run; the user's results are never replaced."""
     if not path.exists():
         return
     if not resume:
-        raise ConfigError(f"{path.parent} already holds a sweep; drop --fresh to resume it or "
+        raise ConfigError(f"{path.parent} already holds {what}; drop --fresh to resume it or "
                           "use a new output folder")
     if json.loads(path.read_text()) != json.loads(json.dumps(spec)):
-        raise ConfigError(f"{path.parent} holds a different sweep; resume it with the same file "
-                          "or use a new output folder")
+        raise ConfigError(f"{path.parent} holds a different {what}; resume it with the same "
+                          "options or use a new output folder")
 
 
 def _row(result: Any, params: dict[str, Any], total_steps: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def sae_trial(config: dict[str, Any], *, run: dict[str, Any], sae_name: str, rep
     with restored_state() as restored:
         if restored is not None:
             reported = restored.metrics
-            step = _install_checkpoint(restored.folder, ckpt_root, replace_all=restored.exploited)
+            step = install_checkpoint(restored.folder, ckpt_root, replace_all=restored.exploited)
             if restored.exploited:
                 with (out / EXPLOITS_FILE).open("a") as fh:
                     fh.write(json.dumps({"step": step, "from_trial": restored.origin_trial,
@@ -57,7 +57,7 @@ def sae_trial(config: dict[str, Any], *, run: dict[str, Any], sae_name: str, rep
         target += report_every
 
 
-def _install_checkpoint(folder: Path, ckpt_root: Path, replace_all: bool) -> int:
+def install_checkpoint(folder: Path, ckpt_root: Path, replace_all: bool) -> int:
     """Make ``folder`` the newest checkpoint of this trial (dropping its own later ones, or all
     of them after an exploit) and return its step."""
     step = _step_of(folder)
