@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from saelab.config import ConfigError, option, to_dict
 from saelab.io import atomic_write_json
 from saelab.metrics import board as board_metrics
 from saelab.metrics.core import CoreMetricsAccumulator
+from saelab.training.logging import StageProgress
 
 TRAIN_GAMES_SEED = 2_000_000  # evaluation games never overlap the LM's training games
 TEST_GAMES_SEED = 3_000_000
@@ -99,33 +99,6 @@ class BoardEvalConfig:
 
 
 # ---------------------------------------------------------------------------- activations + labels
-
-
-class StageProgress:
-    """Progress lines on stderr (flushed, so logs get them): what is being done, how far, the
-    rate and an ETA. Silent when disabled."""
-
-    def __init__(self, prefix: str, enabled: bool = True) -> None:
-        self.prefix, self.enabled, self.start = prefix, enabled, time.perf_counter()
-
-    def say(self, text: str) -> None:
-        if self.enabled:
-            print(f"[{self.prefix} {time.perf_counter() - self.start:6.1f}s] {text}",
-                  file=sys.stderr, flush=True)
-
-    def counter(self, what: str, unit: str, interval: float = 5.0) -> Callable[[int, int], None]:
-        """A ``report(done, total)`` callback printing at most every ``interval`` seconds."""
-        begin, last = time.perf_counter(), [0.0]
-
-        def report(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if not self.enabled or (now - last[0] < interval and done < total):
-                return
-            last[0] = now
-            rate = done / max(now - begin, 1e-9)
-            eta = (total - done) / max(rate, 1e-9)
-            self.say(f"{what}: {done}/{total} {unit} ({rate:,.1f} {unit}/s, ETA {eta:.0f} s)")
-        return report
 
 
 @dataclass
@@ -576,7 +549,9 @@ def fit_probe(acts_PD: Tensor, labels_PC: Tensor, steps: int = 400, seed: int = 
     rate decaying linearly to 0)."""
     generator = torch.Generator().manual_seed(seed)
     mean, std = acts_PD.mean(0), acts_PD.std(0).clamp_min(1e-6)
-    linear = torch.nn.Linear(acts_PD.shape[1], labels_PC.shape[1])
+    with torch.random.fork_rng(devices=[]):  # the initial weights come from `seed` too
+        torch.manual_seed(seed)
+        linear = torch.nn.Linear(acts_PD.shape[1], labels_PC.shape[1])
     probe = torch.nn.Sequential(_Standardise(mean, std), linear)
     opt = torch.optim.Adam(linear.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / steps)

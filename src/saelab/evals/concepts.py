@@ -17,8 +17,6 @@ Two kinds of model:
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from saelab.evals.concept_data import (
     sae_l0,
     text_activations,
 )
+from saelab.training.logging import StageProgress
 
 EVALS = ("absorption", "sparse_probing", "monosemanticity", "concept_cones")
 DEFAULT_TEXT_HOOK = "encoder.layer.3"
@@ -103,31 +102,14 @@ class ConceptData:
         return torch.cat([s.inputs.acts_TD for s in self.probing_sets.values()])
 
 
-class Progress:
-    """Stage messages with rate and ETA on stderr (flushed, so logs show them too)."""
+class Progress(StageProgress):
+    """The concept suite's progress lines (``[concepts 12.3s] …``) on stderr."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.start = time.perf_counter()
+        super().__init__("concepts", enabled)
 
     def stage(self, text: str) -> None:
-        if self.enabled:
-            print(f"[concepts {time.perf_counter() - self.start:6.1f}s] {text}", file=sys.stderr,
-                  flush=True)
-
-    def counter(self, what: str) -> Any:
-        begin = time.perf_counter()
-        last = [0.0]
-
-        def report(done: int, total: int) -> None:
-            now = time.perf_counter()
-            if not self.enabled or (now - last[0] < 5 and done < total):
-                return
-            last[0] = now
-            rate = done / max(now - begin, 1e-9)
-            eta = (total - done) / max(rate, 1e-9)
-            self.stage(f"{what}: {done}/{total} ({rate:.0f}/s, ETA {eta:.0f}s)")
-        return report
+        self.say(text)
 
 
 # ---------------------------------------------------------------------------- collection

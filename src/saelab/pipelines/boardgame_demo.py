@@ -28,6 +28,7 @@ from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.registry import config_from_dict
 from saelab.training import TrainConfig, Trainer
+from saelab.training.logging import StageProgress
 
 MODEL_KINDS = (("trained", False), ("random-init", True))
 
@@ -78,7 +79,7 @@ def train_saes(acts_path: Path, sae_configs: dict[str, SAEConfig], out_dir: Path
 
 def _model_run(cfg: OthelloDemoConfig, kind: str, random_init: bool, out: Path,
                verbose: bool = True) -> board_eval.BoardEvalResult:
-    say = board_eval.StageProgress(f"demo {kind}", verbose).say
+    say = StageProgress(f"demo {kind}", verbose).say
     model, game = lm.load_game_lm(cfg.model, random_init=random_init)
     layer = board_eval.default_layer(model) if cfg.layer < 0 else cfg.layer
     start = time.perf_counter()

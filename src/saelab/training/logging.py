@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,30 @@ def _fmt(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StageProgress:
+    """Progress lines on stderr (flushed, so logs get them): what is being done, how far, the
+    rate and an ETA. Silent when disabled."""
+
+    def __init__(self, prefix: str, enabled: bool = True) -> None:
+        self.prefix, self.enabled, self.start = prefix, enabled, time.perf_counter()
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            print(f"[{self.prefix} {time.perf_counter() - self.start:6.1f}s] {text}",
+                  file=sys.stderr, flush=True)
+
+    def counter(self, what: str, unit: str = "items", interval: float = 5.0) -> Callable[[int, int], None]:
+        """A ``report(done, total)`` callback printing at most every ``interval`` seconds."""
+        begin, last = time.perf_counter(), [0.0]
+
+        def report(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if not self.enabled or (now - last[0] < interval and done < total):
+                return
+            last[0] = now
+            rate = done / max(now - begin, 1e-9)
+            eta = (total - done) / max(rate, 1e-9)
+            self.say(f"{what}: {done}/{total} {unit} ({rate:,.1f} {unit}/s, ETA {eta:.0f} s)")
+        return report
