@@ -30,7 +30,7 @@ from saelab.biography.task import (
     make_people,
     questions,
 )
-from saelab.boardgame.lm import _no_progress_bars, lr_factor
+from saelab.boardgame.lm import _no_progress_bars, _versions, lr_factor, save_weights
 from saelab.config import ConfigError, option, to_dict
 from saelab.io import atomic_write_bytes, atomic_write_json
 
@@ -178,12 +178,6 @@ def reproduce_command(cfg: BioLMConfig) -> str:
     return " ".join(["OMP_NUM_THREADS=1 saelab alignsae train-lm --out OUT", *flags])
 
 
-def _versions() -> dict[str, str]:
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
 # ---------------------------------------------------------------------------- answers
 
 
@@ -239,11 +233,7 @@ def answer_accuracy(model: nn.Module, qs: list[Question]) -> dict[str, dict[str,
 
 def save_bio_lm(model: nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     out = Path(out_dir)
-    with _no_progress_bars():
-        model.save_pretrained(out)  # type: ignore[operator]
-    for path in out.iterdir():  # safetensors writes 0600; a model folder is for sharing
-        if path.is_file():
-            path.chmod(0o644)
+    save_weights(model, out)
     atomic_write_json(out / METADATA_NAME, meta)
     atomic_write_bytes(out / "README.md", _readme(meta).encode())
     return out
