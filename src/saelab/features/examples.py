@@ -206,8 +206,8 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
         encoded[a:b][complete] = full[a:b][complete]
         partial = np.nonzero(~complete & (stop > first))[0]
         if len(partial):
-            encoded[a + partial] |= _presence_bits(seqpos, w_seq[partial], w_lo[partial],
-                                                   w_len[partial], size, n_words)
+            encoded[a + partial] |= _presence_bits(keys, w_seq[partial], w_lo[partial],
+                                                   full[a + partial], size)
         # the window latent's codes: one range of the entries sorted by (seq, latent, pos)
         row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
         entry_keys = (seqpos[row, 0] * n_latents + latents) * size + seqpos[row, 1]
@@ -228,19 +228,38 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
     return window[order], offset[order].astype(np.int64), code[order].astype(np.float32)
 
 
-def _presence_bits(seqpos: np.ndarray, seq: np.ndarray, start: np.ndarray, length: np.ndarray,
-                   size: int, n_words: int) -> np.ndarray:
+def _presence_bits(keys: np.ndarray, seq: np.ndarray, start: np.ndarray, full: np.ndarray,
+                   size: int) -> np.ndarray:
     """(n, n_words) uint64 bitmasks: bit j of window i is set where the chunk has a row at
-    (seq[i], start[i] + j), j < length[i]."""
-    contexts, local = np.unique(seqpos[:, 0], return_inverse=True)
-    present = np.zeros((len(contexts), size + 1), dtype=bool)  # column `size`: never present
-    present[local, seqpos[:, 1]] = True
+    (seq[i], start[i] + j), within the window's ``full`` mask; ``keys`` are the chunk's sorted
+    token keys ``sequence·size + position``.
+
+    Each context of the chunk gets one bitmask of its rows (a few words), and a window's mask
+    is its context's mask shifted down by the window's start: a handful of word operations per
+    window, whatever its length or how many of its tokens are there."""
+    n_words = full.shape[1]
+    ctx_words = -(-size // 64) + n_words + 1  # zero words past the end: shifts read them
+    seqs = keys // size
+    new_context = np.ones(len(keys), dtype=bool)
+    new_context[1:] = seqs[1:] != seqs[:-1]
+    contexts, local = seqs[new_context], np.cumsum(new_context) - 1
+    pos = keys - seqs * size
+    word = local * ctx_words + pos // 64  # non-decreasing: keys are sorted
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(word)) + 1])
+    masks = np.zeros(len(contexts) * ctx_words, dtype=np.uint64)
+    masks[word[starts]] = np.bitwise_or.reduceat(
+        np.left_shift(np.uint64(1), (pos % 64).astype(np.uint64)), starts)
     at = np.minimum(np.searchsorted(contexts, seq), len(contexts) - 1)
-    known = contexts[at] == seq
-    cols = start[:, None] + np.arange(64 * n_words)[None, :]
-    cols = np.where(cols < (start + length)[:, None], cols, size)
-    bits = present[at[:, None], cols] & known[:, None]
-    return np.packbits(bits, axis=1, bitorder="little").view("<u8").astype(np.uint64)
+    base = np.where(contexts[at] == seq, at * ctx_words, len(masks))
+    masks = np.concatenate([masks, np.zeros(ctx_words, dtype=np.uint64)])  # unknown: empty
+    shift = (start % 64).astype(np.uint64)
+    up = np.where(shift > 0, np.uint64(64) - shift, np.uint64(0))
+    out = np.empty_like(full)
+    for w in range(n_words):
+        low = masks[base + start // 64 + w] >> shift
+        high = np.where(shift > 0, masks[base + start // 64 + w + 1] << up, np.uint64(0))
+        out[:, w] = (low | high) & full[:, w]
+    return out
 
 
 def _full_masks(length: np.ndarray, n_words: int) -> np.ndarray:

@@ -61,12 +61,8 @@ def tune_cpu_allocator(threshold_bytes: int = 2**30) -> bool:
     ~230 ms per 256 MB here; ~10% of a TopK training step). Process-wide and opt-in: call once
     at startup of a CPU training run. Returns False where it does not apply (non-glibc).
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
     ok_mmap = mallopt(m_mmap_threshold, threshold_bytes) == 1
@@ -82,7 +78,7 @@ def release_freed_heap() -> bool:
     what is live. Call it now and then (not per batch: trimmed pages fault in again). Returns
     False where it does not apply (non-glibc).
     """
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
@@ -90,13 +86,14 @@ def release_freed_heap() -> bool:
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, looked up once (``find_library`` runs ``ldconfig``)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A glibc function by name, looked up once (``find_library`` runs ``ldconfig``, so the
+    allocator helpers can be called per batch)."""
+    lib = ctypes.util.find_library("c")
+    if lib is None:
         return None
     try:
-        return ctypes.CDLL(name).malloc_trim  # type: ignore[no-any-return]
+        return getattr(ctypes.CDLL(lib), name)  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None
 
