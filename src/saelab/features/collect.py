@@ -83,21 +83,29 @@ class LatentStats:
         self.max, self.hist = state["max"], np.ascontiguousarray(state["hist"])
 
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` of integer keys, by one plain sort of (key, index)
+    packed in an int64 where both fit (several times faster than an argsort)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = max(1, (n - 1).bit_length())
+    if int(keys.min()) >= 0 and int(keys.max()) < 2 ** (62 - shift):
+        return np.sort((keys.astype(np.int64) << shift) | np.arange(n)) & ((1 << shift) - 1)
+    return np.argsort(keys, kind="stable")
+
+
 def _first_of_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Sorted indices of the first occurrence of every (a, b) pair (non-negative ints)."""
     n = len(a)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     pair = a.astype(np.int64) * (int(b.max()) + 1) + b
-    shift = max(1, (n - 1).bit_length())
-    if int(pair.max()) < 2 ** (62 - shift):  # one plain sort of (pair, index) packed in int64
-        packed = np.sort((pair << shift) | np.arange(n))
-        pair_sorted = packed >> shift
-        starts = np.ones(n, dtype=bool)
-        starts[1:] = pair_sorted[1:] != pair_sorted[:-1]
-        first = packed[starts] & ((1 << shift) - 1)
-    else:
-        first = np.unique(pair, return_index=True)[1]
+    order = stable_argsort(pair)
+    pair_sorted = pair[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = pair_sorted[1:] != pair_sorted[:-1]
+    first = order[starts]
     first.sort()
     return first
 
@@ -157,7 +165,7 @@ class TopPerGroup:
         # so the result never depends on the order candidates arrived in (a resumed build
         # equals an uninterrupted one)
         key = (g.astype(np.int64) << 32) | (0xFFFFFFFF - s.view(np.uint32).astype(np.int64))
-        order = np.argsort(key)
+        order = stable_argsort(key)
         tied = np.diff(key[order]) == 0
         if tied.any():  # order each run of equal keys by (context, position), in place
             at = np.unique(np.concatenate([np.nonzero(tied)[0], np.nonzero(tied)[0] + 1]))
@@ -222,8 +230,8 @@ class CodesFile:
                n_rows: int, seqpos_N2: np.ndarray, nnz_before: int) -> None:
         """Entries of one batch, sorted by (row, latent); ``row_ids`` are batch-local."""
         keys = row_ids.astype(np.int64) * (int(latents.max(initial=0)) + 1) + latents
-        if not (np.diff(keys) > 0).all():  # nonzero() hands them out sorted already
-            order = np.argsort(keys)
+        if not (np.diff(keys) > 0).all():  # sparse_entries hands them out sorted already
+            order = stable_argsort(keys)
             latents, values = latents[order], values[order]
         counts = np.bincount(row_ids, minlength=n_rows)
         offsets = nnz_before + np.cumsum(counts)

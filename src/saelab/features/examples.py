@@ -30,7 +30,13 @@ from typing import Protocol
 
 import numpy as np
 
-from saelab.features.collect import CodesFile, TopPerGroup, expand_ranges, gather_rows
+from saelab.features.collect import (
+    CodesFile,
+    TopPerGroup,
+    expand_ranges,
+    gather_rows,
+    stable_argsort,
+)
 
 #: rows of saved codes read at once by the sample and window passes
 CHUNK_ROWS = 1 << 14
@@ -61,7 +67,7 @@ class WindowShape:
 def _sorted_rows(seqpos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(order, keys in that order) of a chunk's rows by token key ``sequence·size + position``."""
     keys = seqpos[:, 0] * size + seqpos[:, 1]
-    order = np.argsort(keys, kind="stable")
+    order = stable_argsort(keys)
     return order, keys[order]
 
 
@@ -94,9 +100,7 @@ def sample_pass(codes: CodesFile, edges: np.ndarray, n_contexts: int, shape: Win
         lat = latents.astype(np.int64)
         if per_bin:
             row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
-            bins = np.zeros(len(lat), dtype=np.int64)
-            for j in range(n_bins - 1):
-                bins += values > edges[lat, j]
+            bins = (values[:, None] > edges[lat]).sum(axis=1)
             sample.offer(lat * n_bins + bins, rng.random(len(lat), dtype=np.float32),
                          seqpos[row, 0], seqpos[row, 1], values)
         if pool_size:
@@ -158,7 +162,10 @@ def select(top: TopPerGroup, quant: TopPerGroup | None, picks: np.ndarray, pool:
                   pool[window, 1], np.zeros(len(lat), dtype=np.float32)))
     latent, kind, bins, rank, seq, pos, value = (np.concatenate(c)
                                                  for c in zip(*parts, strict=True))
-    order = np.lexsort((rank, -bins, kind, latent))
+    # one key ordering by latent, kind, bin (highest first), rank: unique per window
+    ranks = int(rank.max(initial=0)) + 1
+    order = stable_argsort(((latent * len(KINDS) + kind) * n_bins + (n_bins - 1 - bins))
+                           * ranks + rank)
     latent, kind, bins, seq, pos = (a[order].astype(np.int64)
                                     for a in (latent, kind, bins, seq, pos))
     lo, hi = shape.span(pos)
@@ -180,7 +187,7 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
     the chunk's entries sorted by (context, latent, position) — only codes that are nonzero
     are touched, not every token of every window.
     """
-    by_seq = np.argsort(win.seq, kind="stable")
+    by_seq = stable_argsort(win.seq)
     seq, lat = win.seq[by_seq], win.latent[by_seq]
     lo, length = win.start[by_seq], win.length[by_seq]
     n_words = max(1, -(-int(length.max(initial=1)) // 64))
@@ -211,7 +218,7 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
         # the window latent's codes: one range of the entries sorted by (seq, latent, pos)
         row = np.repeat(np.arange(len(seqpos)), np.diff(offsets))
         entry_keys = (seqpos[row, 0] * n_latents + latents) * size + seqpos[row, 1]
-        entry_order = np.argsort(entry_keys)
+        entry_order = stable_argsort(entry_keys)
         entry_keys = entry_keys[entry_order]
         base = (w_seq * n_latents + w_lat) * size
         hits, which = expand_ranges(np.searchsorted(entry_keys, base + w_lo),
@@ -224,7 +231,7 @@ def window_codes(codes: CodesFile, win: Windows, n_latents: int, size: int, say:
     offset = np.concatenate([*(f[1] for f in found), missing_off])
     code = np.concatenate([*(f[2] for f in found),
                            np.full(len(missing_w), np.nan, dtype=np.float32)])
-    order = np.argsort(window * (64 * n_words) + offset)
+    order = stable_argsort(window * (64 * n_words) + offset)
     return window[order], offset[order].astype(np.int64), code[order].astype(np.float32)
 
 
@@ -271,14 +278,23 @@ def _full_masks(length: np.ndarray, n_words: int) -> np.ndarray:
 
 
 def _missing_tokens(encoded: np.ndarray, full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, bit) of every bit set in ``full`` but not in ``encoded``."""
-    missing = full & ~encoded
-    rows = np.nonzero(missing.any(axis=1))[0]
-    if len(rows) == 0:
+    """(row, bit) of every bit set in ``full`` but not in ``encoded``, lowest bit first: a
+    window misses few tokens, so the lowest missing bit is taken off each word in turn."""
+    missing = (full & ~encoded).reshape(-1)
+    at = np.flatnonzero(missing)
+    words, bits = [], []
+    while len(at):
+        word = missing[at]
+        lowest = word & (~word + np.uint64(1))  # the lowest set bit
+        words.append(at)
+        bits.append(np.log2(lowest.astype(np.float64)).astype(np.int64))  # exact: a power of 2
+        missing[at] = word ^ lowest
+        at = at[missing[at] != 0]
+    if not words:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    bits = np.unpackbits(missing[rows].astype("<u8").view(np.uint8), axis=1, bitorder="little")
-    r, bit = np.nonzero(bits)
-    return rows[r], bit.astype(np.int64)
+    word_at, bit = np.concatenate(words), np.concatenate(bits)
+    n_words = full.shape[1]
+    return word_at // n_words, (word_at % n_words) * 64 + bit
 
 
 # ---------------------------------------------------------------------------- 4. write
