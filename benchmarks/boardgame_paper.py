@@ -21,6 +21,7 @@ On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; che
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,11 +32,13 @@ import torch
 
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
+from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
+from saelab.sweep.runner import check_same_spec
 
 #: default sweeps: TopK over k, the others over their sparsity coefficient. A measured run at
 #: 60k rows per SAE with relu/p-anneal 0.5–2 and gated 1–4 left every penalty SAE at L0 47–184
@@ -77,16 +80,53 @@ def say(text: str, start: float) -> None:
     print(f"[paper-bench {time.perf_counter() - start:7.1f}s] {text}", file=sys.stderr, flush=True)
 
 
+#: arguments that do not change the results (they may differ between a run and its resume)
+NOT_IN_SPEC = ("threads", "out")
+
+
+def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
+    """What a run's results depend on; a resume must match it exactly."""
+    spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in NOT_IN_SPEC}
+    spec["sweeps"] = {k: list(v) for k, v in sweeps.items()}
+    return spec
+
+
+def job_path(out: Path, kind: str, seed: int) -> Path:
+    """Where the result of one (model kind, seed) is written as soon as it finishes."""
+    return out / "jobs" / f"{kind}_seed{seed}.json"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (model kind, seed): train the sweep, score it, write ``jobs/KIND_seedS.json`` at
+    once. A rerun in the same ``--out`` with the same arguments skips the finished ones
+    (resume); with other arguments it refuses (``spec.json``) rather than mixing runs."""
     start = time.perf_counter()
     sweeps = parse_sweeps(args.sweep)
     configs = sweep_configs(sweeps, args.expansion)
+    spec = run_spec(args, sweeps)
+    check_same_spec(args.out / "spec.json", spec, resume=True, what="paper-comparison run")
+    atomic_write_json(args.out / "spec.json", spec)
     game = lm.load_game_lm(args.model)[1]
     prop = args.property or HEADLINE[game]
     points: list[comparison.SweepPoint] = []
     results: dict[str, Any] = {}
     n_jobs, done = 2 * len(args.seeds), 0
     for kind, random_init in (("trained", False), ("random-init", True)):
+        todo = []
+        for seed in args.seeds:
+            path = job_path(args.out, kind, seed)
+            if path.exists():  # finished by an earlier run with the same spec
+                record = json.loads(path.read_text())
+                results[f"{kind}/seed{seed}"] = record["result"]
+                points += [comparison.SweepPoint(**p) for p in record["points"]]
+                done += 1
+                say(f"{kind} seed {seed}: done earlier, read {path}", start)
+            else:
+                todo.append(seed)
+        if not todo:
+            continue
+        kind_start = time.perf_counter()
         model, _ = lm.load_game_lm(args.model, random_init=random_init)
         layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
         eval_cfg = board_eval.BoardEvalConfig(
@@ -97,19 +137,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         data = board_eval.collect_board_data(eval_cfg)
         acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
             model, game, layer, args.sae_games, SAE_GAMES_SEED))
-        for seed in args.seeds:
+        for seed in todo:
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
-                              args.tokens, args.batch_size, args.lr, seed=seed)
+                              args.tokens, args.batch_size, args.lr, seed=seed, progress=True)
             result = board_eval.run(saes, eval_cfg, data)
+            mine = comparison.sweep_points(result, kind, seed, prop,
+                                           {n: n.split("@")[0] for n in saes})
+            atomic_write_json(job_path(args.out, kind, seed), {
+                "kind": kind, "seed": seed, "result": result.to_dict(),
+                "points": [dataclasses.asdict(p) for p in mine]})
             results[f"{kind}/seed{seed}"] = result.to_dict()
-            points += comparison.sweep_points(result, kind, seed, prop,
-                                              {n: n.split("@")[0] for n in saes})
+            points += mine
             done += 1
-            elapsed = time.perf_counter() - start
-            say(f"{done}/{n_jobs} (model, seed) runs done; ETA "
-                f"{elapsed / done * (n_jobs - done):.0f} s", start)
+            # the ETA counts only this process's work on this model kind (a resume skips
+            # finished jobs), its data collection spread over the seeds run so far
+            per_job = (time.perf_counter() - kind_start) / (todo.index(seed) + 1)
+            say(f"{done}/{n_jobs} (model, seed) runs done, written to "
+                f"{job_path(args.out, kind, seed)}; ETA {per_job * (n_jobs - done):.0f} s", start)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
     return {"comparison": cmp.to_dict(), "table": comparison.format_table(cmp),
@@ -141,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args)
+    try:
+        report = run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     atomic_write_json(args.out / "results.json", report)
     atomic_write_bytes(args.out / "table.md", (report["table"] + "\n").encode())
     print(report["table"])
