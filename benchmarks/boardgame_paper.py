@@ -40,14 +40,18 @@ from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
 from saelab.sweep.runner import check_same_spec
 
-#: default sweeps: TopK over k, the others over their sparsity coefficient. A measured run at
-#: 60k rows per SAE with relu/p-anneal 0.5–2 and gated 1–4 left every penalty SAE at L0 47–184
-#: (docs/boardgame.md), so these are shifted up to bracket L0 ≈ 16 and TopK reaches 64
+#: default sweeps: TopK over k, the others over their sparsity coefficient, chosen so every
+#: architecture brackets the target L0 16 over about the same range as TopK (8–64). Calibrated
+#: on the shipped Othello model (160k games), block 2, 150k rows per SAE, expansion 4, seed 0:
+#: training L0 at the end for coefficients 1/2/4/8 was relu 102/54/5.0/1.3, p-anneal
+#: 83/38/2.7/0.8, gated (2/4/8) 74/37/7.1; interpolating log L0 linearly in the coefficient
+#: gives relu 2/3/4 ≈ 54/16/5, p-anneal 1.5/2.5/3 ≈ 57/20/10, gated 3/6/8 ≈ 52/16/7. The L0 of
+#: a penalty SAE also falls with training length: recalibrate when --tokens changes
 SWEEPS: dict[str, tuple[float, ...]] = {
     "topk": (8, 16, 32, 64),
-    "relu": (2.0, 4.0, 8.0),
-    "panneal": (2.0, 4.0, 8.0),
-    "gated": (4.0, 8.0, 16.0),
+    "relu": (2.0, 3.0, 4.0),
+    "panneal": (1.5, 2.5, 3.0),
+    "gated": (3.0, 6.0, 8.0),
 }
 HEADLINE = {"othello": "board", "chess": "piece_no_initial"}
 
@@ -97,6 +101,23 @@ def job_path(out: Path, kind: str, seed: int) -> Path:
     return out / "jobs" / f"{kind}_seed{seed}.json"
 
 
+def _prepare(args: argparse.Namespace, game: str, kind: str, random_init: bool, start: float
+             ) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
+    """One model kind's evaluation games (scored) and SAE-training activations (cached)."""
+    model, _ = lm.load_game_lm(args.model, random_init=random_init)
+    layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
+    eval_cfg = board_eval.BoardEvalConfig(
+        game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
+        random_init=random_init, train_games=args.train_games, test_games=args.test_games,
+        probe=False, progress=True)
+    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games and "
+        f"{args.sae_games} SAE-training games", start)
+    data = board_eval.collect_board_data(eval_cfg)
+    acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
+        model, game, layer, args.sae_games, SAE_GAMES_SEED))
+    return eval_cfg, data, acts_path
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every (model kind, seed): train the sweep, score it, write ``jobs/KIND_seedS.json`` at
     once. A rerun in the same ``--out`` with the same arguments skips the finished ones
@@ -112,9 +133,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     points: list[comparison.SweepPoint] = []
     results: dict[str, Any] = {}
     n_jobs, done = 2 * len(args.seeds), 0
-    for kind, random_init in (("trained", False), ("random-init", True)):
-        todo = []
-        for seed in args.seeds:
+    kinds = {"trained": False, "random-init": True}
+    prepared: dict[str, tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]] = {}
+    session_start, ran = time.perf_counter(), 0
+    # seed by seed, both model kinds each: a run stopped early still has matched pairs
+    for seed in args.seeds:
+        for kind, random_init in kinds.items():
             path = job_path(args.out, kind, seed)
             if path.exists():  # finished by an earlier run with the same spec
                 record = json.loads(path.read_text())
@@ -122,22 +146,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 points += [comparison.SweepPoint(**p) for p in record["points"]]
                 done += 1
                 say(f"{kind} seed {seed}: done earlier, read {path}", start)
-            else:
-                todo.append(seed)
-        if not todo:
-            continue
-        kind_start = time.perf_counter()
-        model, _ = lm.load_game_lm(args.model, random_init=random_init)
-        layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
-        eval_cfg = board_eval.BoardEvalConfig(
-            game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
-            random_init=random_init, train_games=args.train_games, test_games=args.test_games,
-            probe=False, progress=True)
-        say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games", start)
-        data = board_eval.collect_board_data(eval_cfg)
-        acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
-            model, game, layer, args.sae_games, SAE_GAMES_SEED))
-        for seed in todo:
+                continue
+            if kind not in prepared:
+                prepared[kind] = _prepare(args, game, kind, random_init, start)
+            eval_cfg, data, acts_path = prepared[kind]
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
@@ -145,17 +157,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result = board_eval.run(saes, eval_cfg, data)
             mine = comparison.sweep_points(result, kind, seed, prop,
                                            {n: n.split("@")[0] for n in saes})
-            atomic_write_json(job_path(args.out, kind, seed), {
-                "kind": kind, "seed": seed, "result": result.to_dict(),
-                "points": [dataclasses.asdict(p) for p in mine]})
+            atomic_write_json(path, {"kind": kind, "seed": seed, "result": result.to_dict(),
+                                     "points": [dataclasses.asdict(p) for p in mine]})
             results[f"{kind}/seed{seed}"] = result.to_dict()
             points += mine
-            done += 1
-            # the ETA counts only this process's work on this model kind (a resume skips
-            # finished jobs), its data collection spread over the seeds run so far
-            per_job = (time.perf_counter() - kind_start) / (todo.index(seed) + 1)
-            say(f"{done}/{n_jobs} (model, seed) runs done, written to "
-                f"{job_path(args.out, kind, seed)}; ETA {per_job * (n_jobs - done):.0f} s", start)
+            done, ran = done + 1, ran + 1
+            # the ETA counts only this process's work (a resume skips finished jobs)
+            per_job = (time.perf_counter() - session_start) / ran
+            say(f"{done}/{n_jobs} (model, seed) runs done, written to {path}; "
+                f"ETA {per_job * (n_jobs - done):.0f} s", start)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
     return {"comparison": cmp.to_dict(), "table": comparison.format_table(cmp),
