@@ -85,7 +85,7 @@ def say(text: str, start: float) -> None:
 
 
 #: arguments that do not change the results (they may differ between a run and its resume)
-NOT_IN_SPEC = ("threads", "out")
+NOT_IN_SPEC = ("threads", "out", "report_only")
 
 
 def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     game = lm.load_game_lm(args.model)[1]
     prop = args.property or HEADLINE[game]
     points: list[comparison.SweepPoint] = []
+    group_points: dict[str, list[comparison.SweepPoint]] = {}  # chess: the strategy average
     results: dict[str, Any] = {}
     n_jobs, done = 2 * len(args.seeds), 0
     kinds = {"trained": False, "random-init": True}
@@ -144,8 +145,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 record = json.loads(path.read_text())
                 results[f"{kind}/seed{seed}"] = record["result"]
                 points += [comparison.SweepPoint(**p) for p in record["points"]]
+                for group, rows in record.get("group_points", {}).items():
+                    group_points.setdefault(group, []).extend(
+                        comparison.SweepPoint(**p) for p in rows)
                 done += 1
                 say(f"{kind} seed {seed}: done earlier, read {path}", start)
+                continue
+            if args.report_only:
+                say(f"{kind} seed {seed}: not finished, left out (--report-only)", start)
                 continue
             if kind not in prepared:
                 prepared[kind] = _prepare(args, game, kind, random_init, start)
@@ -155,10 +162,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
                               args.tokens, args.batch_size, args.lr, seed=seed, progress=True)
             result = board_eval.run(saes, eval_cfg, data)
-            mine = comparison.sweep_points(result, kind, seed, prop,
-                                           {n: n.split("@")[0] for n in saes})
-            atomic_write_json(path, {"kind": kind, "seed": seed, "result": result.to_dict(),
-                                     "points": [dataclasses.asdict(p) for p in mine]})
+            arch_of = {n: n.split("@")[0] for n in saes}
+            mine = comparison.sweep_points(result, kind, seed, prop, arch_of)
+            groups = {g: comparison.sweep_points(result, kind, seed, g, arch_of)
+                      for g in result.saes[0].groups}
+            atomic_write_json(path, {
+                "kind": kind, "seed": seed, "result": result.to_dict(),
+                "points": [dataclasses.asdict(p) for p in mine],
+                "group_points": {g: [dataclasses.asdict(p) for p in ps]
+                                 for g, ps in groups.items()}})
+            for g, ps in groups.items():
+                group_points.setdefault(g, []).extend(ps)
             results[f"{kind}/seed{seed}"] = result.to_dict()
             points += mine
             done, ran = done + 1, ran + 1
@@ -168,7 +182,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"ETA {per_job * (n_jobs - done):.0f} s", start)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
-    return {"comparison": cmp.to_dict(), "table": comparison.format_table(cmp),
+    by_group = {g: comparison.compare(ps, game, comparison.ComparisonConfig(
+        headline_property=g, target_l0=args.target_l0)) for g, ps in group_points.items()}
+    table = "\n\n".join([comparison.format_table(cmp)]
+                         + [comparison.format_table(c) for c in by_group.values()])
+    return {"comparison": cmp.to_dict(), "table": table,
+            "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "sweeps": {k: list(v) for k, v in sweeps.items()}, "results": results}
@@ -193,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="append", default=[],
                         help="ARCH=V1,V2,... replaces an architecture's sweep (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true", help="write the comparison of "
+                        "the (model, seed) runs finished in --out (same options) and run no more")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

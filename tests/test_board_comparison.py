@@ -81,6 +81,11 @@ def test_a_group_compares_coverage_only_and_chess_gets_no_othello_orderings() ->
               ("topk", "gated", "panneal", "relu") for k in ("trained", "random-init")
               for p in _sweep(k, a, 0.5, 0.5)]
     nan_rec = [dataclasses.replace(p, reconstruction_paper=math.nan) for p in points]
-    chess = compare(nan_rec, "chess", ComparisonConfig()).findings
+    strategy = compare(nan_rec, "chess", ComparisonConfig(headline_property="strategy"))
+    chess = strategy.findings
     assert [f.claim.split("'s ")[1][:8] for f in chess] == ["coverage"]  # no recon, no ordering
+    # the paper's chess numbers are for piece_no_initial, not for the strategy average
+    assert chess[0].paper == "n/a" and strategy.row("trained", "panneal").paper_coverage is None
+    pieces = compare(points, "chess", ComparisonConfig(headline_property="piece_no_initial"))
+    assert pieces.row("trained", "panneal").paper_coverage == 0.54
     assert len(compare(points, "othello", ComparisonConfig()).findings) == 5

@@ -37,6 +37,8 @@ PAPER_OTHELLO = {
 PAPER_CHESS = {"coverage": {"panneal": 0.54, "random-init": 0.17},
                "reconstruction": {"panneal": 0.79, "random-init": 0.48}}
 PAPER = {"othello": PAPER_OTHELLO, "chess": PAPER_CHESS}
+#: the property the paper's numbers are for (another property gets no paper column)
+PAPER_PROPERTY = {"othello": "board", "chess": "piece_no_initial"}
 PAPER_NAMES = {"topk": "TopK", "gated": "Gated", "panneal": "p-anneal", "relu": "Standard"}
 TOLERANCE = 0.02  # "≈": within this much
 
@@ -161,7 +163,7 @@ def _nearest(points: list[SweepPoint], target: float) -> SweepPoint:
 
 def compare(points: list[SweepPoint], game: str, cfg: ComparisonConfig) -> BoardComparison:
     """Best-of-sweep (paper-style) and matched-L0 (saelab) tables plus the paper's findings."""
-    paper = PAPER.get(game, {})
+    paper = PAPER.get(game, {}) if cfg.headline_property == PAPER_PROPERTY.get(game) else {}
     rows = []
     keys = sorted({(p.kind, p.architecture) for p in points},
                   key=lambda k: (k[0] != "trained", k[1]))
@@ -200,7 +202,7 @@ def findings(comparison: BoardComparison) -> list[Finding]:
                 continue
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
-                "random-init control", _paper_range(comparison.game, metric),
+                "random-init control", _paper_range(comparison.game, comparison.property, metric),
                 f"trained min {low:.3f} vs random-init max {high:.3f}", low > high))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
     # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
@@ -223,7 +225,9 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     return out
 
 
-def _paper_range(game: str, metric: str) -> str:
+def _paper_range(game: str, prop: str, metric: str) -> str:
+    if prop != PAPER_PROPERTY.get(game):
+        return "n/a"
     values = PAPER.get(game, {}).get(metric, {})
     trained = [v for k, v in values.items() if k != "random-init"]
     if not trained:
