@@ -32,6 +32,7 @@ import torch
 
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
+from saelab.boardgame.properties import group_members
 from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
@@ -101,9 +102,12 @@ def job_path(out: Path, kind: str, seed: int) -> Path:
     return out / "jobs" / f"{kind}_seed{seed}.json"
 
 
-def _prepare(args: argparse.Namespace, game: str, kind: str, random_init: bool, start: float
-             ) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
-    """One model kind's evaluation games (scored) and SAE-training activations (cached)."""
+def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_init: bool,
+             start: float) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
+    """One model kind's evaluation games (scored) and SAE-training activations (cached).
+    Only the compared property and the groups' members are kept: scoring every SAE on the
+    others (Othello mine_theirs, legal_moves; chess piece, ...) would double the run's time
+    and change none of the compared numbers (each property is scored on its own columns)."""
     model, _ = lm.load_game_lm(args.model, random_init=random_init)
     layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
     eval_cfg = board_eval.BoardEvalConfig(
@@ -113,6 +117,9 @@ def _prepare(args: argparse.Namespace, game: str, kind: str, random_init: bool, 
     say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games and "
         f"{args.sae_games} SAE-training games", start)
     data = board_eval.collect_board_data(eval_cfg)
+    keep = {prop}.union(*group_members(game).values())
+    for split in (data.train, data.test):
+        split.labels = {name: value for name, value in split.labels.items() if name in keep}
     acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
         model, game, layer, args.sae_games, SAE_GAMES_SEED))
     return eval_cfg, data, acts_path
@@ -155,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"{kind} seed {seed}: not finished, left out (--report-only)", start)
                 continue
             if kind not in prepared:
-                prepared[kind] = _prepare(args, game, kind, random_init, start)
+                prepared[kind] = _prepare(args, game, prop, kind, random_init, start)
             eval_cfg, data, acts_path = prepared[kind]
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)

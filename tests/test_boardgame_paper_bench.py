@@ -41,6 +41,7 @@ def test_results_are_written_per_job_and_a_rerun_resumes(tmp_path: Path,
     assert jobs == ["random-init_seed0.json", "trained_seed0.json"]
     trained = json.loads((out / "jobs" / "trained_seed0.json").read_text())
     assert {p["architecture"] for p in trained["points"]} == {"topk", "relu", "panneal", "gated"}
+    assert set(trained["result"]["saes"][0]["scores"]) == {"board"}  # only what is compared
 
     # drop one job: the rerun trains only that one and gives the same comparison
     (out / "jobs" / "random-init_seed0.json").unlink()
