@@ -16,6 +16,11 @@ Usage (the full run, on a GPU machine or a long CPU run):
         --train-games 1000 --test-games 1000
 On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; chess:
 ``--model chess`` (headline property piece_no_initial, plus the strategy average).
+
+Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
+with the same options skips it (other options are refused: ``spec.json``). Seeds may run as
+separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side);
+``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
 """
 
 from __future__ import annotations
@@ -85,8 +90,9 @@ def say(text: str, start: float) -> None:
     print(f"[paper-bench {time.perf_counter() - start:7.1f}s] {text}", file=sys.stderr, flush=True)
 
 
-#: arguments that do not change the results (they may differ between a run and its resume)
-NOT_IN_SPEC = ("threads", "out", "report_only")
+#: arguments that do not change any (model, seed) result: they may differ between a run and
+#: its resume, and processes running different --seeds may share one --out (one per core)
+NOT_IN_SPEC = ("threads", "out", "report_only", "seeds")
 
 
 def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
