@@ -19,7 +19,8 @@ On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; che
 
 Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
 with the same options skips it (other options are refused: ``spec.json``). Seeds may run as
-separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side);
+separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
+``--kind trained``);
 ``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
 """
 
@@ -92,7 +93,7 @@ def say(text: str, start: float) -> None:
 
 #: arguments that do not change any (model, seed) result: they may differ between a run and
 #: its resume, and processes running different --seeds may share one --out (one per core)
-NOT_IN_SPEC = ("threads", "out", "report_only", "seeds")
+NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind")
 
 
 def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
@@ -153,6 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # seed by seed, both model kinds each: a run stopped early still has matched pairs
     for seed in args.seeds:
         for kind, random_init in kinds.items():
+            if args.kind not in ("both", kind):
+                continue
             path = job_path(args.out, kind, seed)
             if path.exists():  # finished by an earlier run with the same spec
                 record = json.loads(path.read_text())
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="append", default=[],
                         help="ARCH=V1,V2,... replaces an architecture's sweep (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kind", choices=("both", "trained", "random-init"), default="both",
+                        help="run only this model kind's jobs (to split a run over processes)")
     parser.add_argument("--report-only", action="store_true", help="write the comparison of "
                         "the (model, seed) runs finished in --out (same options) and run no more")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
