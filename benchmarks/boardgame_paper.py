@@ -132,6 +132,26 @@ def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_i
     return eval_cfg, data, acts_path
 
 
+def sweep_table(points: list[comparison.SweepPoint]) -> str:
+    """Every sweep point (mean over seeds): held-out L0 and EV, and both paper-style scores, to
+    show where each architecture's sweep lies around the target L0."""
+    keys = sorted({(p.kind, p.architecture, p.sparsity) for p in points},
+                  key=lambda k: (k[0] != "trained", k[1], float(k[2].split("=")[1])))
+    lines = ["| model | SAE | setting | seeds | L0 held-out | EV | dead | cov (paper-style) | "
+             "recon (paper-style) | cov held-out |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, arch, sparsity in keys:
+        mine = [p for p in points if (p.kind, p.architecture, p.sparsity) == (kind, arch,
+                                                                                  sparsity)]
+
+        def avg(attr: str, mine: list[comparison.SweepPoint] = mine) -> float:
+            return sum(getattr(p, attr) for p in mine) / len(mine)
+        lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | {sparsity} | "
+                     f"{len(mine)} | {avg('l0'):.1f} | {avg('explained_variance'):.3f} | "
+                     f"{avg('dead_latents'):.0f} | {avg('coverage_paper'):.3f} | "
+                     f"{avg('reconstruction_paper'):.3f} | {avg('coverage_test'):.3f} |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every (model kind, seed): train the sweep, score it, write ``jobs/KIND_seedS.json`` at
     once. A rerun in the same ``--out`` with the same arguments skips the finished ones
@@ -201,7 +221,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     by_group = {g: comparison.compare(ps, game, comparison.ComparisonConfig(
         headline_property=g, target_l0=args.target_l0)) for g, ps in group_points.items()}
     table = "\n\n".join([comparison.format_table(cmp)]
-                         + [comparison.format_table(c) for c in by_group.values()])
+                         + [comparison.format_table(c) for c in by_group.values()]
+                         + ["Every sweep point (mean over seeds):", sweep_table(points)])
     return {"comparison": cmp.to_dict(), "table": table,
             "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
