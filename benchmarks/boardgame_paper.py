@@ -16,11 +16,18 @@ Usage (the full run, on a GPU machine or a long CPU run):
         --train-games 1000 --test-games 1000
 On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; chess:
 ``--model chess`` (headline property piece_no_initial, plus the strategy average).
+
+Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
+with the same options skips it (other options are refused: ``spec.json``). Seeds may run as
+separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
+``--kind trained``);
+``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -31,20 +38,27 @@ import torch
 
 from saelab.boardgame import lm
 from saelab.boardgame.activations import SAE_GAMES_SEED, game_activations, write_npy
+from saelab.boardgame.properties import group_members
+from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
+from saelab.sweep.runner import check_same_spec
 
-#: default sweeps: TopK over k, the others over their sparsity coefficient. A measured run at
-#: 60k rows per SAE with relu/p-anneal 0.5–2 and gated 1–4 left every penalty SAE at L0 47–184
-#: (docs/boardgame.md), so these are shifted up to bracket L0 ≈ 16 and TopK reaches 64
+#: default sweeps: TopK over k, the others over their sparsity coefficient, chosen so every
+#: architecture brackets the target L0 16 over about the same range as TopK (8–64). Calibrated
+#: on the shipped Othello model (160k games), block 2, 150k rows per SAE, expansion 4, seed 0:
+#: training L0 at the end for coefficients 1/2/4/8 was relu 102/54/5.0/1.3, p-anneal
+#: 83/38/2.7/0.8, gated (2/4/8) 74/37/7.1; interpolating log L0 linearly in the coefficient
+#: gives relu 2/3/4 ≈ 54/16/5, p-anneal 1.5/2.5/3 ≈ 57/20/10, gated 3/6/8 ≈ 52/16/7. The L0 of
+#: a penalty SAE also falls with training length: recalibrate when --tokens changes
 SWEEPS: dict[str, tuple[float, ...]] = {
     "topk": (8, 16, 32, 64),
-    "relu": (2.0, 4.0, 8.0),
-    "panneal": (2.0, 4.0, 8.0),
-    "gated": (4.0, 8.0, 16.0),
+    "relu": (2.0, 3.0, 4.0),
+    "panneal": (1.5, 2.5, 3.0),
+    "gated": (3.0, 6.0, 8.0),
 }
 HEADLINE = {"othello": "board", "chess": "piece_no_initial"}
 
@@ -77,42 +91,140 @@ def say(text: str, start: float) -> None:
     print(f"[paper-bench {time.perf_counter() - start:7.1f}s] {text}", file=sys.stderr, flush=True)
 
 
+#: arguments that do not change any (model, seed) result: they may differ between a run and
+#: its resume, and processes running different --seeds may share one --out (one per core)
+NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind")
+
+
+def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
+    """What a run's results depend on; a resume must match it exactly."""
+    spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k not in NOT_IN_SPEC}
+    spec["sweeps"] = {k: list(v) for k, v in sweeps.items()}
+    return spec
+
+
+def job_path(out: Path, kind: str, seed: int) -> Path:
+    """Where the result of one (model kind, seed) is written as soon as it finishes."""
+    return out / "jobs" / f"{kind}_seed{seed}.json"
+
+
+def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_init: bool,
+             start: float) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
+    """One model kind's evaluation games (scored) and SAE-training activations (cached).
+    Only the compared property and the groups' members are kept: scoring every SAE on the
+    others (Othello mine_theirs, legal_moves; chess piece, ...) would double the run's time
+    and change none of the compared numbers (each property is scored on its own columns)."""
+    model, _ = lm.load_game_lm(args.model, random_init=random_init)
+    layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
+    eval_cfg = board_eval.BoardEvalConfig(
+        game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
+        random_init=random_init, train_games=args.train_games, test_games=args.test_games,
+        probe=False, progress=True)
+    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games and "
+        f"{args.sae_games} SAE-training games", start)
+    data = board_eval.collect_board_data(eval_cfg)
+    keep = {prop}.union(*group_members(game).values())
+    for split in (data.train, data.test):
+        split.labels = {name: value for name, value in split.labels.items() if name in keep}
+    acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
+        model, game, layer, args.sae_games, SAE_GAMES_SEED))
+    return eval_cfg, data, acts_path
+
+
+def sweep_table(points: list[comparison.SweepPoint]) -> str:
+    """Every sweep point (mean over seeds): held-out L0 and EV, and both paper-style scores, to
+    show where each architecture's sweep lies around the target L0."""
+    keys = sorted({(p.kind, p.architecture, p.sparsity) for p in points},
+                  key=lambda k: (k[0] != "trained", k[1], float(k[2].split("=")[1])))
+    lines = ["| model | SAE | setting | seeds | L0 held-out | EV | dead | cov (paper-style) | "
+             "recon (paper-style) | cov held-out |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, arch, sparsity in keys:
+        mine = [p for p in points if (p.kind, p.architecture, p.sparsity) == (kind, arch,
+                                                                                  sparsity)]
+
+        def avg(attr: str, mine: list[comparison.SweepPoint] = mine) -> float:
+            return sum(getattr(p, attr) for p in mine) / len(mine)
+        lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | {sparsity} | "
+                     f"{len(mine)} | {avg('l0'):.1f} | {avg('explained_variance'):.3f} | "
+                     f"{avg('dead_latents'):.0f} | {avg('coverage_paper'):.3f} | "
+                     f"{avg('reconstruction_paper'):.3f} | {avg('coverage_test'):.3f} |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every (model kind, seed): train the sweep, score it, write ``jobs/KIND_seedS.json`` at
+    once. A rerun in the same ``--out`` with the same arguments skips the finished ones
+    (resume); with other arguments it refuses (``spec.json``) rather than mixing runs."""
     start = time.perf_counter()
     sweeps = parse_sweeps(args.sweep)
     configs = sweep_configs(sweeps, args.expansion)
+    spec = run_spec(args, sweeps)
+    check_same_spec(args.out / "spec.json", spec, resume=True, what="paper-comparison run")
+    atomic_write_json(args.out / "spec.json", spec)
     game = lm.load_game_lm(args.model)[1]
     prop = args.property or HEADLINE[game]
     points: list[comparison.SweepPoint] = []
+    group_points: dict[str, list[comparison.SweepPoint]] = {}  # chess: the strategy average
     results: dict[str, Any] = {}
     n_jobs, done = 2 * len(args.seeds), 0
-    for kind, random_init in (("trained", False), ("random-init", True)):
-        model, _ = lm.load_game_lm(args.model, random_init=random_init)
-        layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
-        eval_cfg = board_eval.BoardEvalConfig(
-            game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
-            random_init=random_init, train_games=args.train_games, test_games=args.test_games,
-            probe=False, progress=True)
-        say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games", start)
-        data = board_eval.collect_board_data(eval_cfg)
-        acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
-            model, game, layer, args.sae_games, SAE_GAMES_SEED))
-        for seed in args.seeds:
+    kinds = {"trained": False, "random-init": True}
+    prepared: dict[str, tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]] = {}
+    session_start, ran = time.perf_counter(), 0
+    # seed by seed, both model kinds each: a run stopped early still has matched pairs
+    for seed in args.seeds:
+        for kind, random_init in kinds.items():
+            if args.kind not in ("both", kind):
+                continue
+            path = job_path(args.out, kind, seed)
+            if path.exists():  # finished by an earlier run with the same spec
+                record = json.loads(path.read_text())
+                results[f"{kind}/seed{seed}"] = record["result"]
+                points += [comparison.SweepPoint(**p) for p in record["points"]]
+                for group, rows in record.get("group_points", {}).items():
+                    group_points.setdefault(group, []).extend(
+                        comparison.SweepPoint(**p) for p in rows)
+                done += 1
+                say(f"{kind} seed {seed}: done earlier, read {path}", start)
+                continue
+            if args.report_only:
+                say(f"{kind} seed {seed}: not finished, left out (--report-only)", start)
+                continue
+            if kind not in prepared:
+                prepared[kind] = _prepare(args, game, prop, kind, random_init, start)
+            eval_cfg, data, acts_path = prepared[kind]
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
-                              args.tokens, args.batch_size, args.lr, seed=seed)
+                              args.tokens, args.batch_size, args.lr, seed=seed, progress=True)
             result = board_eval.run(saes, eval_cfg, data)
+            arch_of = {n: n.split("@")[0] for n in saes}
+            mine = comparison.sweep_points(result, kind, seed, prop, arch_of)
+            groups = {g: comparison.sweep_points(result, kind, seed, g, arch_of)
+                      for g in result.saes[0].groups}
+            atomic_write_json(path, {
+                "kind": kind, "seed": seed, "result": result.to_dict(),
+                "points": [dataclasses.asdict(p) for p in mine],
+                "group_points": {g: [dataclasses.asdict(p) for p in ps]
+                                 for g, ps in groups.items()}})
+            for g, ps in groups.items():
+                group_points.setdefault(g, []).extend(ps)
             results[f"{kind}/seed{seed}"] = result.to_dict()
-            points += comparison.sweep_points(result, kind, seed, prop,
-                                              {n: n.split("@")[0] for n in saes})
-            done += 1
-            elapsed = time.perf_counter() - start
-            say(f"{done}/{n_jobs} (model, seed) runs done; ETA "
-                f"{elapsed / done * (n_jobs - done):.0f} s", start)
+            points += mine
+            done, ran = done + 1, ran + 1
+            # the ETA counts only this process's work (a resume skips finished jobs)
+            per_job = (time.perf_counter() - session_start) / ran
+            say(f"{done}/{n_jobs} (model, seed) runs done, written to {path}; "
+                f"ETA {per_job * (n_jobs - done):.0f} s", start)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
-    return {"comparison": cmp.to_dict(), "table": comparison.format_table(cmp),
+    by_group = {g: comparison.compare(ps, game, comparison.ComparisonConfig(
+        headline_property=g, target_l0=args.target_l0)) for g, ps in group_points.items()}
+    table = "\n\n".join([comparison.format_table(cmp)]
+                         + [comparison.format_table(c) for c in by_group.values()]
+                         + ["Every sweep point (mean over seeds):", sweep_table(points)])
+    return {"comparison": cmp.to_dict(), "table": table,
+            "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "sweeps": {k: list(v) for k, v in sweeps.items()}, "results": results}
@@ -137,11 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="append", default=[],
                         help="ARCH=V1,V2,... replaces an architecture's sweep (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kind", choices=("both", "trained", "random-init"), default="both",
+                        help="run only this model kind's jobs (to split a run over processes)")
+    parser.add_argument("--report-only", action="store_true", help="write the comparison of "
+                        "the (model, seed) runs finished in --out (same options) and run no more")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = run(args)
+    try:
+        report = run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     atomic_write_json(args.out / "results.json", report)
     atomic_write_bytes(args.out / "table.md", (report["table"] + "\n").encode())
     print(report["table"])

@@ -3,9 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import pytest
 
-from saelab.evals.board_comparison import ComparisonConfig, SweepPoint, compare, format_table
+from saelab.evals.board_comparison import (
+    ComparisonConfig,
+    SweepPoint,
+    compare,
+    format_table,
+    sweep_points,
+)
+from saelab.evals.boardgame import GroupScores, SAEBoardResult
 
 
 def _point(kind: str, seed: int, arch: str, l0: float, cov_paper: float, rec_paper: float,
@@ -56,3 +66,26 @@ def test_findings_follow_the_numbers() -> None:
     assert [f.reproduces for f in cmp.findings] == [False, True, False, False, False]
     table = format_table(cmp)
     assert "| trained | TopK | 2 | 0.77 |" in table and "| no |" in table
+
+
+def test_a_group_compares_coverage_only_and_chess_gets_no_othello_orderings() -> None:
+    group = GroupScores("strategy", ["check", "pin"], 0.3, 0.25, 0.2, 0.15)
+    sae = SAEBoardResult("topk@8", 64, 60, 8.0, 0.7, {}, {"strategy": group}, "TopK", "k=8")
+    result = type("R", (), {"saes": [sae]})()
+    point = sweep_points(result, "trained", 0, "strategy", {"topk@8": "topk"})[0]  # type: ignore[arg-type]
+    assert (point.coverage_paper, point.coverage_test, point.coverage_train) == (0.2, 0.25, 0.3)
+    assert point.reconstruction_paper != point.reconstruction_paper  # NaN: a group has none
+    with pytest.raises(KeyError, match="neither a property nor a group"):
+        sweep_points(result, "trained", 0, "piece", {})  # type: ignore[arg-type]
+    points = [dataclasses.replace(p, architecture=a, kind=k) for a in
+              ("topk", "gated", "panneal", "relu") for k in ("trained", "random-init")
+              for p in _sweep(k, a, 0.5, 0.5)]
+    nan_rec = [dataclasses.replace(p, reconstruction_paper=math.nan) for p in points]
+    strategy = compare(nan_rec, "chess", ComparisonConfig(headline_property="strategy"))
+    chess = strategy.findings
+    assert [f.claim.split("'s ")[1][:8] for f in chess] == ["coverage"]  # no recon, no ordering
+    # the paper's chess numbers are for piece_no_initial, not for the strategy average
+    assert chess[0].paper == "n/a" and strategy.row("trained", "panneal").paper_coverage is None
+    pieces = compare(points, "chess", ComparisonConfig(headline_property="piece_no_initial"))
+    assert pieces.row("trained", "panneal").paper_coverage == 0.54
+    assert len(compare(points, "othello", ComparisonConfig()).findings) == 5

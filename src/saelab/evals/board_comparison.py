@@ -37,6 +37,8 @@ PAPER_OTHELLO = {
 PAPER_CHESS = {"coverage": {"panneal": 0.54, "random-init": 0.17},
                "reconstruction": {"panneal": 0.79, "random-init": 0.48}}
 PAPER = {"othello": PAPER_OTHELLO, "chess": PAPER_CHESS}
+#: the property the paper's numbers are for (another property gets no paper column)
+PAPER_PROPERTY = {"othello": "board", "chess": "piece_no_initial"}
 PAPER_NAMES = {"topk": "TopK", "gated": "Gated", "panneal": "p-anneal", "relu": "Standard"}
 TOLERANCE = 0.02  # "≈": within this much
 
@@ -72,15 +74,25 @@ class SweepPoint:
 
 def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
                  architecture_of: dict[str, str] | None = None) -> list[SweepPoint]:
-    """One :class:`SweepPoint` per SAE in ``result`` (architecture from the SAE, or the map)."""
+    """One :class:`SweepPoint` per SAE in ``result`` (architecture from the SAE, or the map).
+    ``prop`` is a property or a group of them (chess ``strategy``: the mean coverage over its
+    members; a group has no reconstruction score, so those fields are NaN)."""
     out = []
     for s in result.saes:
-        sc = s.scores[prop]
         arch = (architecture_of or {}).get(s.name, s.architecture)
+        if prop in s.scores:
+            sc = s.scores[prop]
+            scores = (sc.coverage_train_paper, sc.reconstruction_f1_test_best, sc.coverage_test,
+                      sc.reconstruction_f1_test, sc.coverage_train)
+        elif prop in s.groups:
+            g = s.groups[prop]
+            scores = (g.coverage_train_paper, math.nan, g.coverage_test, math.nan,
+                      g.coverage_train)
+        else:
+            raise KeyError(f"{prop!r} is neither a property nor a group of SAE {s.name}; "
+                           f"properties: {sorted(s.scores)}, groups: {sorted(s.groups)}")
         out.append(SweepPoint(kind, seed, arch, s.name, s.sparsity, s.l0_test,
-                              s.explained_variance_test, s.dead_latents,
-                              sc.coverage_train_paper, sc.reconstruction_f1_test_best,
-                              sc.coverage_test, sc.reconstruction_f1_test, sc.coverage_train))
+                              s.explained_variance_test, s.dead_latents, *scores))
     return out
 
 
@@ -151,7 +163,7 @@ def _nearest(points: list[SweepPoint], target: float) -> SweepPoint:
 
 def compare(points: list[SweepPoint], game: str, cfg: ComparisonConfig) -> BoardComparison:
     """Best-of-sweep (paper-style) and matched-L0 (saelab) tables plus the paper's findings."""
-    paper = PAPER.get(game, {})
+    paper = PAPER.get(game, {}) if cfg.headline_property == PAPER_PROPERTY.get(game) else {}
     rows = []
     keys = sorted({(p.kind, p.architecture) for p in points},
                   key=lambda k: (k[0] != "trained", k[1]))
@@ -186,12 +198,15 @@ def findings(comparison: BoardComparison) -> list[Finding]:
                              ("reconstruction", "best_reconstruction_paper")):
             low = min(getattr(r, attr).mean for r in trained.values())
             high = max(getattr(r, attr).mean for r in control)
+            if math.isnan(low) or math.isnan(high):  # a group has no reconstruction score
+                continue
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
-                "random-init control", _paper_range(comparison.game, metric),
+                "random-init control", _paper_range(comparison.game, comparison.property, metric),
                 f"trained min {low:.3f} vs random-init max {high:.3f}", low > high))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
-    if len(names) == 4:
+    # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
+    if len(names) == 4 and comparison.game == "othello":
         cov = {a: trained[a].best_coverage_paper.mean for a in names}
         rec = {a: trained[a].best_reconstruction_paper.mean for a in names}
         out.append(Finding(
@@ -210,7 +225,9 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     return out
 
 
-def _paper_range(game: str, metric: str) -> str:
+def _paper_range(game: str, prop: str, metric: str) -> str:
+    if prop != PAPER_PROPERTY.get(game):
+        return "n/a"
     values = PAPER.get(game, {}).get(metric, {})
     trained = [v for k, v in values.items() if k != "random-init"]
     if not trained:
