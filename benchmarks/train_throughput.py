@@ -78,26 +78,29 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def wide_row(args: argparse.Namespace) -> dict:
-    """At 65,536 latents the O(latents·d) optimiser work must stay a small share of the step
-    (goal ≤ 25%; share = 1 − encoder product / step, paired step by step). The step before the
-    65k-latent fixes ("old": b_enc added by addmm, which first copies the broadcast bias into
-    every B×M chunk) alternates with the current one in the same process, so both see the
-    same load."""
+    """At 65,536 latents the O(latents·d) work must stay a small share of the step (goal ≤ 25%;
+    share = 1 − encoder product / step, paired step by step). The earlier step paths alternate
+    with the current one in the same process, so all see the same load: "addmm" (the step
+    before the 65k-latent work), "row_major" (b_enc folded into the GEMM, W_enc still stored
+    row-major, so its gradient is transposed every step) and "new" (W_enc latents-major)."""
+    extra = ["--breakdown"] if args.breakdown else []
     res = run_one("saelab_topk.py", sys.executable,
                   ["--d", "768", "--m", "65536", "--k", "32", "--batch", "4096", "--steps",
                    str(args.wide_steps), "--warmup", "1", "--threads", str(args.threads),
-                   "--compare-old"], args.threads)
+                   "--compare-old", *extra], args.threads)
     row = {k: res[k] for k in ("tokens_per_s", "median_step_s", "encoder_matmul_s",
                                "outside_encoder_share", "peak_rss_mb", "step_times_s")}
-    row["old_path"] = res["old_path"]
+    row["old_paths"] = res["old_paths"]
     row["goal_outside_encoder_share"] = 0.25
-    old = res["old_path"]
-    print(f"\n65,536 latents, k=32 (old and new steps alternating in one process):\n"
-          f"  old: step {old['median_step_s'] * 1e3:,.0f} ms, encoder product "
-          f"{old['encoder_matmul_s'] * 1e3:,.0f} ms: {old['outside_encoder_share']:.0%} outside\n"
-          f"  new: step {res['median_step_s'] * 1e3:,.0f} ms, encoder product "
-          f"{res['encoder_matmul_s'] * 1e3:,.0f} ms: {res['outside_encoder_share']:.0%} outside "
-          "the encoder product (goal ≤ 25%)")
+    lines = [f"  {name}: step {r['median_step_s'] * 1e3:,.0f} ms, encoder product "
+             f"{r['encoder_matmul_s'] * 1e3:,.0f} ms: {r['outside_encoder_share']:.0%} outside"
+             for name, r in [*res["old_paths"].items(), ("new", res)]]
+    print("\n65,536 latents, k=32 (the step paths alternating in one process; goal ≤ 25% "
+          "outside the encoder product):\n" + "\n".join(lines))
+    if "breakdown_s" in res:
+        row["breakdown_s"] = res["breakdown_s"]
+        print("one profiled step of the current path, seconds per saelab function:\n" +
+              "\n".join(f"  {v:7.3f}  {k}" for k, v in res["breakdown_s"].items() if v >= 0.005))
     return row
 
 
@@ -113,6 +116,8 @@ def main() -> None:
     p.add_argument("--skip-wide", action="store_true", help="skip the 65,536-latent row")
     p.add_argument("--wide-only", action="store_true", help="only the 65,536-latent row")
     p.add_argument("--wide-steps", type=int, default=3, help="timed steps of the wide row")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile one 65,536-latent step: seconds per saelab function")
     args = p.parse_args()
     if args.wide_only:
         print(json.dumps({"wide_65536": wide_row(args)}))

@@ -79,7 +79,7 @@ class _Preacts:
             self.folded = FOLD_BIAS and not self.col_block
             if self.folded:
                 self.xc_BD = torch.cat([xc_BD, xc_BD.new_ones(xc_BD.shape[0], 1)], dim=1)
-                self.W_DM = torch.cat([self.W_DM, self.b_M[None]], dim=0)
+                self.W_DM = _fold_bias(self.W_DM, self.b_M)
         self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
         self.chunk_rows = chunk_rows or max(1, _CHUNK_ELEMS // self.n_latents)
 
@@ -107,6 +107,26 @@ class _Preacts:
         for j in range(0, self.n_latents, self.col_block):
             cols = slice(j, j + self.col_block)
             out_RM[:, cols] = torch.addmm(self.b_M[cols], xc_RD, self.W_DM[:, cols])
+
+
+def _fold_bias(W_DM: Tensor, b_M: Tensor) -> Tensor:
+    """[W; b] as a (D+1, M) matrix in W's own layout, written into a reused workspace.
+
+    A latents-major W (``W.t()`` contiguous, see ``saelab.architectures.base.encoder_weight``)
+    gives a latents-major result, so the copy runs row by row in both cases (``torch.cat`` would
+    transpose it, and allocates 200 MB a step at 65k latents).
+    """
+    D, M = W_DM.shape
+    buf = workspace((D + 1) * M, W_DM.dtype, W_DM.device, purpose="folded_encoder")
+    if W_DM.t().is_contiguous():
+        out_MD = buf.view(M, D + 1)
+        out_MD[:, :D].copy_(W_DM.t())
+        out_MD[:, D].copy_(b_M)
+        return out_MD.t()
+    out_DM = buf.view(D + 1, M)
+    out_DM[:D].copy_(W_DM)
+    out_DM[D].copy_(b_M)
+    return out_DM
 
 
 class _AuxSelector:
