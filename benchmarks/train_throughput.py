@@ -34,21 +34,38 @@ PEER_VENV = HERE / ".peer-venv"
 PEER_PY = PEER_VENV / "bin" / "python"
 
 
+def peer_import_error() -> str | None:
+    """Why the peer venv cannot import both peers (None when it can)."""
+    if not PEER_PY.exists():
+        return f"{PEER_PY} does not exist"
+    proc = subprocess.run([str(PEER_PY), "-c", "import sae_lens, dictionary_learning"],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
 def ensure_peer_venv() -> None:
-    if PEER_PY.exists() and subprocess.run(
-            [str(PEER_PY), "-c", "import sae_lens, dictionary_learning"],
-            capture_output=True).returncode == 0:
+    """Make benchmarks/.peer-venv import both peers: create it, or finish or repair a half-made
+    one (an interrupted install, a broken torchvision). pip skips what is already there."""
+    if peer_import_error() is None:
         return
-    print("installing SAELens and dictionary_learning into benchmarks/.peer-venv ...",
-          file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "-c",
-                    str(ROOT / "constraints.txt"), "torch==2.13.0", "sae-lens",
-                    "dictionary-learning"], check=True)
+    print("installing SAELens and dictionary_learning into benchmarks/.peer-venv "
+          "(pip shows its progress) ...", file=sys.stderr)
+    try:
+        if not PEER_PY.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(PEER_PY), "-m", "pip", "install", "-c", str(ROOT / "constraints.txt"),
+                        "torch==2.13.0", "sae-lens", "dictionary-learning"], check=True)
+    except subprocess.CalledProcessError as err:
+        raise SystemExit(f"installing the peers failed ({err}); rerun to continue the install, "
+                         f"delete {PEER_VENV} to start over, or pass --skip-peers") from err
     # nnsight (a dictionary_learning dependency) pulls a torchvision wheel built against another
     # torch; its missing operators break transformers' lazy imports, which SAELens needs. Neither
     # peer needs torchvision for SAE training.
     subprocess.run([str(PEER_PY), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    error = peer_import_error()
+    if error is not None:
+        raise SystemExit(f"the peer venv still cannot import sae_lens and dictionary_learning "
+                         f"({error}); delete {PEER_VENV} and rerun, or pass --skip-peers")
 
 
 def run_one(script: str, python: str, args: list[str], threads: int) -> dict:
