@@ -104,7 +104,7 @@ def wide_row(args: argparse.Namespace) -> dict:
     res = run_one("saelab_topk.py", sys.executable,
                   ["--d", "768", "--m", "65536", "--k", "32", "--batch", "4096", "--steps",
                    str(args.wide_steps), "--warmup", "1", "--threads", str(args.threads),
-                   "--compare-old", *extra], args.threads)
+                   "--compare-old", "--paths", args.wide_paths, *extra], args.threads)
     row = {k: res[k] for k in ("tokens_per_s", "median_step_s", "encoder_matmul_s",
                                "outside_encoder_share", "peak_rss_mb", "step_times_s")}
     row["old_paths"] = res["old_paths"]
@@ -133,6 +133,9 @@ def main() -> None:
     p.add_argument("--skip-wide", action="store_true", help="skip the 65,536-latent row")
     p.add_argument("--wide-only", action="store_true", help="only the 65,536-latent row")
     p.add_argument("--wide-steps", type=int, default=3, help="timed steps of the wide row")
+    p.add_argument("--wide-paths", default="addmm,row_major,new",
+                   help="step paths the wide row alternates (comma-separated; 'new' is required)")
+    p.add_argument("--skip-bf16", action="store_true", help="no saelab bf16 rounds")
     p.add_argument("--breakdown", action="store_true",
                    help="also profile one 65,536-latent step: seconds per saelab function")
     args = p.parse_args()
@@ -158,7 +161,10 @@ def main() -> None:
         runs["sae_lens"], runs["dictionary_learning"] = [], []
         libs += [("sae_lens", "saelens_topk.py", str(PEER_PY), []),
                  ("dictionary_learning", "dictlearn_topk.py", str(PEER_PY), [])]
-    libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
+    if not args.skip_bf16:
+        libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
+    else:
+        del runs["saelab_bf16"]
     for r in range(args.rounds):
         for name, script, python, extra in libs:
             res = run_one(script, python, base + extra, args.threads)
@@ -174,7 +180,8 @@ def main() -> None:
     s = summary["saelab"]["tokens_per_s"]
     ratios = {f"saelab_over_{n}": s / summary[n]["tokens_per_s"]
               for n in ("sae_lens", "dictionary_learning") if n in summary}
-    ratios["bf16_over_fp32"] = summary["saelab_bf16"]["tokens_per_s"] / s
+    if "saelab_bf16" in summary:
+        ratios["bf16_over_fp32"] = summary["saelab_bf16"]["tokens_per_s"] / s
     result = {
         "machine": {"threads": args.threads, "fp32_matmul_gflops": peak32 / 1e9,
                     "bf16_matmul_gflops": peak16 / 1e9, "native_bf16_matmul": native_bf16,

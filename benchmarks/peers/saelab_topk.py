@@ -64,7 +64,9 @@ def breakdown(trainer: Trainer) -> dict[str, float]:
     return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
 
 
-paths = list(PATHS) if args.compare_old else ["new"]
+paths = args.paths.split(",") if args.compare_old else ["new"]
+if "new" not in paths or not set(paths) <= set(PATHS):
+    raise SystemExit(f"--paths takes 'new' and any of {sorted(PATHS)}, got {args.paths!r}")
 trainers: dict[str, Trainer] = {}
 with tempfile.TemporaryDirectory() as out:
     for p in paths:  # each path its own SAE, from the same seed
