@@ -128,6 +128,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-peers", action="store_true", help="saelab only")
+    p.add_argument("--peers", default="sae_lens,dictionary_learning",
+                   help="which peers to run (comma-separated)")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--quick", action="store_true", help="smaller scaling table")
     p.add_argument("--skip-wide", action="store_true", help="skip the 65,536-latent row")
@@ -158,9 +160,12 @@ def main() -> None:
     libs = [("saelab", "saelab_topk.py", sys.executable, [])]
     if not args.skip_peers:
         ensure_peer_venv()
-        runs["sae_lens"], runs["dictionary_learning"] = [], []
-        libs += [("sae_lens", "saelens_topk.py", str(PEER_PY), []),
-                 ("dictionary_learning", "dictlearn_topk.py", str(PEER_PY), [])]
+        peers = {"sae_lens": "saelens_topk.py", "dictionary_learning": "dictlearn_topk.py"}
+        for name in args.peers.split(","):
+            if name not in peers:
+                raise SystemExit(f"--peers takes {sorted(peers)}, got {name!r}")
+            runs[name] = []
+            libs.append((name, peers[name], str(PEER_PY), []))
     if not args.skip_bf16:
         libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
     else:

@@ -32,11 +32,14 @@ cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-
 # backward's (latents, d) gradient is transposed into W_enc's layout each step; b_enc added by
 # addmm, which first copies it into every pre-activation chunk); "row_major": b_enc folded;
 # "new": the current step (W_enc latents-major: no transpose).
-PATHS = {"addmm": (False, False), "row_major": (False, True), "new": (True, True)}
+# "chunks_64mb": the current step with the earlier 64 MB pre-activation chunks.
+PATHS = {"addmm": (False, False, 2**24), "row_major": (False, True, 2**24),
+         "chunks_64mb": (True, True, 2**24), "new": (True, True, encode._CHUNK_ELEMS)}
 
 
 def use_path(name: str) -> None:
     encode.FOLD_BIAS = PATHS[name][1]
+    encode._CHUNK_ELEMS = PATHS[name][2]
 
 
 def median(xs: list[float]) -> float:

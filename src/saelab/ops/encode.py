@@ -19,7 +19,9 @@ from saelab.ops.codes import SparseCodes
 from saelab.ops.kernels import BLOCK_FILL, native_low_precision_matmul, row_topk, workspace
 from saelab.ops.sparse import encoder_preacts
 
-_CHUNK_ELEMS = 2**24  # pre-activation chunk size (64 MB fp32); smaller chunks slow the matmul
+#: pre-activation chunk size (256 MB fp32): each chunk's GEMM re-packs all of W_enc, so at 65k
+#: latents 256-row chunks (64 MB) ran the product 10-25% slower than one whole-batch GEMM
+_CHUNK_ELEMS = 2**26
 #: Fold b_enc into the encoder GEMM as one more input column (below). False restores the older
 #: addmm path; benchmarks/train_throughput.py flips it to time both in one process.
 FOLD_BIAS = True
