@@ -1,7 +1,7 @@
 """Fused encoder + selection (TopK, BatchTopK, thresholds) with a sparse backward.
 
 The dense pre-activation matrix is computed chunk by chunk into a reused workspace and only the
-selected entries leave the loop, so peak extra memory is one chunk (~64 MB) and all backward
+selected entries leave the loop, so peak extra memory is one chunk (~256 MB) and all backward
 work is O(nnz·D). AuxK candidates among dead latents come from the same chunks: no second
 matmul.
 """
@@ -320,7 +320,7 @@ def topk_encode(
             (ReLU'd) for the AuxK loss, from the same pre-activation chunks.
         exact_values: with a reduced ``matmul_dtype``, recompute the kept values in W_enc's
             dtype by gathered dot products (cost O(nnz·D)).
-        chunk_rows: rows per pre-activation chunk (default: ~64 MB chunks).
+        chunk_rows: rows per pre-activation chunk (default: ~256 MB chunks).
 
     Returns:
         ``Encoded(codes, aux)`` with fixed-k ``SparseCodes``; values carry autograd history
