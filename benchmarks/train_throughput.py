@@ -34,21 +34,38 @@ PEER_VENV = HERE / ".peer-venv"
 PEER_PY = PEER_VENV / "bin" / "python"
 
 
+def peer_import_error() -> str | None:
+    """Why the peer venv cannot import both peers (None when it can)."""
+    if not PEER_PY.exists():
+        return f"{PEER_PY} does not exist"
+    proc = subprocess.run([str(PEER_PY), "-c", "import sae_lens, dictionary_learning"],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
 def ensure_peer_venv() -> None:
-    if PEER_PY.exists() and subprocess.run(
-            [str(PEER_PY), "-c", "import sae_lens, dictionary_learning"],
-            capture_output=True).returncode == 0:
+    """Make benchmarks/.peer-venv import both peers: create it, or finish or repair a half-made
+    one (an interrupted install, a broken torchvision). pip skips what is already there."""
+    if peer_import_error() is None:
         return
-    print("installing SAELens and dictionary_learning into benchmarks/.peer-venv ...",
-          file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    subprocess.run([str(PEER_PY), "-m", "pip", "install", "-q", "-c",
-                    str(ROOT / "constraints.txt"), "torch==2.13.0", "sae-lens",
-                    "dictionary-learning"], check=True)
+    print("installing SAELens and dictionary_learning into benchmarks/.peer-venv "
+          "(pip shows its progress) ...", file=sys.stderr)
+    try:
+        if not PEER_PY.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(PEER_PY), "-m", "pip", "install", "-c", str(ROOT / "constraints.txt"),
+                        "torch==2.13.0", "sae-lens", "dictionary-learning"], check=True)
+    except subprocess.CalledProcessError as err:
+        raise SystemExit(f"installing the peers failed ({err}); rerun to continue the install, "
+                         f"delete {PEER_VENV} to start over, or pass --skip-peers") from err
     # nnsight (a dictionary_learning dependency) pulls a torchvision wheel built against another
     # torch; its missing operators break transformers' lazy imports, which SAELens needs. Neither
     # peer needs torchvision for SAE training.
     subprocess.run([str(PEER_PY), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
+    error = peer_import_error()
+    if error is not None:
+        raise SystemExit(f"the peer venv still cannot import sae_lens and dictionary_learning "
+                         f"({error}); delete {PEER_VENV} and rerun, or pass --skip-peers")
 
 
 def run_one(script: str, python: str, args: list[str], threads: int) -> dict:
@@ -78,26 +95,29 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def wide_row(args: argparse.Namespace) -> dict:
-    """At 65,536 latents the O(latents·d) optimiser work must stay a small share of the step
-    (goal ≤ 25%; share = 1 − encoder product / step, paired step by step). The step before the
-    65k-latent fixes ("old": b_enc added by addmm, which first copies the broadcast bias into
-    every B×M chunk) alternates with the current one in the same process, so both see the
-    same load."""
+    """At 65,536 latents the O(latents·d) work must stay a small share of the step (goal ≤ 25%;
+    share = 1 − encoder product / step, paired step by step). The earlier step paths alternate
+    with the current one in the same process, so all see the same load: "addmm" (the step
+    before the 65k-latent work), "row_major" (b_enc folded into the GEMM, W_enc still stored
+    row-major, so its gradient is transposed every step) and "new" (W_enc latents-major)."""
+    extra = ["--breakdown"] if args.breakdown else []
     res = run_one("saelab_topk.py", sys.executable,
                   ["--d", "768", "--m", "65536", "--k", "32", "--batch", "4096", "--steps",
                    str(args.wide_steps), "--warmup", "1", "--threads", str(args.threads),
-                   "--compare-old"], args.threads)
+                   "--compare-old", "--paths", args.wide_paths, *extra], args.threads)
     row = {k: res[k] for k in ("tokens_per_s", "median_step_s", "encoder_matmul_s",
                                "outside_encoder_share", "peak_rss_mb", "step_times_s")}
-    row["old_path"] = res["old_path"]
+    row["old_paths"] = res["old_paths"]
     row["goal_outside_encoder_share"] = 0.25
-    old = res["old_path"]
-    print(f"\n65,536 latents, k=32 (old and new steps alternating in one process):\n"
-          f"  old: step {old['median_step_s'] * 1e3:,.0f} ms, encoder product "
-          f"{old['encoder_matmul_s'] * 1e3:,.0f} ms: {old['outside_encoder_share']:.0%} outside\n"
-          f"  new: step {res['median_step_s'] * 1e3:,.0f} ms, encoder product "
-          f"{res['encoder_matmul_s'] * 1e3:,.0f} ms: {res['outside_encoder_share']:.0%} outside "
-          "the encoder product (goal ≤ 25%)")
+    lines = [f"  {name}: step {r['median_step_s'] * 1e3:,.0f} ms, encoder product "
+             f"{r['encoder_matmul_s'] * 1e3:,.0f} ms: {r['outside_encoder_share']:.0%} outside"
+             for name, r in [*res["old_paths"].items(), ("new", res)]]
+    print("\n65,536 latents, k=32 (the step paths alternating in one process; goal ≤ 25% "
+          "outside the encoder product):\n" + "\n".join(lines))
+    if "breakdown_s" in res:
+        row["breakdown_s"] = res["breakdown_s"]
+        print("one profiled step of the current path, seconds per saelab function:\n" +
+              "\n".join(f"  {v:7.3f}  {k}" for k, v in res["breakdown_s"].items() if v >= 0.005))
     return row
 
 
@@ -108,11 +128,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-peers", action="store_true", help="saelab only")
+    p.add_argument("--peers", default="sae_lens,dictionary_learning",
+                   help="which peers to run (comma-separated)")
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--quick", action="store_true", help="smaller scaling table")
     p.add_argument("--skip-wide", action="store_true", help="skip the 65,536-latent row")
     p.add_argument("--wide-only", action="store_true", help="only the 65,536-latent row")
     p.add_argument("--wide-steps", type=int, default=3, help="timed steps of the wide row")
+    p.add_argument("--wide-paths", default="addmm,row_major,new",
+                   help="step paths the wide row alternates (comma-separated; 'new' is required)")
+    p.add_argument("--skip-bf16", action="store_true", help="no saelab bf16 rounds")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile one 65,536-latent step: seconds per saelab function")
     args = p.parse_args()
     if args.wide_only:
         print(json.dumps({"wide_65536": wide_row(args)}))
@@ -133,10 +160,16 @@ def main() -> None:
     libs = [("saelab", "saelab_topk.py", sys.executable, [])]
     if not args.skip_peers:
         ensure_peer_venv()
-        runs["sae_lens"], runs["dictionary_learning"] = [], []
-        libs += [("sae_lens", "saelens_topk.py", str(PEER_PY), []),
-                 ("dictionary_learning", "dictlearn_topk.py", str(PEER_PY), [])]
-    libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
+        peers = {"sae_lens": "saelens_topk.py", "dictionary_learning": "dictlearn_topk.py"}
+        for name in args.peers.split(","):
+            if name not in peers:
+                raise SystemExit(f"--peers takes {sorted(peers)}, got {name!r}")
+            runs[name] = []
+            libs.append((name, peers[name], str(PEER_PY), []))
+    if not args.skip_bf16:
+        libs.append(("saelab_bf16", "saelab_topk.py", sys.executable, ["--dtype", "bfloat16"]))
+    else:
+        del runs["saelab_bf16"]
     for r in range(args.rounds):
         for name, script, python, extra in libs:
             res = run_one(script, python, base + extra, args.threads)
@@ -152,7 +185,8 @@ def main() -> None:
     s = summary["saelab"]["tokens_per_s"]
     ratios = {f"saelab_over_{n}": s / summary[n]["tokens_per_s"]
               for n in ("sae_lens", "dictionary_learning") if n in summary}
-    ratios["bf16_over_fp32"] = summary["saelab_bf16"]["tokens_per_s"] / s
+    if "saelab_bf16" in summary:
+        ratios["bf16_over_fp32"] = summary["saelab_bf16"]["tokens_per_s"] / s
     result = {
         "machine": {"threads": args.threads, "fp32_matmul_gflops": peak32 / 1e9,
                     "bf16_matmul_gflops": peak16 / 1e9, "native_bf16_matmul": native_bf16,

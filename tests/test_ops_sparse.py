@@ -36,14 +36,18 @@ AuxArg = tuple[int, int] | None
 
 
 def make_params(
-    seed: int = 0, dtype: torch.dtype = torch.float32, b_enc_shift: float = 0.0
+    seed: int = 0, dtype: torch.dtype = torch.float32, b_enc_shift: float = 0.0,
+    latents_major: bool = False,
 ) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(M, D, generator=gen, dtype=dtype)
     W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    W_enc = torch.randn(D, M, generator=gen, dtype=dtype) / D**0.5
+    if latents_major:  # the layout TopK-family SAEs store W_enc in (column-major)
+        W_enc = W_enc.t().contiguous().t()
     return {
         "x": torch.randn(B, D, generator=gen, dtype=dtype),
-        "W_enc": (torch.randn(D, M, generator=gen, dtype=dtype) / D**0.5).requires_grad_(),
+        "W_enc": W_enc.requires_grad_(),
         "b_enc": (0.1 * torch.randn(M, generator=gen, dtype=dtype) + b_enc_shift).requires_grad_(),
         "W_dec": W_dec.requires_grad_(),
         "b_dec": (0.1 * torch.randn(D, generator=gen, dtype=dtype)).requires_grad_(),
@@ -150,15 +154,30 @@ def test_row_topk_matches_torch(rows: int, cols: int, k: int) -> None:
 # ----- TopK / BatchTopK vs dense: loss and every gradient --------------------------------------
 
 
+@pytest.mark.parametrize("latents_major", [False, True], ids=["row_major", "latents_major"])
 @pytest.mark.parametrize("batch", [False, True], ids=["topk", "batch_topk"])
 @pytest.mark.parametrize("aux_mode", [None, *AUX_MODES])
-def test_encode_decode_matches_dense(batch: bool, aux_mode: str | None) -> None:
-    p = make_params()
+def test_encode_decode_matches_dense(batch: bool, aux_mode: str | None,
+                                     latents_major: bool) -> None:
+    p = make_params(latents_major=latents_major)
     aux = AUX_MODES[aux_mode] if aux_mode else None
     # Small chunks exercise the chunk loop; few candidates exercise the BatchTopK refill.
     extra = {"chunk_rows": 16} | ({"candidates": K // 2} if batch else {})
     sparse = sparse_loss(p, batch, K, aux, **extra)
     assert_same_loss_and_grads(sparse, dense_loss(p, batch, K, aux), p)
+
+
+@pytest.mark.parametrize("latents_major", [False, True], ids=["row_major", "latents_major"])
+def test_encoder_gradient_comes_in_the_weights_layout(latents_major: bool) -> None:
+    """The sparse backward's W_enc gradient lands in W_enc's own layout (for a latents-major
+    W_enc without a transposing copy), and equals the dense gradient."""
+    p = make_params(latents_major=latents_major)
+    sparse_loss(p, False, K, AUX_MODES["gather"]).backward()
+    g_sparse = p["W_enc"].grad
+    assert g_sparse is not None and g_sparse.stride() == p["W_enc"].stride()
+    p["W_enc"].grad = None
+    dense_loss(p, False, K, AUX_MODES["gather"]).backward()
+    torch.testing.assert_close(g_sparse, p["W_enc"].grad, atol=ATOL, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="saelab only: cpu or cuda")
     p.add_argument("--autocast", default="off", help="saelab only: off or bf16")
     p.add_argument("--compare-old", action="store_true",
-                   help="saelab only: alternate the pre-fix step path with the current one")
+                   help="saelab only: alternate the earlier step paths with the current one")
+    p.add_argument("--paths", default="addmm,row_major,new",
+                   help="saelab only, with --compare-old: the step paths to alternate")
+    p.add_argument("--breakdown", action="store_true",
+                   help="saelab only: profile one step and print where its time goes")
     return p.parse_args()
 
 

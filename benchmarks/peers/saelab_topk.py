@@ -1,10 +1,14 @@
 """saelab: a TopK SAE trained by saelab's Trainer.train_step on in-memory activations."""
 
+import re
+import sys
 import tempfile
+from collections import defaultdict
 
 import torch
 from common import activation_pool, parse, report, time_steps
 
+from saelab.architectures.topk import TopKFamilySAE
 from saelab.data import IteratorSource
 from saelab.ops import encode, tune_cpu_allocator
 from saelab.registry import config_from_dict
@@ -23,38 +27,87 @@ cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-
                   checkpoint_every=0, progress=False, init_samples=4096, measure_peak=False,
                   dead_after_tokens=10_000_000, device=args.device, autocast=args.autocast)
 
-def use_path(old: bool) -> None:
-    """Switch between the step before the 65k-latent fixes (old) and the current one."""
-    encode.FOLD_BIAS = not old
+# The step paths --compare-old alternates: (W_enc stored latents-major, b_enc folded into the
+# encoder GEMM). "addmm": the step before the 65k-latent work (row-major W_enc, so the sparse
+# backward's (latents, d) gradient is transposed into W_enc's layout each step; b_enc added by
+# addmm, which first copies it into every pre-activation chunk); "row_major": b_enc folded;
+# "new": the current step (W_enc latents-major: no transpose).
+# "chunks_64mb": the current step with the earlier 64 MB pre-activation chunks.
+PATHS = {"addmm": (False, False, 2**24), "row_major": (False, True, 2**24),
+         "chunks_64mb": (True, True, 2**24), "new": (True, True, encode._CHUNK_ELEMS)}
+
+
+def use_path(name: str) -> None:
+    encode.FOLD_BIAS = PATHS[name][1]
+    encode._CHUNK_ELEMS = PATHS[name][2]
 
 
 def median(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 2]
 
 
-paths = ["old", "new"] if args.compare_old else ["new"]
+def breakdown(trainer: Trainer) -> dict[str, float]:
+    """Seconds of one profiled step per saelab function (the innermost saelab frame above each
+    ATen operator; the encoder GEMM is the one under ``_matmul``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
+        trainer.train_step(pool[0])
+    spent: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if not ev.name.startswith("aten::"):
+            continue
+        parent, where = ev.cpu_parent, "(outside saelab)"
+        while parent is not None:
+            if "saelab/" in parent.name:
+                where = re.sub(r"\(\d+\)", "", parent.name.split("saelab/")[-1])
+                break
+            parent = parent.cpu_parent
+        spent[where] += ev.self_cpu_time_total / 1e6
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
+paths = args.paths.split(",") if args.compare_old else ["new"]
+if "new" not in paths or not set(paths) <= set(PATHS):
+    raise SystemExit(f"--paths takes 'new' and any of {sorted(PATHS)}, got {args.paths!r}")
+trainers: dict[str, Trainer] = {}
 with tempfile.TemporaryDirectory() as out:
-    trainer = Trainer({"topk": config_from_dict(opts)}, cfg, source, out)
-    trainer.initialise()
-    W_enc = trainer.saes["topk"].W_enc.detach()
+    for p in paths:  # each path its own SAE, from the same seed
+        TopKFamilySAE.latents_major_encoder = PATHS[p][0]
+        trainers[p] = Trainer({"topk": config_from_dict(opts)}, cfg, source, f"{out}/{p}")
+        trainers[p].initialise()
+    TopKFamilySAE.latents_major_encoder = True
+    # The one unavoidable dense product, (B, d) @ (d, latents) into a reused, already-faulted
+    # output (as the step's chunks are), timed right after each step under the same load: the
+    # pair gives the share of the step spent outside it.
+    out_BM = pool[0].new_zeros(args.batch, args.m)
     times: dict[str, list[float]] = {p: [] for p in paths}
     matmul: dict[str, list[float]] = {p: [] for p in paths}
     for p in paths:
-        use_path(p == "old")
-        time_steps(lambda x: trainer.train_step(x), pool, args.warmup, 0)
+        use_path(p)
+        time_steps(trainers[p].train_step, pool, args.warmup, 0)
     for i in range(args.steps):
-        for p in paths:  # old and new alternate step by step: both see the same load
-            use_path(p == "old")
-            # The one unavoidable dense product, timed right after each step under the same
-            # load: the pair gives the share of the step spent outside it.
-            times[p] += time_steps(lambda x: trainer.train_step(x), pool[i % len(pool):], 0, 1)
-            matmul[p] += time_steps(lambda x: x @ W_enc, pool[i % len(pool):], 0, 1)
+        for p in paths:  # the paths alternate step by step: all see the same load
+            use_path(p)
+            W_enc = trainers[p].saes["topk"].W_enc.detach()
+            times[p] += time_steps(trainers[p].train_step, pool[i % len(pool):], 0, 1)
+            matmul[p] += time_steps(lambda x, w=W_enc: torch.mm(x, w, out=out_BM),
+                                    pool[i % len(pool):], 0, 1)
+    phases = None
+    if args.breakdown:
+        use_path("new")
+        phases = breakdown(trainers["new"])
+        for name, secs in phases.items():
+            print(f"{secs * 1e3:9.1f} ms  {name}", file=sys.stderr)
 shares = {p: median([1 - mm / st for mm, st in zip(matmul[p], times[p], strict=True)])
           for p in paths}
 extra: dict[str, object] = {}
 if args.compare_old:
-    extra["old_path"] = {"median_step_s": median(times["old"]), "step_times_s": times["old"],
-                         "encoder_matmul_s": median(matmul["old"]),
-                         "outside_encoder_share": shares["old"]}
+    extra["old_paths"] = {p: {"median_step_s": median(times[p]), "step_times_s": times[p],
+                              "encoder_matmul_s": median(matmul[p]),
+                              "outside_encoder_share": shares[p]}
+                          for p in paths if p != "new"}
+if phases is not None:
+    extra["breakdown_s"] = phases
 report("saelab", args, times["new"], encoder_matmul_s=median(matmul["new"]),
        outside_encoder_share=shares["new"], **extra)

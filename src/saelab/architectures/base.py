@@ -107,6 +107,19 @@ class LossOutput:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+def encoder_weight(d_in: int, d_sae: int, latents_major: bool) -> Tensor:
+    """An uninitialised (d_in, d_sae) encoder matrix.
+
+    ``latents_major`` stores it column-major, so that ``W_enc.t()`` is a contiguous
+    (d_sae, d_in) matrix: the layout in which the sparse backward produces W_enc's gradient
+    (one row per latent, summed from the few inputs that selected it) and the fused Adam step
+    then reads it, with no transposing copy of a d_in × d_sae matrix each step. The shape, the
+    values, checkpoints and exports are the same either way; the encoder GEMM reads either
+    layout at the same speed.
+    """
+    return torch.empty(d_sae, d_in).t() if latents_major else torch.empty(d_in, d_sae)
+
+
 class SAE(nn.Module, ABC):
     """Base SAE: x̂ = f(x) @ W_dec + b_dec with f(x) from the architecture's encoder.
 
@@ -118,6 +131,9 @@ class SAE(nn.Module, ABC):
     config_class: ClassVar[type[SAEConfig]]
     #: whether the trainer keeps decoder rows at unit norm (and removes the parallel gradient)
     unit_norm_decoder: ClassVar[bool] = True
+    #: store W_enc latents-major (see :func:`encoder_weight`): set where the sparse path computes
+    #: W_enc's gradient, which it builds latent by latent
+    latents_major_encoder: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -137,7 +153,7 @@ class SAE(nn.Module, ABC):
             cfg = cfg.resolved()
         self.cfg = cfg
         d, m = cfg.d_in, cfg.d_sae
-        self.W_enc = nn.Parameter(torch.empty(d, m))
+        self.W_enc = nn.Parameter(encoder_weight(d, m, self.latents_major_encoder))
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.W_dec = nn.Parameter(torch.empty(m, d))
         self.b_dec = nn.Parameter(torch.zeros(d))

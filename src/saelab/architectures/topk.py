@@ -85,6 +85,7 @@ class TopKFamilySAE(SAE):
     """Shared parts of SAEs whose codes come from a top-k selection."""
 
     cfg: TopKConfig
+    latents_major_encoder = True
     #: whether this architecture's selection follows a learned (fractional) L0 when auto_l0 is on
     supports_auto_l0: bool = False
     auto_l0: AutoL0 | None

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
+from saelab.architectures.base import (
+    LossOutput,
+    SAEConfig,
+    StepContext,
+    encoder_weight,
+    recon_loss,
+)
 from saelab.architectures.topk import TopKConfig, TopKSAE, topk_codes
 from saelab.config import ConfigError, option
 from saelab.metrics.core import explained_variance
@@ -77,7 +83,7 @@ class TranscoderSAE(TopKSAE):
         self.cfg = cfg
         self.auto_l0 = None
         d, o, m = cfg.d_in, cfg.d_out, cfg.d_sae
-        self.W_enc = nn.Parameter(torch.empty(d, m))
+        self.W_enc = nn.Parameter(encoder_weight(d, m, self.latents_major_encoder))
         self.b_enc = nn.Parameter(torch.zeros(m))
         self.W_dec = nn.Parameter(torch.empty(m, o))
         self.b_dec = nn.Parameter(torch.zeros(o))

@@ -23,6 +23,18 @@ _COMM_ERROR_MARKS = ("gloo", "nccl", "connection closed", "connection reset", "b
                      "timed out", "timeout")
 
 
+def dense_view(t: Tensor) -> Tensor:
+    """``t``'s memory as a contiguous tensor, for collectives that need one and work in place:
+    ``t`` itself, or for a column-major matrix (a latents-major W_enc and its gradient, see
+    ``saelab.architectures.base.encoder_weight``) its transpose."""
+    if t.is_contiguous():
+        return t
+    if t.dim() == 2 and t.t().is_contiguous():
+        return t.t()
+    raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} has no "
+                     "contiguous view to reduce in place")
+
+
 class DataParallel(BatchGroup):
     """The default torch.distributed process group, seen as the ranks sharing each batch."""
 
@@ -57,7 +69,8 @@ class DataParallel(BatchGroup):
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        handles = [dist.all_reduce(p.grad, async_op=True) for p in params]  # type: ignore[arg-type]
+        handles = [dist.all_reduce(dense_view(p.grad), async_op=True)  # type: ignore[arg-type]
+                   for p in params]
         for h in handles:
             h.wait()  # type: ignore[union-attr]
         for p in params:
@@ -73,7 +86,7 @@ class DataParallel(BatchGroup):
         """Copy rank 0's parameters and buffers into every rank's module, in place."""
         with torch.no_grad():
             for t in module.state_dict().values():
-                dist.broadcast(t, src=0)
+                dist.broadcast(dense_view(t), src=0)
 
     def broadcast_float(self, value: float) -> float:
         # NCCL moves only GPU tensors; gloo takes either

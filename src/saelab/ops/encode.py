@@ -1,7 +1,7 @@
 """Fused encoder + selection (TopK, BatchTopK, thresholds) with a sparse backward.
 
 The dense pre-activation matrix is computed chunk by chunk into a reused workspace and only the
-selected entries leave the loop, so peak extra memory is one chunk (~64 MB) and all backward
+selected entries leave the loop, so peak extra memory is one chunk (~256 MB) and all backward
 work is O(nnz·D). AuxK candidates among dead latents come from the same chunks: no second
 matmul.
 """
@@ -19,7 +19,9 @@ from saelab.ops.codes import SparseCodes
 from saelab.ops.kernels import BLOCK_FILL, native_low_precision_matmul, row_topk, workspace
 from saelab.ops.sparse import encoder_preacts
 
-_CHUNK_ELEMS = 2**24  # pre-activation chunk size (64 MB fp32); smaller chunks slow the matmul
+#: pre-activation chunk size (256 MB fp32): each chunk's GEMM re-packs all of W_enc, so at 65k
+#: latents 256-row chunks (64 MB) ran the product 10-25% slower than one whole-batch GEMM
+_CHUNK_ELEMS = 2**26
 #: Fold b_enc into the encoder GEMM as one more input column (below). False restores the older
 #: addmm path; benchmarks/train_throughput.py flips it to time both in one process.
 FOLD_BIAS = True
@@ -79,7 +81,7 @@ class _Preacts:
             self.folded = FOLD_BIAS and not self.col_block
             if self.folded:
                 self.xc_BD = torch.cat([xc_BD, xc_BD.new_ones(xc_BD.shape[0], 1)], dim=1)
-                self.W_DM = torch.cat([self.W_DM, self.b_M[None]], dim=0)
+                self.W_DM = _fold_bias(self.W_DM, self.b_M)
         self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
         self.chunk_rows = chunk_rows or max(1, _CHUNK_ELEMS // self.n_latents)
 
@@ -107,6 +109,26 @@ class _Preacts:
         for j in range(0, self.n_latents, self.col_block):
             cols = slice(j, j + self.col_block)
             out_RM[:, cols] = torch.addmm(self.b_M[cols], xc_RD, self.W_DM[:, cols])
+
+
+def _fold_bias(W_DM: Tensor, b_M: Tensor) -> Tensor:
+    """[W; b] as a (D+1, M) matrix in W's own layout, written into a reused workspace.
+
+    A latents-major W (``W.t()`` contiguous, see ``saelab.architectures.base.encoder_weight``)
+    gives a latents-major result, so the copy runs row by row in both cases (``torch.cat`` would
+    transpose it, and allocates 200 MB a step at 65k latents).
+    """
+    D, M = W_DM.shape
+    buf = workspace((D + 1) * M, W_DM.dtype, W_DM.device, purpose="folded_encoder")
+    if W_DM.t().is_contiguous():
+        out_MD = buf.view(M, D + 1)
+        out_MD[:, :D].copy_(W_DM.t())
+        out_MD[:, D].copy_(b_M)
+        return out_MD.t()
+    out_DM = buf.view(D + 1, M)
+    out_DM[:D].copy_(W_DM)
+    out_DM[D].copy_(b_M)
+    return out_DM
 
 
 class _AuxSelector:
@@ -298,7 +320,7 @@ def topk_encode(
             (ReLU'd) for the AuxK loss, from the same pre-activation chunks.
         exact_values: with a reduced ``matmul_dtype``, recompute the kept values in W_enc's
             dtype by gathered dot products (cost O(nnz·D)).
-        chunk_rows: rows per pre-activation chunk (default: ~64 MB chunks).
+        chunk_rows: rows per pre-activation chunk (default: ~256 MB chunks).
 
     Returns:
         ``Encoded(codes, aux)`` with fixed-k ``SparseCodes``; values carry autograd history

@@ -28,19 +28,21 @@ _DOT_CHUNK = 8192  # entries per chunk in the fallback dot-product path
 
 class _Workspace(threading.local):
     def __init__(self) -> None:
-        self.buffers: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self.buffers: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
 
 _WORKSPACE = _Workspace()
 
 
-def workspace(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A reusable flat scratch buffer of at least ``numel`` elements (per thread/device/dtype).
+def workspace(numel: int, dtype: torch.dtype, device: torch.device, purpose: str = "chunk"
+              ) -> Tensor:
+    """A reusable flat scratch buffer of at least ``numel`` elements (per thread, purpose,
+    device and dtype; buffers of different purposes never overlap).
 
     Contents are garbage; callers must overwrite before reading. Avoids re-faulting big
     pre-activation chunks on every step.
     """
-    key = (device, dtype)
+    key = (purpose, torch.device(device), dtype)
     buf = _WORKSPACE.buffers.get(key)
     if buf is None or buf.numel() < numel:
         buf = torch.empty(numel, dtype=dtype, device=device)

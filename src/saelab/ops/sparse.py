@@ -140,8 +140,9 @@ class _EncoderPreacts(torch.autograd.Function):
             g_W_MD = segment_weighted_sum(xc_BD, rows_N, idx_N, grad_N, M)
             if has_block:
                 g_W_MD.index_add_(0, latents_U, grad_BU.t() @ xc_BD)
-            # Returned in W_enc's own layout so autograd accumulates it without another copy.
-            g_W = g_W_MD.t().contiguous()
+            # A latents-major W_enc (saelab.architectures.base.encoder_weight) takes this
+            # transposed view as its gradient as is; autograd copies it into any other layout.
+            g_W = g_W_MD.t()
         if need_be or need_bd:
             g_be = grad_N.new_zeros(M).index_add_(0, idx_N, grad_N)
             if has_block:

@@ -60,8 +60,27 @@ def make_adam(params: Any, lr: float, betas: tuple[float, float], eps: float
     alone makes ~a dozen passes over each 200 MB weight matrix."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused or None,
-                            foreach=None if fused else True)
+    opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused or None,
+                           foreach=None if fused else True)
+    opt.register_load_state_dict_post_hook(match_state_layout)
+    return opt
+
+
+@torch.no_grad()
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded state tensor its parameter's memory layout.
+
+    ``load_state_dict`` keeps the layout the state was saved in (checkpoints hold contiguous
+    tensors), but the fused Adam kernel walks parameter, gradient and moments as flat memory:
+    a latents-major W_enc with row-major moments would be updated with the wrong moments,
+    silently."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == p.shape
+                        and value.stride() != p.stride()):
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 @torch.no_grad()
