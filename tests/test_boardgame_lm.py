@@ -111,7 +111,7 @@ def test_shipped_models_play_legal_moves(game: str) -> None:
     seed = lm.held_out_seed(0)
     if game == "othello":
         accuracy = lm.othello_legal_accuracy(model, othello.random_games(100, seed))
-        assert accuracy > 0.93  # 0.954 on 500 held-out games (training.json)
+        assert accuracy > 0.95  # 0.979 on 500 held-out games (training.json)
     else:
         games = chess_games.random_games(5, seed, max_chars=int(lm.model_config(model).n_positions))
         assert lm.chess_first_char_accuracy(model, games) > 0.8
