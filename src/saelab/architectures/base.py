@@ -181,6 +181,14 @@ class SAE(nn.Module, ABC):
     def encode(self, acts_BD: Tensor) -> Tensor:
         """Dense codes (B × d_sae) for raw activations, as used at inference."""
 
+    def encode_entries(self, acts_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(row, latent, value) of the positive entries of ``encode(acts_BD)``, sorted by row
+        then latent. Architectures that select a few latents per row override it to skip the
+        dense codes matrix; the entries and values must stay exactly ``encode``'s."""
+        codes = self.encode(acts_BD)
+        rows, latents = (codes > 0).nonzero(as_tuple=True)
+        return rows, latents, codes[rows, latents]
+
     def decode(self, codes_BM: Tensor) -> Tensor:
         """Reconstruction codes @ W_dec + b_dec."""
         return codes_BM @ self.W_dec + self.b_dec

@@ -221,6 +221,18 @@ class TopKSAE(TopKFamilySAE):
     def encode(self, acts_BD: Tensor) -> Tensor:
         return topk_codes(self.pre_acts(acts_BD), self.current_k())
 
+    def encode_entries(self, acts_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``encode``'s positive entries straight from the per-row top-k (the same selection
+        and values, no dense codes matrix)."""
+        if type(self).encode is not TopKSAE.encode:  # a subclass that encodes otherwise
+            return super().encode_entries(acts_BD)
+        vals, idx = self.pre_acts(acts_BD).topk(self.current_k(), dim=-1, sorted=False)
+        idx, perm = idx.sort(dim=-1)
+        vals = vals.gather(-1, perm)
+        fired = vals > 0  # encode's ReLU: a kept latent at or below zero does not fire
+        rows = torch.arange(len(idx), device=idx.device).unsqueeze(1).expand_as(idx)[fired]
+        return rows, idx[fired], vals[fired]
+
     def sparse_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         enc = topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec, self.current_k(ctx),
                           matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))

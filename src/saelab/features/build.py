@@ -37,7 +37,6 @@ import torch
 from torch import Tensor
 
 from saelab.architectures.base import SAE
-from saelab.architectures.topk import TopKSAE
 from saelab.config import ConfigError, option, to_dict
 from saelab.features.collect import CodesFile, LatentStats, TopPerGroup
 from saelab.features.examples import (
@@ -143,25 +142,12 @@ def store_path(out: str | Path) -> Path:
 
 
 def sparse_entries(sae: SAE, acts_ND: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, latent, value) of the positive codes of one batch, sorted by row then latent.
-
-    A plain TopK SAE's codes are read from its per-row top-k directly (the same selection and
-    values as ``encode``, without the dense rows × latents code matrix); any other SAE's from
-    its dense ``encode`` of the batch."""
+    """(row, latent, value) of the positive codes of one batch, sorted by row then latent
+    (``SAE.encode_entries``: a TopK SAE skips the dense rows × latents code matrix)."""
     with torch.no_grad():
-        acts = torch.from_numpy(np.ascontiguousarray(acts_ND))
-        if type(sae).encode is TopKSAE.encode:
-            assert isinstance(sae, TopKSAE)
-            vals, idx = sae.pre_acts(acts).topk(sae.current_k(), dim=-1, sorted=False)
-            idx, perm = idx.sort(dim=-1)
-            vals = vals.gather(-1, perm)
-            fired = vals > 0  # encode's ReLU: a kept latent at or below zero does not fire
-            rows = torch.arange(len(acts)).unsqueeze(1).expand_as(idx)[fired]
-            return rows.numpy(), idx[fired].numpy(), vals[fired].float().numpy()
-        codes: Tensor = sae.encode(acts)
-        rows, cols = (codes > 0).nonzero(as_tuple=True)
-        values = codes[rows, cols]
-    return rows.numpy(), cols.numpy(), values.float().numpy()
+        rows, latents, values = sae.encode_entries(
+            torch.from_numpy(np.ascontiguousarray(acts_ND)))
+    return rows.numpy(), latents.numpy(), values.float().numpy()
 
 
 # ---------------------------------------------------------------------------- resumable state
