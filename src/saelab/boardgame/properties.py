@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,11 +158,18 @@ def chess_legal_destinations(games: chess_games.ChessGames, index_P2: np.ndarray
     return othello.unpack_bits(games.legal_destinations[index_P2[:, 0], index_P2[:, 1]])
 
 
-# ---------------------------------------------------------------------------- chess boards
+# ------------------------------------------------------------- chess boards: the reference
+#
+# The definitions below are the readable reference of the board-based chess properties
+# (threats, pseudo-legal destinations, the strategy flags): each reads one python-chess board,
+# plays and undoes moves where it must, a few ms per position. The labeller computes the same
+# labels from bitboards (saelab.boardgame.chess_labels, about 20x faster);
+# tests/test_boardgame_chess_labels.py checks the two agree on positions from real games.
 
 def boards_at(games: chess_games.ChessGames, index_P2: np.ndarray) -> list[Any]:
     """The python-chess ``Board`` at every position (moves completed by that character), each
     game replayed once."""
+    from saelab.boardgame import chess_labels
     out: list[Any] = [None] * len(index_P2)
     order = np.lexsort((index_P2[:, 1], index_P2[:, 0]))
     current_game, sans, done = -1, [], 0
@@ -169,7 +177,7 @@ def boards_at(games: chess_games.ChessGames, index_P2: np.ndarray) -> list[Any]:
     for row in order:
         g, pos = int(index_P2[row, 0]), int(index_P2[row, 1])
         if g != current_game:
-            board, sans, done = _initial_board(), _completed_sans(games.texts[g]), 0
+            board, sans, done = _initial_board(), chess_labels.completed_sans(games.texts[g]), 0
             current_game = g
         plies = games.texts[g][:pos + 1].count(" ")
         while done < plies:
@@ -177,10 +185,6 @@ def boards_at(games: chess_games.ChessGames, index_P2: np.ndarray) -> list[Any]:
             done += 1
         out[row] = board.copy(stack=True)
     return out
-
-
-def _completed_sans(text: str) -> list[str]:
-    return [tok.split(".")[-1] for tok in text[1:].split(" ")[:-1] if tok.split(".")[-1]]
 
 
 def _square_bits(squares: Any) -> np.ndarray:
@@ -200,11 +204,12 @@ def board_pseudo_legal_destinations(board: Any) -> np.ndarray:
     return _square_bits(m.to_square for m in board.pseudo_legal_moves)
 
 
-def _square_property(fn: Callable[[Any], np.ndarray]
-                     ) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
+def _board_square_property(field: str
+                           ) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
     def labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
-        boards = boards_at(games, index_P2)
-        return np.stack([fn(b) for b in boards]) if boards else np.zeros((0, 64), dtype=bool)
+        from saelab.boardgame import chess_labels
+        out: np.ndarray = getattr(chess_labels.label_positions(games, index_P2), field)
+        return out
     return labels
 
 
@@ -236,7 +241,7 @@ def _any_pin(board: Any) -> bool:
                for s in chess.scan_forward(board.occupied_co[color]))
 
 
-def _mate_threat(board: Any) -> bool:
+def reference_mate_threat(board: Any) -> bool:
     """The opponent would have a mating move if it were its turn."""
     flipped = board.copy(stack=False)
     flipped.turn = not board.turn
@@ -310,7 +315,7 @@ STRATEGY_FLAGS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("can_check", lambda b: any(b.gives_check(m) for m in b.legal_moves),
      "some legal move gives check"),
     ("bishop_pair", _bishop_pair, "the side to move has two or more bishops"),
-    ("mate_threat", _mate_threat,
+    ("mate_threat", reference_mate_threat,
      "the opponent would have a mating move if it were its turn"),
     ("can_capture_queen", _can_capture_queen, "a legal move captures the opponent's queen"),
     ("has_queen", _has_queen, "the side to move has a queen"),
@@ -327,7 +332,8 @@ def board_strategy_flags(board: Any) -> np.ndarray:
 
 
 def chess_strategy_table(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
-    """``(P, len(STRATEGY_FLAGS))``: all strategy flags at every position."""
+    """``(P, len(STRATEGY_FLAGS))``: all strategy flags at every position, by the reference
+    definitions (slow: the labeller uses :func:`chess_labels.label_positions`)."""
     boards = boards_at(games, index_P2)
     if not boards:
         return np.zeros((0, len(STRATEGY_FLAGS)), dtype=bool)
@@ -336,7 +342,8 @@ def chess_strategy_table(games: chess_games.ChessGames, index_P2: np.ndarray) ->
 
 def _flag_property(j: int) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
     def labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
-        return chess_strategy_table(games, index_P2)[:, j:j + 1]
+        from saelab.boardgame import chess_labels
+        return chess_labels.label_positions(games, index_P2).strategy[:, j:j + 1]
     return labels
 
 
@@ -346,8 +353,8 @@ CHESS_PROPERTIES = (
                   chess_piece_no_initial),
     BoardProperty("legal_destinations", _square_cells(("dest",)), chess_legal_destinations),
     BoardProperty("pseudo_legal_destinations", _square_cells(("pseudo",)),
-                  _square_property(board_pseudo_legal_destinations)),
-    BoardProperty("threats", _square_cells(("threat",)), _square_property(board_threats)),
+                  _board_square_property("pseudo_legal_destinations")),
+    BoardProperty("threats", _square_cells(("threat",)), _board_square_property("threats")),
     *(BoardProperty(name, (name,), _flag_property(j), group="strategy")
       for j, (name, _, _) in enumerate(STRATEGY_FLAGS)),
 )
@@ -366,38 +373,31 @@ def chess_positions(games: chess_games.ChessGames, max_per_game: int = 0) -> np.
     return np.argwhere(dots)
 
 
-#: chess square properties computed from python-chess boards (shared with the strategy flags)
-_BOARD_SQUARE_FNS: dict[str, Callable[[Any], np.ndarray]] = {
-    "threats": board_threats, "pseudo_legal_destinations": board_pseudo_legal_destinations}
+#: chess properties labelled from replayed boards (chess_labels), all at once
+_BOARD_SQUARE_PROPERTIES = ("threats", "pseudo_legal_destinations")
 
 Report = Callable[[int, int], None]  # (done, total) progress callback
 
 
-def label_all(game: str, games: Any, index_P2: np.ndarray, report: Report | None = None
-              ) -> dict[str, np.ndarray]:
+def label_all(game: str, games: Any, index_P2: np.ndarray, report: Report | None = None,
+              cache_dir: Path | None = None) -> dict[str, np.ndarray]:
     """Labels of every property of ``game`` at the positions ``index_P2``. Chess boards are
-    replayed once and shared by the board-based properties (``report(done, total)`` is called
-    as they are labelled: they take a few ms per position)."""
+    replayed once and every board-based property is labelled from them together
+    (``report(done, total)`` is called as they are); with ``cache_dir`` those labels are
+    read from / written to a cache keyed by the games, the positions and the label version."""
     props = properties_for(game)
     out = {p.name: p.labels(games, index_P2) for p in props
-           if p.group != "strategy" and p.name not in _BOARD_SQUARE_FNS}
+           if p.group != "strategy" and p.name not in _BOARD_SQUARE_PROPERTIES}
     if game != "chess":
         return out
-    boards = boards_at(games, index_P2)
-    squares = {name: np.zeros((len(boards), 64), dtype=bool) for name in _BOARD_SQUARE_FNS}
-    strategy = np.zeros((len(boards), len(STRATEGY_FLAGS)), dtype=bool)
-    for i, board in enumerate(boards):
-        for name, fn in _BOARD_SQUARE_FNS.items():
-            squares[name][i] = fn(board)
-        strategy[i] = board_strategy_flags(board)
-        if report is not None and (i % 500 == 499 or i == len(boards) - 1):
-            report(i + 1, len(boards))
-    flag_column = {name: j for j, (name, _, _) in enumerate(STRATEGY_FLAGS)}
+    from saelab.boardgame import chess_labels  # imports python-chess
+    boards = chess_labels.cached_label_positions(games, index_P2, cache_dir, report)
+    flag_column = {name: j for j, name in enumerate(chess_labels.FLAG_NAMES)}
     for prop in props:
         if prop.group == "strategy":
-            out[prop.name] = strategy[:, flag_column[prop.name]][:, None]
-        elif prop.name in squares:
-            out[prop.name] = squares[prop.name]
+            out[prop.name] = boards.strategy[:, flag_column[prop.name]][:, None]
+        elif prop.name in _BOARD_SQUARE_PROPERTIES:
+            out[prop.name] = getattr(boards, prop.name)
     return {p.name: out[p.name] for p in props}
 
 
