@@ -340,6 +340,20 @@ def chess_strategy_table(games: chess_games.ChessGames, index_P2: np.ndarray) ->
     return np.stack([board_strategy_flags(b) for b in boards])
 
 
+def reference_board_labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> Any:
+    """Threats, pseudo-legal destinations and strategy flags at ``index_P2`` by the reference
+    definitions (what ``label_all`` computed before chess_labels; the test oracle and the
+    baseline of ``benchmarks/chess_labels_speed.py``), as a ``chess_labels.ChessBoardLabels``."""
+    from saelab.boardgame import chess_labels
+    boards = boards_at(games, index_P2)
+    if not boards:
+        return chess_labels.label_positions(games, index_P2)
+    return chess_labels.ChessBoardLabels(
+        np.stack([board_threats(b) for b in boards]),
+        np.stack([board_pseudo_legal_destinations(b) for b in boards]),
+        np.stack([board_strategy_flags(b) for b in boards]))
+
+
 def _flag_property(j: int) -> Callable[[chess_games.ChessGames, np.ndarray], np.ndarray]:
     def labels(games: chess_games.ChessGames, index_P2: np.ndarray) -> np.ndarray:
         from saelab.boardgame import chess_labels
