@@ -26,6 +26,7 @@ The shortcuts, each exact:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from collections.abc import Callable, Iterator
@@ -67,7 +68,18 @@ class ChessBoardLabels:
 
 _NOT_A, _NOT_H = ~chess.BB_FILE_A & chess.BB_ALL, ~chess.BB_FILE_H & chess.BB_ALL
 _BACKRANK = {chess.WHITE: chess.BB_RANK_8, chess.BLACK: chess.BB_RANK_1}
-_scan = chess.scan_reversed
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _scan(mask: int) -> tuple[int, ...]:
+    """The squares of ``mask``, memoised (piece sets repeat from position to position, and a
+    tuple iterates faster than python-chess's generator)."""
+    return tuple(chess.scan_reversed(mask))
+
+
+def clear_caches() -> None:
+    """Forget the memoised square lists (a benchmark's cold start)."""
+    _scan.cache_clear()
 
 
 def _pawn_attacks(pawns: int, color: bool) -> int:
@@ -110,13 +122,27 @@ def threats_mask(board: chess.Board) -> int:
             | _pawn_attacks(board.pawns & board.occupied_co[them], them))
 
 
+#: (rook square, squares between it and the king's initial square) of every castling
+_CASTLING_PATHS = ((chess.BB_H1, chess.BB_F1 | chess.BB_G1),
+                   (chess.BB_A1, chess.BB_B1 | chess.BB_C1 | chess.BB_D1),
+                   (chess.BB_H8, chess.BB_F8 | chess.BB_G8),
+                   (chess.BB_A8, chess.BB_B8 | chess.BB_C8 | chess.BB_D8))
+
+
+def _may_castle(board: chess.Board) -> bool:
+    """False when no castling of the side to move can be pseudo-legal: no right left, or a
+    piece between king and rook (python-chess's generator is slower to say so)."""
+    rights = board.castling_rights & board.occupied_co[board.turn]
+    return any(rights & rook and not board.occupied & path for rook, path in _CASTLING_PATHS)
+
+
 def pseudo_legal_destinations_mask(board: chess.Board) -> int:
     """Bitboard of the squares some pseudo-legal move of the side to move ends on (what
     python-chess's ``generate_pseudo_legal_moves`` yields, as masks)."""
     us = board.turn
     ours, occupied = board.occupied_co[us], board.occupied
     mask = _piece_attacks(board, us, occupied) & ~ours
-    if board.castling_rights & ours:
+    if _may_castle(board):
         for move in board.generate_castling_moves():
             mask |= chess.BB_SQUARES[move.to_square]
     pawns = board.pawns & ours
@@ -243,7 +269,7 @@ def _checking_moves(board: chess.Board, in_check: bool | None = None
     # with the enemy king
     rook_squares = (chess.BB_FILE_D | chess.BB_FILE_F) & (chess.BB_RANK_1 if us == chess.WHITE
                                                          else chess.BB_RANK_8)
-    if (board.castling_rights & ours and not board.kings & ours & discovered
+    if (_may_castle(board) and not board.kings & ours & discovered
             and rook_squares & (chess.BB_RANK_ATTACKS[enemy_king][0]
                                 | chess.BB_FILE_ATTACKS[enemy_king][0])):
         yield from (m for m in board.generate_castling_moves() if board.gives_check(m))
@@ -253,15 +279,15 @@ def msb_or_none(mask: int) -> int | None:
     return mask.bit_length() - 1 if mask else None
 
 
-def _can_check(board: chess.Board) -> bool:
-    return any(True for _ in _checking_moves(board))
+def _can_check(board: chess.Board, in_check: bool) -> bool:
+    return any(True for _ in _checking_moves(board, in_check))
 
 
-def _mate_threat(board: chess.Board) -> bool:
+def _mate_threat(board: chess.Board, in_check: bool) -> bool:
     """The opponent would have a mating move if it were its turn: each of its checking moves
     is played and tested with ``is_checkmate`` unless the checked king keeps a safe flight
     square after it (then it is no mate)."""
-    in_check, turn, ep_square = board.is_check(), board.turn, board.ep_square
+    turn, ep_square = board.turn, board.ep_square
     board.turn, board.ep_square = not turn, None  # flipped in place (a copy costs more)
     try:
         moves = (_checking_moves_in_check(board) if in_check
@@ -414,8 +440,9 @@ def strategy_flags(board: chess.Board, repeated: bool = True) -> list[bool]:
     turn = board.turn
     bishops = board.pieces_mask(chess.BISHOP, turn)
     knight_fork = _forks(board, (chess.KNIGHT,))
+    in_check = board.is_check()
     return [
-        board.is_check(),
+        in_check,
         _any_pin(board),
         knight_fork,
         knight_fork or _forks(board, (chess.PAWN, chess.BISHOP, chess.ROOK)),
@@ -424,9 +451,9 @@ def strategy_flags(board: chess.Board, repeated: bool = True) -> list[bool]:
         board.has_queenside_castling_rights(turn),
         board.has_legal_en_passant(),
         _can_claim_draw(board, repeated),
-        _can_check(board),
+        _can_check(board, in_check),
         bool(bishops & (bishops - 1)),
-        _mate_threat(board),
+        _mate_threat(board, in_check),
         _can_capture_queen(board),
         bool(board.pieces_mask(chess.QUEEN, turn)),
         _connected_rooks(board),
