@@ -1,11 +1,11 @@
 """Fused encoder + selection (TopK, BatchTopK, thresholds) with a sparse backward.
 
-The dense pre-activation matrix is never stored whole. For the top-k selections it is computed
-one (rows × latents) block at a time into a small reused workspace (~16 MB, so it is selected on
-while still in cache): each block gives each row's top-k candidates, and the candidates of a row's
-blocks are merged exactly (``kernels.merge_topk``; tie rule in ``kernels.ordered_topk``: equal
-values, the smaller latent id first). All backward work is O(nnz·D). AuxK candidates among dead
-latents come from the same blocks: no second matmul.
+The dense pre-activation matrix is never stored whole: it is computed chunk by chunk (~256 MB of
+whole rows, or optionally ``BLOCK_LATENTS``-wide column blocks whose per-row top-k candidates are
+merged exactly, ``kernels.merge_topk``) into a reused workspace, and only the selected entries
+leave the loop. Ties follow ``kernels.ordered_topk``'s rule (equal values: the smaller latent id
+first), so every blocking selects the same entries. All backward work is O(nnz·D). AuxK
+candidates among dead latents come from the same chunks: no second matmul.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from saelab.ops.sparse import encoder_preacts
 #: pre-activation chunk size (256 MB fp32): each chunk's GEMM re-packs all of W_enc, so at 65k
 #: latents 256-row chunks (64 MB) ran the product 10-25% slower than one whole-batch GEMM
 _CHUNK_ELEMS = 2**26
-#: Latents per column block of the top-k selections, and elements per block (16 MB fp32). The
-#: product is computed block by block and selected on while the block is in cache, instead of
-#: writing ~256 MB chunks of full rows to memory and reading them back. 0 = full rows in
-#: _CHUNK_ELEMS chunks (the earlier path; benchmarks/train_throughput.py times both).
-BLOCK_LATENTS = 4096
+#: Latents per column block of the top-k selections (0 = whole rows in _CHUNK_ELEMS chunks), and
+#: elements per block (16 MB fp32). With blocks, the product is computed a block at a time and
+#: selected on while the block is in cache, instead of writing ~256 MB chunks of whole rows to
+#: memory and reading them back; each row's per-block top-k are merged exactly. On the 2-core
+#: AVX2 CPU this was measured on, the per-block selection costs more than the memory traffic
+#: saved (docs/speed.md), so whole rows are the default; benchmarks/train_throughput.py
+#: (--wide-paths blocked,new) times both.
+BLOCK_LATENTS = 0
 _BLOCK_ELEMS = 2**22
 #: Fold b_enc into the encoder GEMM as one more input column (below). False restores the older
 #: addmm path; benchmarks/train_throughput.py flips it to time both in one process.
@@ -414,8 +417,8 @@ def topk_encode(
             (ReLU'd) for the AuxK loss, from the same pre-activation chunks.
         exact_values: with a reduced ``matmul_dtype``, recompute the kept values in W_enc's
             dtype by gathered dot products (cost O(nnz·D)).
-        chunk_rows: rows per pre-activation block (default: 16 MB blocks, or ~256 MB chunks
-            of whole rows).
+        chunk_rows: rows per pre-activation block (default: ~256 MB chunks of whole rows, or
+            16 MB column blocks).
         block_latents: latents per pre-activation block (default ``BLOCK_LATENTS``; 0 = whole
             rows). The selection is the same for every blocking: each row's k largest, equal
             values taken in latent order (``kernels.ordered_topk``).
