@@ -17,8 +17,8 @@ from saelab.ops.kernels import ordered_topk
 
 B, D, M = 48, 12, 1100  # 1100 latents: blocks of 256 leave a block of 76, of 7 one of 1
 K = 16
-# latents per block: whole rows, a width that no block size divides (two-stage selection inside
-# the 256-wide blocks), and blocks narrower than k
+# latents per block (each compared with whole rows): 256 (two-stage selection inside a block),
+# 300 and 7 (neither divides the width; 7 is narrower than k)
 BLOCKINGS = [256, 300, 7]
 
 
