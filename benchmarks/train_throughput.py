@@ -99,7 +99,9 @@ def wide_row(args: argparse.Namespace) -> dict:
     share = 1 − encoder product / step, paired step by step). The earlier step paths alternate
     with the current one in the same process, so all see the same load: "addmm" (the step
     before the 65k-latent work), "row_major" (b_enc folded into the GEMM, W_enc still stored
-    row-major, so its gradient is transposed every step) and "new" (W_enc latents-major)."""
+    row-major, so its gradient is transposed every step), "blocked" (the product and selection
+    in 4,096-latent column blocks, merged per row) and "new" (the current step: W_enc
+    latents-major, 256 MB chunks of whole rows)."""
     extra = ["--breakdown"] if args.breakdown else []
     res = run_one("saelab_topk.py", sys.executable,
                   ["--d", "768", "--m", "65536", "--k", "32", "--batch", "4096", "--steps",

@@ -32,14 +32,21 @@ cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-
 # backward's (latents, d) gradient is transposed into W_enc's layout each step; b_enc added by
 # addmm, which first copies it into every pre-activation chunk); "row_major": b_enc folded;
 # "new": the current step (W_enc latents-major: no transpose).
-# "chunks_64mb": the current step with the earlier 64 MB pre-activation chunks.
-PATHS = {"addmm": (False, False, 2**24), "row_major": (False, True, 2**24),
-         "chunks_64mb": (True, True, 2**24), "new": (True, True, encode._CHUNK_ELEMS)}
+# "chunks_64mb": W_enc latents-major with the earlier 64 MB pre-activation chunks of whole rows;
+# "chunks_1gb": the whole (4096, 65,536) product in one GEMM (W_enc packed once, not 4 times).
+# "blocked": the product computed 4,096 latents at a time (16 MB blocks), each row's per-block
+# top-k merged (saelab.ops.encode.BLOCK_LATENTS). The last field is the selection's latents per
+# column block (0 = whole rows).
+PATHS = {"addmm": (False, False, 2**24, 0), "row_major": (False, True, 2**24, 0),
+         "chunks_64mb": (True, True, 2**24, 0), "chunks_1gb": (True, True, 2**28, 0),
+         "blocked": (True, True, 2**26, 4096),
+         "new": (True, True, encode._CHUNK_ELEMS, encode.BLOCK_LATENTS)}
 
 
 def use_path(name: str) -> None:
     encode.FOLD_BIAS = PATHS[name][1]
     encode._CHUNK_ELEMS = PATHS[name][2]
+    encode.BLOCK_LATENTS = PATHS[name][3]
 
 
 def median(xs: list[float]) -> float:

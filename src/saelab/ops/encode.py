@@ -1,9 +1,11 @@
 """Fused encoder + selection (TopK, BatchTopK, thresholds) with a sparse backward.
 
-The dense pre-activation matrix is computed chunk by chunk into a reused workspace and only the
-selected entries leave the loop, so peak extra memory is one chunk (~256 MB) and all backward
-work is O(nnz·D). AuxK candidates among dead latents come from the same chunks: no second
-matmul.
+The dense pre-activation matrix is never stored whole: it is computed chunk by chunk (~256 MB of
+whole rows, or optionally ``BLOCK_LATENTS``-wide column blocks whose per-row top-k candidates are
+merged exactly, ``kernels.merge_topk``) into a reused workspace, and only the selected entries
+leave the loop. Ties follow ``kernels.ordered_topk``'s rule (equal values: the smaller latent id
+first), so every blocking selects the same entries. All backward work is O(nnz·D). AuxK
+candidates among dead latents come from the same chunks: no second matmul.
 """
 
 from __future__ import annotations
@@ -16,12 +18,27 @@ import torch
 from torch import Tensor
 
 from saelab.ops.codes import SparseCodes
-from saelab.ops.kernels import BLOCK_FILL, native_low_precision_matmul, row_topk, workspace
+from saelab.ops.kernels import (
+    BLOCK_FILL,
+    merge_topk,
+    native_low_precision_matmul,
+    ordered_topk,
+    workspace,
+)
 from saelab.ops.sparse import encoder_preacts
 
 #: pre-activation chunk size (256 MB fp32): each chunk's GEMM re-packs all of W_enc, so at 65k
 #: latents 256-row chunks (64 MB) ran the product 10-25% slower than one whole-batch GEMM
 _CHUNK_ELEMS = 2**26
+#: Latents per column block of the top-k selections (0 = whole rows in _CHUNK_ELEMS chunks), and
+#: elements per block (16 MB fp32). With blocks, the product is computed a block at a time and
+#: selected on while the block is in cache, instead of writing ~256 MB chunks of whole rows to
+#: memory and reading them back; each row's per-block top-k are merged exactly. On the 2-core
+#: AVX2 CPU this was measured on, the per-block selection costs more than the memory traffic
+#: saved (docs/speed.md), so whole rows are the default; benchmarks/train_throughput.py
+#: (--wide-paths blocked,new) times both.
+BLOCK_LATENTS = 0
+_BLOCK_ELEMS = 2**22
 #: Fold b_enc into the encoder GEMM as one more input column (below). False restores the older
 #: addmm path; benchmarks/train_throughput.py flips it to time both in one process.
 FOLD_BIAS = True
@@ -60,6 +77,7 @@ class _Preacts:
         b_dec_D: Tensor,
         matmul_dtype: torch.dtype | None,
         chunk_rows: int | None,
+        block_latents: int | None = None,
     ) -> None:
         dtype = matmul_dtype or W_enc_DM.dtype
         with torch.no_grad():
@@ -83,32 +101,51 @@ class _Preacts:
                 self.xc_BD = torch.cat([xc_BD, xc_BD.new_ones(xc_BD.shape[0], 1)], dim=1)
                 self.W_DM = _fold_bias(self.W_DM, self.b_M)
         self.n_rows, self.n_latents = x_BD.shape[0], W_enc_DM.shape[1]
-        self.chunk_rows = chunk_rows or max(1, _CHUNK_ELEMS // self.n_latents)
+        self.chunk_rows = chunk_rows
+        self.block_latents = BLOCK_LATENTS if block_latents is None else block_latents
 
     def chunks(self, rows: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
         """Yield (start, pre_RM) for all rows, or for the given subset of rows.
 
         ``pre_RM`` lives in a shared workspace: it is only valid until the next chunk.
         """
-        xc_BD = self.xc_BD if rows is None else self.xc_BD[rows]
-        n, R, M = xc_BD.shape[0], self.chunk_rows, self.n_latents
-        buf = workspace(min(R, n) * M, self.W_DM.dtype, self.W_DM.device)
-        for s in range(0, n, R):
-            r = min(R, n - s)
-            pre_RM = buf[: r * M].view(r, M)
-            self._matmul(xc_BD[s : s + r], pre_RM)
+        for s, _, pre_RM in self.blocks(rows, latents=0):
             yield s, pre_RM
 
-    def _matmul(self, xc_RD: Tensor, out_RM: Tensor) -> None:
+    def blocks(self, rows: Tensor | None = None, latents: int | None = None
+               ) -> Iterator[tuple[int, int, Tensor]]:
+        """Yield (row start, latent start, pre_RW): row chunks in order, each one's column
+        blocks left to right, for all rows or the given subset of rows.
+
+        ``latents`` columns per block (default: this encoder's ``block_latents``; 0: whole
+        rows). ``pre_RW`` lives in a shared workspace: it is only valid until the next block.
+        """
+        xc_BD = self.xc_BD if rows is None else self.xc_BD[rows]
+        n, M = xc_BD.shape[0], self.n_latents
+        W = min(M, (self.block_latents if latents is None else latents) or M)
+        R = self.chunk_rows or max(1, (_BLOCK_ELEMS if W < M else _CHUNK_ELEMS) // W)
+        buf = workspace(min(R, n) * W, self.W_DM.dtype, self.W_DM.device)
+        for s in range(0, n, R):
+            r = min(R, n - s)
+            for c in range(0, M, W):
+                w = min(W, M - c)
+                pre_RW = buf[: r * w].view(r, w)
+                self._matmul(xc_BD[s : s + r], pre_RW, c)
+                yield s, c, pre_RW
+
+    def _matmul(self, xc_RD: Tensor, out_RW: Tensor, c: int) -> None:
+        """Pre-activations of latents [c, c + width) for the rows ``xc_RD``, into ``out_RW``."""
+        w = out_RW.shape[1]
+        W_DW, b_W = self.W_DM[:, c : c + w], self.b_M[c : c + w]
         if self.folded:
-            torch.mm(xc_RD, self.W_DM, out=out_RM)
+            torch.mm(xc_RD, W_DW, out=out_RW)
             return
         if not self.col_block:
-            torch.addmm(self.b_M, xc_RD, self.W_DM, out=out_RM)
+            torch.addmm(b_W, xc_RD, W_DW, out=out_RW)
             return
-        for j in range(0, self.n_latents, self.col_block):
+        for j in range(0, w, self.col_block):
             cols = slice(j, j + self.col_block)
-            out_RM[:, cols] = torch.addmm(self.b_M[cols], xc_RD, self.W_DM[:, cols])
+            out_RW[:, cols] = torch.addmm(b_W[cols], xc_RD, W_DW[:, cols])
 
 
 def _fold_bias(W_DM: Tensor, b_M: Tensor) -> Tensor:
@@ -131,8 +168,33 @@ def _fold_bias(W_DM: Tensor, b_M: Tensor) -> Tensor:
     return out_DM
 
 
+class _RowCandidates:
+    """Each row's top-k candidates from the column blocks of one row chunk, merged exactly."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.vals: list[Tensor] = []
+        self.ids: list[Tensor] = []
+
+    def add(self, pre_RW: Tensor, ids_W: Tensor | int, k: int | None = None) -> None:
+        """Take the block's own top-min(k, width) per row (``k`` defaults to the merge's);
+        ``ids_W`` maps the block's columns to latent ids (a tensor, or the id of its first
+        column when they are consecutive)."""
+        vals_Rk, pos_Rk = ordered_topk(pre_RW, self.k if k is None else k)
+        self.vals.append(vals_Rk)
+        self.ids.append(pos_Rk + ids_W if isinstance(ids_W, int) else ids_W[pos_Rk])
+
+    def merge(self) -> tuple[Tensor, Tensor]:
+        """(values, latent ids) of each row's top-k over the blocks added; starts afresh."""
+        vals, ids = self.vals, self.ids
+        self.vals, self.ids = [], []
+        if len(vals) == 1:
+            return vals[0], ids[0]
+        return merge_topk(torch.cat(vals, dim=1), torch.cat(ids, dim=1), self.k)
+
+
 class _AuxSelector:
-    """Per-row top-k_aux among dead latents, collected chunk by chunk (AuxK loss).
+    """Per-row top-k_aux among dead latents, collected block by block (AuxK loss).
 
     Three strategies: when k_aux fills ≥ BLOCK_FILL of the dead set, keep the whole (B, n_dead)
     pre-activation block and use GEMMs in the backward; otherwise emit sparse entries, gathering
@@ -150,23 +212,42 @@ class _AuxSelector:
         self.vals_BK = pre.W_DM.new_empty(B, self.k)
         self.idx_BK = torch.empty(B, self.k, dtype=torch.long, device=pre.W_DM.device)
         self.block_BU = pre.W_DM.new_empty(B, n_dead) if self.block else None
+        self.candidates = _RowCandidates(self.k)
+        self._dead_ranges: dict[tuple[int, int], tuple[int, int]] = {}
 
-    def observe(self, s: int, pre_RM: Tensor) -> None:
-        """Select on one chunk. May overwrite ``pre_RM``: call it last on a chunk."""
+    def _dead_range(self, c: int, w: int) -> tuple[int, int]:
+        """Positions [lo, hi) in ``dead_idx`` (ascending) of the dead latents in [c, c + w)."""
+        if (c, w) not in self._dead_ranges:
+            bounds = torch.tensor([c, c + w], device=self.dead_idx.device)
+            lo, hi = torch.searchsorted(self.dead_idx, bounds).tolist()
+            self._dead_ranges[c, w] = (lo, hi)
+        return self._dead_ranges[c, w]
+
+    def observe(self, s: int, c: int, pre_RW: Tensor) -> None:
+        """Select on the block of latents [c, c + width). May overwrite ``pre_RW``: call it last
+        on a block."""
         if self.k == 0:
             return
-        r = pre_RM.shape[0]
-        if self.gather:
-            sub_RU = pre_RM.index_select(1, self.dead_idx)
-            if self.block_BU is not None:
-                self.block_BU[s : s + r] = sub_RU
-            vals, pos = sub_RU.topk(self.k, dim=1, sorted=False)
-            self.vals_BK[s : s + r] = vals
-            # Block mode keeps positions within the block; entry modes keep latent ids.
-            self.idx_BK[s : s + r] = pos if self.block_BU is not None else self.dead_idx[pos]
+        r, w = pre_RW.shape
+        lo, hi = self._dead_range(c, w)
+        if hi == lo:
             return
-        pre_RM.masked_fill_(~self.dead_mask_M, float("-inf"))
-        self.vals_BK[s : s + r], self.idx_BK[s : s + r] = row_topk(pre_RM, self.k)
+        if self.gather:
+            sub_RU = pre_RW.index_select(1, self.dead_idx[lo:hi] - c)
+            if self.block_BU is not None:
+                self.block_BU[s : s + r, lo:hi] = sub_RU
+            # Block mode keeps positions within the dead set; entry modes keep latent ids. Both
+            # rise with the latent id, so the merge's tie rule is the same.
+            self.candidates.add(sub_RU, lo if self.block_BU is not None else self.dead_idx[lo:hi])
+            return
+        pre_RW.masked_fill_(~self.dead_mask_M[c : c + w], float("-inf"))
+        # at most as many as the block has dead latents, so no -inf is ever a candidate
+        self.candidates.add(pre_RW, c, k=min(self.k, hi - lo))
+
+    def finish_rows(self, s: int, r: int) -> None:
+        """Merge the candidates of rows [s, s + r) once all their blocks were observed."""
+        if self.k > 0:
+            self.vals_BK[s : s + r], self.idx_BK[s : s + r] = self.candidates.merge()
 
     def entries(self) -> _Entries | None:
         """Sparse entries to activate with the main codes (None in block mode)."""
@@ -184,16 +265,30 @@ def _fixed_k_entries(vals_BK: Tensor, idx_BK: Tensor) -> _Entries:
     return _Entries(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1))
 
 
-def _select_per_row(pre: _Preacts, k: int, aux_sel: _AuxSelector | None) -> _Entries:
-    """Per-row top-k over all chunks (aux selection rides along on the same chunks)."""
-    vals_BK = pre.W_DM.new_empty(pre.n_rows, k)
-    idx_BK = torch.empty(pre.n_rows, k, dtype=torch.long, device=pre.W_DM.device)
-    for s, pre_RM in pre.chunks():
-        r = pre_RM.shape[0]
-        vals_BK[s : s + r], idx_BK[s : s + r] = row_topk(pre_RM, k)
+def _per_row_topk(
+    pre: _Preacts, k: int, aux_sel: _AuxSelector | None = None, rows: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(values, latent ids) of each row's top-k (``kernels.ordered_topk``'s tie rule), for all
+    rows or the given subset, from the product's blocks; aux selection rides along."""
+    n = pre.n_rows if rows is None else rows.numel()
+    vals_BK = pre.W_DM.new_empty(n, k)
+    idx_BK = torch.empty(n, k, dtype=torch.long, device=pre.W_DM.device)
+    main = _RowCandidates(k)
+    for s, c, pre_RW in pre.blocks(rows):
+        main.add(pre_RW, c)
         if aux_sel is not None:
-            aux_sel.observe(s, pre_RM)
-    return _fixed_k_entries(vals_BK, idx_BK)
+            aux_sel.observe(s, c, pre_RW)
+        if c + pre_RW.shape[1] == pre.n_latents:  # the row chunk's last block
+            r = pre_RW.shape[0]
+            vals_BK[s : s + r], idx_BK[s : s + r] = main.merge()
+            if aux_sel is not None:
+                aux_sel.finish_rows(s, r)
+    return vals_BK, idx_BK
+
+
+def _select_per_row(pre: _Preacts, k: int, aux_sel: _AuxSelector | None) -> _Entries:
+    """Per-row top-k over all blocks (aux selection rides along on the same blocks)."""
+    return _fixed_k_entries(*_per_row_topk(pre, k, aux_sel))
 
 
 def _global_topk(
@@ -205,11 +300,15 @@ def _global_topk(
 ) -> _Entries:
     """Top ``total`` entries over per-row candidate lists, exact.
 
-    A row whose candidates were *all* taken may hold more winners beyond its list: refill it
-    with a 4× longer list (recomputing its pre-activations) and select again.
+    Tie rule: a larger value first, then the smaller row, then the smaller latent id (each
+    row's list follows ``kernels.ordered_topk``'s rule, so the rules agree). A row whose
+    candidates were *all* taken may hold more winners beyond its list: refill it with a 4×
+    longer list (recomputing its pre-activations) and select again.
     """
     while True:
-        keep = cand.vals_N.topk(min(total, cand.vals_N.numel()), sorted=False).indices
+        key_N = cand.rows_N * n_latents + cand.idx_N
+        n_keep = min(total, cand.vals_N.numel())
+        keep = ordered_topk(cand.vals_N[None], n_keep, key_RM=key_N[None])[1][0]
         taken_B = torch.zeros_like(width_B).index_add_(0, cand.rows_N[keep], torch.ones_like(keep))
         saturated_B = (taken_B == width_B) & (width_B < n_latents)
         if not bool(saturated_B.any()):
@@ -229,11 +328,7 @@ def _select_batch(pre: _Preacts, k: float, n_cand: int, aux_sel: _AuxSelector | 
     cand = _select_per_row(pre, c, aux_sel)
 
     def refill(rows_S: Tensor, width: int) -> _Entries:
-        v_SC = pre.W_DM.new_empty(rows_S.numel(), width)
-        i_SC = torch.empty(rows_S.numel(), width, dtype=torch.long, device=v_SC.device)
-        for s, pre_RM in pre.chunks(rows_S):
-            r = pre_RM.shape[0]
-            v_SC[s : s + r], i_SC[s : s + r] = row_topk(pre_RM, width)
+        v_SC, i_SC = _per_row_topk(pre, width, rows=rows_S)
         return _Entries(rows_S.repeat_interleave(width), i_SC.reshape(-1), v_SC.reshape(-1))
 
     width_B = torch.full((B,), c, dtype=torch.long, device=pre.W_DM.device)
@@ -271,9 +366,10 @@ def _encode(
     aux: AuxSpec | None,
     exact_values: bool,
     chunk_rows: int | None,
+    block_latents: int | None,
 ) -> Encoded:
-    """Shared driver: chunked selection (no grad), then differentiable values."""
-    pre = _Preacts(*params, matmul_dtype, chunk_rows)
+    """Shared driver: blocked selection (no grad), then differentiable values."""
+    pre = _Preacts(*params, matmul_dtype, chunk_rows, block_latents)
     B, M = pre.n_rows, pre.n_latents
     aux_sel = _AuxSelector(aux, pre) if aux is not None else None
     with torch.no_grad():
@@ -307,6 +403,7 @@ def topk_encode(
     aux: AuxSpec | None = None,
     exact_values: bool = True,
     chunk_rows: int | None = None,
+    block_latents: int | None = None,
 ) -> Encoded:
     """TopK encoder: per row keep the k largest pre-activations, then ReLU.
 
@@ -320,7 +417,11 @@ def topk_encode(
             (ReLU'd) for the AuxK loss, from the same pre-activation chunks.
         exact_values: with a reduced ``matmul_dtype``, recompute the kept values in W_enc's
             dtype by gathered dot products (cost O(nnz·D)).
-        chunk_rows: rows per pre-activation chunk (default: ~256 MB chunks).
+        chunk_rows: rows per pre-activation block (default: ~256 MB chunks of whole rows, or
+            16 MB column blocks).
+        block_latents: latents per pre-activation block (default ``BLOCK_LATENTS``; 0 = whole
+            rows). The selection is the same for every blocking: each row's k largest, equal
+            values taken in latent order (``kernels.ordered_topk``).
 
     Returns:
         ``Encoded(codes, aux)`` with fixed-k ``SparseCodes``; values carry autograd history
@@ -332,7 +433,7 @@ def topk_encode(
     def select(pre: _Preacts, aux_sel: _AuxSelector | None) -> _Entries:
         return _select_per_row(pre, k, aux_sel)
 
-    return _encode(params, select, k, matmul_dtype, aux, exact_values, chunk_rows)
+    return _encode(params, select, k, matmul_dtype, aux, exact_values, chunk_rows, block_latents)
 
 
 def batch_topk_encode(
@@ -347,13 +448,15 @@ def batch_topk_encode(
     exact_values: bool = True,
     candidates: int | None = None,
     chunk_rows: int | None = None,
+    block_latents: int | None = None,
 ) -> Encoded:
     """BatchTopK encoder: keep the round(B·k) largest pre-activations of the whole batch, then
     ReLU (k may be fractional).
 
     Rows get variable counts, so ``codes`` is CSR (non-positive winners, which ReLU would zero,
     are dropped). Selection is exact: each row contributes its top ``candidates`` (default 2k)
-    and rows whose whole list wins are re-expanded. Other arguments as in :func:`topk_encode`;
+    and rows whose whole list wins are re-expanded; equal values are taken by row, then latent
+    id. Other arguments as in :func:`topk_encode`;
     ``aux`` is per-row top-k_aux among dead latents, as for TopK.
     """
     params = _Params(x_BD, W_enc_DM, b_enc_M, b_dec_D)
@@ -361,7 +464,8 @@ def batch_topk_encode(
     def select(pre: _Preacts, aux_sel: _AuxSelector | None) -> _Entries:
         return _select_batch(pre, k, candidates or math.ceil(2 * k), aux_sel)
 
-    return _encode(params, select, None, matmul_dtype, aux, exact_values, chunk_rows)
+    return _encode(params, select, None, matmul_dtype, aux, exact_values, chunk_rows,
+                   block_latents)
 
 
 def threshold_encode(

@@ -222,3 +222,62 @@ def row_topk(pre_RM: Tensor, k: int) -> tuple[Tensor, Tensor]:
     vals_Rk, pos_Rk = cand_RC.topk(k, dim=1, sorted=False)
     idx_Rk = gidx_Rk.gather(1, pos_Rk // _GROUP) * _GROUP + pos_Rk % _GROUP
     return vals_Rk, idx_Rk
+
+
+def ordered_topk(pre_RM: Tensor, k: int, key_RM: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-row top-k under a total order → (values_Rk, positions_Rk), values descending.
+
+    Tie rule: a larger value comes first; among equal values the smaller key (``key_RM``, by
+    default the column position) does. So the selected *set* is fully determined, whatever
+    order the entries arrive in: a row's top-k is the same computed over the whole row or as
+    the top-k of per-block top-k candidates (:func:`merge_topk`); ``torch.topk`` alone picks
+    among tied entries arbitrarily. The two stages of :func:`row_topk` each take one entry
+    more than needed, which finds the rows with a tie at the cut at no extra pass: the
+    (k+1)-th candidate equals the k-th, or a group left out has a maximum as large as the k-th
+    value. Only those rows are redone, by a stable sort. Rows must hold no NaN
+    (pre-activations of finite inputs are finite).
+    """
+    R, M = pre_RM.shape
+    k = min(k, M)
+    if k == 0 or k == M or R == 0:
+        return row_topk(pre_RM, k)  # nothing or everything: no tie to break
+    if M % _GROUP == 0 and 4 * k * _GROUP <= M and pre_RM.is_contiguous():
+        groups_RGS = pre_RM.view(R, M // _GROUP, _GROUP)
+        gmax_Rj, gidx_Rj = groups_RGS.amax(dim=2).topk(k + 1, dim=1)  # sorted, j = k + 1
+        # every entry outside the k groups kept is at most the (k+1)-th group maximum
+        outside_R, gidx_Rk = gmax_Rj[:, k], gidx_Rj[:, :k].contiguous()
+        cand_RC = groups_RGS.gather(1, gidx_Rk[:, :, None].expand(R, k, _GROUP)).view(R, -1)
+        vals_Rj, cpos_Rj = cand_RC.topk(k + 1, dim=1)
+        pos_Rj = gidx_Rk.gather(1, cpos_Rj // _GROUP) * _GROUP + cpos_Rj % _GROUP
+        tied_R = outside_R >= vals_Rj[:, k - 1]
+    else:
+        vals_Rj, pos_Rj = pre_RM.topk(k + 1, dim=1)
+        tied_R = torch.zeros(R, dtype=torch.bool, device=pre_RM.device)
+    tied_R |= vals_Rj[:, k] == vals_Rj[:, k - 1]
+    vals_Rk, pos_Rk = vals_Rj[:, :k].contiguous(), pos_Rj[:, :k].contiguous()
+    if bool(tied_R.any()):
+        rows_T = tied_R.nonzero().squeeze(1)
+        sub_TM = pre_RM[rows_T]
+        if key_RM is None:
+            # a stable descending sort keeps equal values in column order
+            order_TM = sub_TM.sort(dim=1, descending=True, stable=True).indices
+        else:
+            by_key_TM = key_RM[rows_T].sort(dim=1, stable=True).indices
+            order_TM = sub_TM.gather(1, by_key_TM).sort(dim=1, descending=True, stable=True)[1]
+            order_TM = by_key_TM.gather(1, order_TM)
+        pos_Rk[rows_T] = order_TM[:, :k]
+        vals_Rk[rows_T] = sub_TM.gather(1, order_TM[:, :k])
+    return vals_Rk, pos_Rk
+
+
+def merge_topk(vals_RC: Tensor, idx_RC: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of per-block candidates (values and latent ids, ``C ≥ k`` per row) under the tie
+    rule of :func:`ordered_topk` (equal values: the smaller latent id first) → (values, ids).
+
+    Exact when each block contributed its own top-min(k, width) under the same rule: an entry
+    of the row's top-k has fewer than k entries ahead of it in the row, so fewer than k in its
+    block, so it is among that block's candidates.
+    """
+    vals_Rk, pos_Rk = ordered_topk(vals_RC, k, key_RM=idx_RC)
+    return vals_Rk, idx_RC.gather(1, pos_Rk)
+
