@@ -70,6 +70,11 @@ class SweepPoint:
     coverage_test: float  # saelab's headline: held out
     reconstruction_test: float
     coverage_train: float
+    # held out, at the reconstruction threshold chosen on the training games (NaN: not
+    # recorded, e.g. a result made before these fields existed, or a group of properties)
+    reconstruction_precision_test: float = math.nan
+    reconstruction_recall_test: float = math.nan
+    recall_by_class: dict[str, float] = field(default_factory=dict)
 
 
 def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
@@ -83,11 +88,13 @@ def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
         if prop in s.scores:
             sc = s.scores[prop]
             scores = (sc.coverage_train_paper, sc.reconstruction_f1_test_best, sc.coverage_test,
-                      sc.reconstruction_f1_test, sc.coverage_train)
+                      sc.reconstruction_f1_test, sc.coverage_train,
+                      sc.reconstruction_precision_test, sc.reconstruction_recall_test,
+                      dict(sc.reconstruction_recall_by_class))
         elif prop in s.groups:
             g = s.groups[prop]
             scores = (g.coverage_train_paper, math.nan, g.coverage_test, math.nan,
-                      g.coverage_train)
+                      g.coverage_train, math.nan, math.nan, {})
         else:
             raise KeyError(f"{prop!r} is neither a property nor a group of SAE {s.name}; "
                            f"properties: {sorted(s.scores)}, groups: {sorted(s.groups)}")
