@@ -203,14 +203,16 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     if trained and control:
         for metric, attr in (("coverage", "best_coverage_paper"),
                              ("reconstruction", "best_reconstruction_paper")):
-            low = min(getattr(r, attr).mean for r in trained.values())
-            high = max(getattr(r, attr).mean for r in control)
-            if math.isnan(low) or math.isnan(high):  # a group has no reconstruction score
+            low = min((getattr(r, attr) for r in trained.values()), key=lambda st: st.mean)
+            high = max((getattr(r, attr) for r in control), key=lambda st: st.mean)
+            if math.isnan(low.mean) or math.isnan(high.mean):  # a group has no reconstruction
                 continue
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
-                "random-init control", _paper_range(comparison.game, comparison.property, metric),
-                f"trained min {low:.3f} vs random-init max {high:.3f}", low > high))
+                "random-init control, their 95% intervals apart",
+                _paper_range(comparison.game, comparison.property, metric),
+                f"trained min {low.text()} vs random-init max {high.text()}",
+                _lower(low) > _upper(high)))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
     # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
     if len(names) == 4 and comparison.game == "othello":
@@ -230,6 +232,15 @@ def findings(comparison: BoardComparison) -> list[Finding]:
             f"{min(rec['relu'], rec['panneal']):.3f} vs {max(rec['topk'], rec['gated']):.3f}",
             min(rec["relu"], rec["panneal"]) >= max(rec["topk"], rec["gated"])))
     return out
+
+
+def _lower(stat: Stat) -> float:
+    """The lower end of the 95% interval (the mean itself for one seed)."""
+    return stat.mean - (0.0 if math.isnan(stat.ci95) else stat.ci95)
+
+
+def _upper(stat: Stat) -> float:
+    return stat.mean + (0.0 if math.isnan(stat.ci95) else stat.ci95)
 
 
 def _paper_range(game: str, prop: str, metric: str) -> str:
