@@ -176,14 +176,14 @@ def sweep_table(points: list[comparison.SweepPoint]) -> str:
     classes = sorted({c for p in points for c in p.recall_by_class})
     lines = ["| model | SAE | setting | seeds | L0 held-out | EV | dead | cov (paper-style) | "
              "recon (paper-style) | cov held-out | recon held-out | recon P | recon R | "
-             + "".join(f"R {c} | " for c in classes),
+             + "".join(f"R {c} | " for c in classes).rstrip(),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for kind, arch, sparsity in keys:
         mine = [p for p in points if (p.kind, p.architecture, p.sparsity) == (kind, arch,
                                                                                   sparsity)]
 
         def avg(attr: str, mine: list[comparison.SweepPoint] = mine) -> float:
-            return sum(getattr(p, attr) for p in mine) / len(mine)
+            return _mean([getattr(p, attr) for p in mine])
         lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | {sparsity} | "
                      f"{len(mine)} | {avg('l0'):.1f} | {avg('explained_variance'):.3f} | "
                      f"{avg('dead_latents'):.0f} | {avg('coverage_paper'):.3f} | "
@@ -192,12 +192,14 @@ def sweep_table(points: list[comparison.SweepPoint]) -> str:
                      f"{avg('reconstruction_precision_test'):.3f} | "
                      f"{avg('reconstruction_recall_test'):.3f} | "
                      + "".join(f"{_mean([p.recall_by_class.get(c, math.nan) for p in mine]):.3f} | "
-                               for c in classes))
+                               for c in classes).rstrip())
     return "\n".join(lines)
 
 
 def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
+    """Mean over the values recorded (a job scored before a field existed has NaN there)."""
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
 
 
 def ceiling_table(results: dict[str, Any], prop: str) -> str:
@@ -333,7 +335,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          + [comparison.format_table(c) for c in by_group.values()]
                          + [t for t in [ceiling_table(results, prop)] if t]
                          + ["Every sweep point (mean over seeds; recon held-out, P, R and R per "
-                            "cell class at the threshold chosen on the training games):",
+                            "cell class at the threshold chosen on the training games, the last "
+                            "four over the seeds whose jobs recorded them, nan = none did):",
                             sweep_table(points)])
     return {"comparison": cmp.to_dict(), "table": table,
             "groups": {g: c.to_dict() for g, c in by_group.items()},
