@@ -22,13 +22,21 @@ with the same options skips it (other options are refused: ``spec.json``). Seeds
 separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
 ``--kind trained``);
 ``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
+
+Re-scoring: ``--rescore`` re-evaluates the saved SAEs of every finished job whose scores were
+made by an older version of the scoring (``SCORING_VERSION``) with the current code, without
+retraining; the old job file is kept beside it (``*.before-rescore.json``). Each job records
+the sha256 of the game LM's weights, and a resume or re-score with other weights is refused
+(a game name such as ``othello`` means whatever model is shipped now).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,6 +51,7 @@ from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
 from saelab.io import atomic_write_bytes, atomic_write_json
+from saelab.io import load as load_sae
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
 from saelab.sweep.runner import check_same_spec
@@ -61,6 +70,9 @@ SWEEPS: dict[str, tuple[float, ...]] = {
     "gated": (3.0, 6.0, 8.0),
 }
 HEADLINE = {"othello": "board", "chess": "piece_no_initial"}
+#: 2: reconstruction precision / recall / recall per class and the probe's linear ceiling
+#: (``--rescore`` brings version-1 jobs up to date from their saved SAEs)
+SCORING_VERSION = 2
 
 
 def sweep_configs(sweeps: dict[str, tuple[float, ...]], expansion: int) -> dict[str, Any]:
@@ -93,7 +105,26 @@ def say(text: str, start: float) -> None:
 
 #: arguments that do not change any (model, seed) result: they may differ between a run and
 #: its resume, and processes running different --seeds may share one --out (one per core)
-NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind")
+NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind", "rescore")
+
+
+def model_sha256(model: str) -> str:
+    """sha256 of a game LM's weights file (a game name means the shipped model)."""
+    folder = lm.pretrained_path(model) if model in lm.GAMES else Path(model)
+    digest = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_job_model(record: dict[str, Any], path: Path, sha: str, model: str) -> None:
+    """Refuse a job made with other weights than ``model``'s (no record: cannot tell)."""
+    made_with = record.get("model_sha256")
+    if made_with is not None and made_with != sha:
+        raise ConfigError(f"{path} was made with a game LM whose weights have sha256 "
+                          f"{made_with[:12]}…, but --model {model} has {sha[:12]}…; pass the "
+                          "folder of the model the run used, or use a new --out")
 
 
 def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
@@ -110,25 +141,30 @@ def job_path(out: Path, kind: str, seed: int) -> Path:
 
 
 def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_init: bool,
-             start: float) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
-    """One model kind's evaluation games (scored) and SAE-training activations (cached).
-    Only the compared property and the groups' members are kept: scoring every SAE on the
-    others (Othello mine_theirs, legal_moves; chess piece, ...) would double the run's time
-    and change none of the compared numbers (each property is scored on its own columns)."""
+             start: float, sae_acts: bool = True
+             ) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
+    """One model kind's evaluation games (scored) and SAE-training activations (cached; not
+    for ``sae_acts=False``, a re-score). Only the compared property and the groups' members
+    are kept: scoring every SAE on the others (Othello mine_theirs, legal_moves; chess piece,
+    ...) would double the run's time and change none of the compared numbers (each property
+    is scored on its own columns). The linear probe of the compared property is fit too (its
+    reconstruction as latents is the linear ceiling); groups of one-cell flags get none."""
     model, _ = lm.load_game_lm(args.model, random_init=random_init)
     layer = board_eval.default_layer(model) if args.layer < 0 else args.layer
     eval_cfg = board_eval.BoardEvalConfig(
         game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
         random_init=random_init, train_games=args.train_games, test_games=args.test_games,
-        probe=False, progress=True)
-    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games and "
-        f"{args.sae_games} SAE-training games", start)
+        probe=game == "othello", progress=True)
+    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games"
+        + (f" and {args.sae_games} SAE-training games" if sae_acts else ""), start)
     data = board_eval.collect_board_data(eval_cfg)
     keep = {prop}.union(*group_members(game).values())
     for split in (data.train, data.test):
         split.labels = {name: value for name, value in split.labels.items() if name in keep}
-    acts_path = write_npy(args.out / f"acts_{kind}.npy", game_activations(
-        model, game, layer, args.sae_games, SAE_GAMES_SEED))
+    acts_path = args.out / f"acts_{kind}.npy"
+    if sae_acts:
+        write_npy(acts_path, game_activations(model, game, layer, args.sae_games,
+                                              SAE_GAMES_SEED))
     return eval_cfg, data, acts_path
 
 
@@ -137,19 +173,92 @@ def sweep_table(points: list[comparison.SweepPoint]) -> str:
     show where each architecture's sweep lies around the target L0."""
     keys = sorted({(p.kind, p.architecture, p.sparsity) for p in points},
                   key=lambda k: (k[0] != "trained", k[1], float(k[2].split("=")[1])))
+    classes = sorted({c for p in points for c in p.recall_by_class})
     lines = ["| model | SAE | setting | seeds | L0 held-out | EV | dead | cov (paper-style) | "
-             "recon (paper-style) | cov held-out |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "recon (paper-style) | cov held-out | recon held-out | recon P | recon R | "
+             + "".join(f"R {c} | " for c in classes).rstrip(),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for kind, arch, sparsity in keys:
         mine = [p for p in points if (p.kind, p.architecture, p.sparsity) == (kind, arch,
                                                                                   sparsity)]
 
         def avg(attr: str, mine: list[comparison.SweepPoint] = mine) -> float:
-            return sum(getattr(p, attr) for p in mine) / len(mine)
+            return _mean([getattr(p, attr) for p in mine])
         lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | {sparsity} | "
                      f"{len(mine)} | {avg('l0'):.1f} | {avg('explained_variance'):.3f} | "
                      f"{avg('dead_latents'):.0f} | {avg('coverage_paper'):.3f} | "
-                     f"{avg('reconstruction_paper'):.3f} | {avg('coverage_test'):.3f} |")
+                     f"{avg('reconstruction_paper'):.3f} | {avg('coverage_test'):.3f} | "
+                     f"{avg('reconstruction_test'):.3f} | "
+                     f"{avg('reconstruction_precision_test'):.3f} | "
+                     f"{avg('reconstruction_recall_test'):.3f} | "
+                     + "".join(f"{_mean([p.recall_by_class.get(c, math.nan) for p in mine]):.3f} | "
+                               for c in classes).rstrip())
     return "\n".join(lines)
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over the values recorded (a job scored before a field existed has NaN there)."""
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
+
+
+def ceiling_table(results: dict[str, Any], prop: str) -> str:
+    """The linear probe of ``prop`` on each model kind: as a classifier, and its cells scored
+    as latents (the reconstruction a dictionary of the best linear cell detectors reaches)."""
+    rows = {}
+    for key, result in sorted(results.items()):
+        probe = (result.get("probe") or {}).get(prop)
+        if probe and "reconstruction_f1_as_latents" in probe:
+            rows.setdefault(key.split("/")[0], probe)  # the same games and probe every seed
+    if not rows:
+        return ""
+    lines = [f"Linear ceiling, property `{prop}` (held-out games): a logistic probe per cell "
+             "fit on the training games, as a classifier (micro-F1) and with its cells scored "
+             "as if they were SAE latents (thresholds and ≥ 0.95-precision labels chosen on the "
+             "training games; test-picked threshold in brackets).", "",
+             "| model | probe micro-F1 | probe cells as latents: recon | cells labelled |",
+             "|---|---|---|---|"]
+    for kind in sorted(rows, key=lambda k: k != "trained"):
+        p = rows[kind]
+        lines.append(f"| {kind} | {p['micro_f1']:.3f} | {p['reconstruction_f1_as_latents']:.3f} "
+                     f"({p['reconstruction_f1_as_latents_best']:.3f}) | "
+                     f"{p['n_cells_labelled_as_latents']} |")
+    return "\n".join(lines)
+
+
+def job_record(kind: str, seed: int, result: board_eval.BoardEvalResult, prop: str, sha: str
+               ) -> dict[str, Any]:
+    """What ``jobs/KIND_seedS.json`` holds: the full result and its sweep points."""
+    arch_of = {s.name: s.name.split("@")[0] for s in result.saes}
+    groups = {g: comparison.sweep_points(result, kind, seed, g, arch_of)
+              for g in result.saes[0].groups}
+    return {"kind": kind, "seed": seed, "scoring_version": SCORING_VERSION,
+            "model_sha256": sha, "result": result.to_dict(),
+            "points": [dataclasses.asdict(p)
+                       for p in comparison.sweep_points(result, kind, seed, prop, arch_of)],
+            "group_points": {g: [dataclasses.asdict(p) for p in ps] for g, ps in groups.items()}}
+
+
+def _rescore(args: argparse.Namespace, record: dict[str, Any], path: Path,
+             configs: dict[str, Any],
+             prepared: tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path],
+             prop: str, sha: str, start: float) -> dict[str, Any]:
+    """Score a finished job's saved SAEs again with the current code; the old job file is
+    kept as ``*.before-rescore.json`` (never overwritten)."""
+    kind, seed = record["kind"], record["seed"]
+    folder = args.out / f"saes_{kind}_seed{seed}" / "final"
+    missing = [name for name in configs if not (folder / name).is_dir()]
+    if missing:
+        raise ConfigError(f"cannot re-score {path}: {folder} lacks the SAEs {missing}")
+    eval_cfg, data, _ = prepared
+    say(f"{kind} seed {seed}: re-scoring {len(configs)} saved SAEs from {folder}", start)
+    saes = {name: load_sae(folder / name) for name in configs}
+    new = job_record(kind, seed, board_eval.run(saes, eval_cfg, data), prop, sha)
+    before = path.with_name(path.stem + ".before-rescore.json")
+    if not before.exists():
+        atomic_write_bytes(before, path.read_bytes())
+    atomic_write_json(path, new)
+    return new
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_json(args.out / "spec.json", spec)
     game = lm.load_game_lm(args.model)[1]
     prop = args.property or HEADLINE[game]
+    sha = model_sha256(args.model)
     points: list[comparison.SweepPoint] = []
     group_points: dict[str, list[comparison.SweepPoint]] = {}  # chess: the strategy average
     results: dict[str, Any] = {}
@@ -177,8 +287,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.kind not in ("both", kind):
                 continue
             path = job_path(args.out, kind, seed)
-            if path.exists():  # finished by an earlier run with the same spec
-                record = json.loads(path.read_text())
+            record = json.loads(path.read_text()) if path.exists() else None
+            if record is not None:
+                check_job_model(record, path, sha, args.model)
+            if (record is not None and args.rescore
+                    and record.get("scoring_version", 1) < SCORING_VERSION):
+                if kind not in prepared:
+                    prepared[kind] = _prepare(args, game, prop, kind, random_init, start,
+                                              sae_acts=False)
+                record = _rescore(args, record, path, configs, prepared[kind], prop, sha, start)
+            if record is not None:  # finished by an earlier run with the same spec
                 results[f"{kind}/seed{seed}"] = record["result"]
                 points += [comparison.SweepPoint(**p) for p in record["points"]]
                 for group, rows in record.get("group_points", {}).items():
@@ -198,19 +316,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
                               args.tokens, args.batch_size, args.lr, seed=seed, progress=True)
             result = board_eval.run(saes, eval_cfg, data)
-            arch_of = {n: n.split("@")[0] for n in saes}
-            mine = comparison.sweep_points(result, kind, seed, prop, arch_of)
-            groups = {g: comparison.sweep_points(result, kind, seed, g, arch_of)
-                      for g in result.saes[0].groups}
-            atomic_write_json(path, {
-                "kind": kind, "seed": seed, "result": result.to_dict(),
-                "points": [dataclasses.asdict(p) for p in mine],
-                "group_points": {g: [dataclasses.asdict(p) for p in ps]
-                                 for g, ps in groups.items()}})
-            for g, ps in groups.items():
-                group_points.setdefault(g, []).extend(ps)
-            results[f"{kind}/seed{seed}"] = result.to_dict()
-            points += mine
+            record = job_record(kind, seed, result, prop, sha)
+            atomic_write_json(path, record)
+            for g, rows in record["group_points"].items():
+                group_points.setdefault(g, []).extend(comparison.SweepPoint(**p) for p in rows)
+            results[f"{kind}/seed{seed}"] = record["result"]
+            points += [comparison.SweepPoint(**p) for p in record["points"]]
             done, ran = done + 1, ran + 1
             # the ETA counts only this process's work (a resume skips finished jobs)
             per_job = (time.perf_counter() - session_start) / ran
@@ -222,7 +333,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         headline_property=g, target_l0=args.target_l0)) for g, ps in group_points.items()}
     table = "\n\n".join([comparison.format_table(cmp)]
                          + [comparison.format_table(c) for c in by_group.values()]
-                         + ["Every sweep point (mean over seeds):", sweep_table(points)])
+                         + [t for t in [ceiling_table(results, prop)] if t]
+                         + ["Every sweep point (mean over seeds; recon held-out, P, R and R per "
+                            "cell class at the threshold chosen on the training games, the last "
+                            "four over the seeds whose jobs recorded them, nan = none did):",
+                            sweep_table(points)])
     return {"comparison": cmp.to_dict(), "table": table,
             "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
@@ -253,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this model kind's jobs (to split a run over processes)")
     parser.add_argument("--report-only", action="store_true", help="write the comparison of "
                         "the (model, seed) runs finished in --out (same options) and run no more")
+    parser.add_argument("--rescore", action="store_true", help="score the saved SAEs of "
+                        "finished jobs made by an older scoring version again (no retraining)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -66,6 +66,15 @@ def test_findings_follow_the_numbers() -> None:
     assert [f.reproduces for f in cmp.findings] == [False, True, False, False, False]
     table = format_table(cmp)
     assert "| trained | TopK | 2 | 0.77 |" in table and "| no |" in table
+    # above the control on average but inside its seed interval: not "above"
+    noisy = [dataclasses.replace(p, reconstruction_paper=p.reconstruction_paper + 0.05 * p.seed)
+             for p in _sweep("random-init", "topk", 0.43, 0.88)]
+    close = compare([p for p in paper_like if p.kind == "trained"] + noisy, "othello",
+                    ComparisonConfig()).findings[1]
+    assert "reconstruction" in close.claim and not close.reproduces
+    assert compare([p for p in paper_like if p.kind == "trained"]
+                   + _sweep("random-init", "topk", 0.43, 0.45), "othello",
+                   ComparisonConfig()).findings[1].reproduces
 
 
 def test_a_group_compares_coverage_only_and_chess_gets_no_othello_orderings() -> None:

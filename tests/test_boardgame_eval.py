@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,3 +169,107 @@ def test_chess_thresholds_use_every_character(tmp_path) -> None:
     assert result.alive_latents == int((every > 0).sum()) > int((dots > 0).sum())
     assert set(result.groups) == {"strategy"}
     assert len(result.groups["strategy"].properties) == 16
+
+
+def _firing(codes: torch.Tensor, cfg: BoardEvalConfig, max_M: torch.Tensor
+            ) -> dict[float, torch.Tensor]:
+    return {t: _sparse(codes).firing(max_M, t) for t in cfg.fractions()}
+
+
+def test_reconstruction_predicts_each_latents_whole_label_set_and_scores_every_class() -> None:
+    """Hand-built: latent 0 fires exactly on boards {empty@a1, mine@b1}, latent 1 on
+    {theirs@a1, empty@b1}; position 5 ({mine@a1, theirs@b1}) has no latent firing."""
+    names = ("empty@a1", "empty@b1", "mine@a1", "mine@b1", "theirs@a1", "theirs@b1")
+    cells = {n: i for i, n in enumerate(names)}
+    boards = [("empty@a1", "mine@b1")] * 3 + [("theirs@a1", "empty@b1")] * 2 \
+        + [("mine@a1", "theirs@b1")]
+    labels = torch.zeros(6, 6, dtype=torch.bool)
+    for p, board in enumerate(boards):
+        labels[p, [cells[c] for c in board]] = True
+    codes = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 2 + [[0.0, 0.0]])
+    cfg = BoardEvalConfig(min_true_positives=2)
+    max_M = _sparse(codes).max_per_latent()
+    scores = board_eval.score_property("board", _firing(codes, cfg, max_M),
+                                       _firing(codes, cfg, max_M), labels, labels, cfg,
+                                       cell_names=names)
+    # each latent is labelled with both cells it predicts at precision 1: 4 labels
+    assert scores.n_feature_labels == 4 and scores.n_labelled_latents == 2
+    assert scores.n_cells_labelled == 4
+    # 10 of the 12 true (position, cell) pairs predicted, no false positive
+    assert scores.reconstruction_precision_test == pytest.approx(1.0)
+    assert scores.reconstruction_recall_test == pytest.approx(10 / 12)
+    assert scores.reconstruction_f1_test == pytest.approx(2 * 10 / (10 + 12))
+    assert scores.reconstruction_recall_by_class == pytest.approx(
+        {"empty": 5 / 5, "mine": 3 / 4, "theirs": 2 / 3})
+
+
+def _reference_reconstruction(codes: np.ndarray, labels: np.ndarray, max_f: np.ndarray,
+                              t: float, train_codes: np.ndarray, train_labels: np.ndarray
+                              ) -> float:
+    """The paper's algorithm, one loop at a time: label sets on the training positions at t,
+    then the OR of the firing latents' sets at each scored position, micro-F1 over cells."""
+    n_latents, n_cells = codes.shape[1], labels.shape[1]
+    label_sets = []
+    for f in range(n_latents):
+        on = [p for p in range(len(train_codes)) if train_codes[p, f] > t * max_f[f] > 0
+              or (t == 0 and train_codes[p, f] > 0 and max_f[f] > 0)]
+        label_sets.append({c for c in range(n_cells)
+                           if (tp := sum(train_labels[p, c] for p in on)) >= 10
+                           and tp / max(1, len(on)) >= 0.95})
+    tp = predicted = 0
+    for p in range(len(codes)):
+        board: set[int] = set()
+        for f in range(n_latents):
+            if max_f[f] > 0 and codes[p, f] > t * max_f[f]:
+                board |= label_sets[f]
+        predicted += len(board)
+        tp += sum(int(labels[p, c]) for c in board)
+    return 2 * tp / max(1, predicted + int(labels.sum()))
+
+
+def test_reconstruction_matches_a_loop_by_loop_reference() -> None:
+    g = torch.Generator().manual_seed(3)
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = torch.rand(n, 6, generator=g) * (torch.rand(n, 6, generator=g) < 0.4)
+        # cells 0-3 follow latents 0-3 (noisily; cell 3 also with latent 4), cell 4 holds
+        # wherever cell 0 does (so latent 0 gets a set of two), cell 5 is noise
+        noisy = codes[:, :4] > 0.5 * torch.rand(n, 4, generator=g)
+        noisy[:, 3] |= codes[:, 4] > 0.2
+        extra = noisy[:, :1] | (torch.rand(n, 1, generator=g) < 0.3)
+        labels = torch.cat([noisy, extra, torch.rand(n, 1, generator=g) < 0.5], 1)
+        return codes, labels
+    (tr_codes, tr_labels), (te_codes, te_labels) = make(300), make(300)
+    cfg = BoardEvalConfig()
+    max_M = _sparse(tr_codes).max_per_latent()
+    scores = board_eval.score_property("p", _firing(tr_codes, cfg, max_M),
+                                       _firing(te_codes, cfg, max_M), tr_labels, te_labels, cfg)
+    ref = {t: (_reference_reconstruction(tr_codes.numpy(), tr_labels.numpy(), max_M.numpy(), t,
+                                         tr_codes.numpy(), tr_labels.numpy()),
+               _reference_reconstruction(te_codes.numpy(), te_labels.numpy(), max_M.numpy(), t,
+                                         tr_codes.numpy(), tr_labels.numpy()))
+           for t in cfg.fractions()}
+    best_t = max(ref, key=lambda t: ref[t][0])
+    assert scores.reconstruction_f1_train == pytest.approx(ref[best_t][0])
+    assert scores.reconstruction_threshold == best_t
+    assert scores.reconstruction_f1_test == pytest.approx(ref[best_t][1])
+    assert scores.reconstruction_f1_test_best == pytest.approx(max(r[1] for r in ref.values()))
+    assert scores.n_feature_labels > scores.n_labelled_latents  # some latent has a set
+
+
+def test_dense_firing_scores_like_sparse_and_a_linear_probe_reaches_its_ceiling() -> None:
+    codes, labels = _planted(400, 0)
+    cfg = BoardEvalConfig()
+    max_M = _sparse(codes).max_per_latent()
+    sparse = board_eval.score_property("p", _firing(codes, cfg, max_M), _firing(codes, cfg, max_M),
+                                       labels, labels, cfg)
+    dense = {t: board_eval.dense_firing(codes, max_M, t) for t in cfg.fractions()}
+    assert board_eval.score_property("p", dense, dense, labels, labels, cfg) == sparse
+    # the probe's cells as latents: a linearly separable property reconstructs perfectly
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 8, generator=g)
+    cells = torch.stack([x[:, 0] > 0.3, x[:, 1] + x[:, 2] < 0], dim=1)
+    train = board_eval.Split(x[:2000], {"p": cells[:2000]}, 1)
+    test = board_eval.Split(x[2000:], {"p": cells[2000:]}, 1)
+    probe = board_eval.fit_probe(train.acts_PD, cells[:2000], steps=300)
+    ceiling = board_eval.probe_as_latents("p", probe, train, test, cfg)
+    assert ceiling.reconstruction_f1_test > 0.95 and ceiling.n_cells_labelled == 2

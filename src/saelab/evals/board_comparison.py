@@ -70,6 +70,11 @@ class SweepPoint:
     coverage_test: float  # saelab's headline: held out
     reconstruction_test: float
     coverage_train: float
+    # held out, at the reconstruction threshold chosen on the training games (NaN: not
+    # recorded, e.g. a result made before these fields existed, or a group of properties)
+    reconstruction_precision_test: float = math.nan
+    reconstruction_recall_test: float = math.nan
+    recall_by_class: dict[str, float] = field(default_factory=dict)
 
 
 def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
@@ -83,11 +88,13 @@ def sweep_points(result: BoardEvalResult, kind: str, seed: int, prop: str,
         if prop in s.scores:
             sc = s.scores[prop]
             scores = (sc.coverage_train_paper, sc.reconstruction_f1_test_best, sc.coverage_test,
-                      sc.reconstruction_f1_test, sc.coverage_train)
+                      sc.reconstruction_f1_test, sc.coverage_train,
+                      sc.reconstruction_precision_test, sc.reconstruction_recall_test,
+                      dict(sc.reconstruction_recall_by_class))
         elif prop in s.groups:
             g = s.groups[prop]
             scores = (g.coverage_train_paper, math.nan, g.coverage_test, math.nan,
-                      g.coverage_train)
+                      g.coverage_train, math.nan, math.nan, {})
         else:
             raise KeyError(f"{prop!r} is neither a property nor a group of SAE {s.name}; "
                            f"properties: {sorted(s.scores)}, groups: {sorted(s.groups)}")
@@ -196,14 +203,16 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     if trained and control:
         for metric, attr in (("coverage", "best_coverage_paper"),
                              ("reconstruction", "best_reconstruction_paper")):
-            low = min(getattr(r, attr).mean for r in trained.values())
-            high = max(getattr(r, attr).mean for r in control)
-            if math.isnan(low) or math.isnan(high):  # a group has no reconstruction score
+            low = min((getattr(r, attr) for r in trained.values()), key=lambda st: st.mean)
+            high = max((getattr(r, attr) for r in control), key=lambda st: st.mean)
+            if math.isnan(low.mean) or math.isnan(high.mean):  # a group has no reconstruction
                 continue
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
-                "random-init control", _paper_range(comparison.game, comparison.property, metric),
-                f"trained min {low:.3f} vs random-init max {high:.3f}", low > high))
+                "random-init control, their 95% intervals apart",
+                _paper_range(comparison.game, comparison.property, metric),
+                f"trained min {low.text()} vs random-init max {high.text()}",
+                _lower(low) > _upper(high)))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
     # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
     if len(names) == 4 and comparison.game == "othello":
@@ -223,6 +232,15 @@ def findings(comparison: BoardComparison) -> list[Finding]:
             f"{min(rec['relu'], rec['panneal']):.3f} vs {max(rec['topk'], rec['gated']):.3f}",
             min(rec["relu"], rec["panneal"]) >= max(rec["topk"], rec["gated"])))
     return out
+
+
+def _lower(stat: Stat) -> float:
+    """The lower end of the 95% interval (the mean itself for one seed)."""
+    return stat.mean - (0.0 if math.isnan(stat.ci95) else stat.ci95)
+
+
+def _upper(stat: Stat) -> float:
+    return stat.mean + (0.0 if math.isnan(stat.ci95) else stat.ci95)
 
 
 def _paper_range(game: str, prop: str, metric: str) -> str:
