@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -50,6 +49,7 @@ from saelab.boardgame.properties import group_members
 from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
+from saelab.integrity import sha256_file
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.io import load as load_sae
 from saelab.pipelines.boardgame_demo import train_saes
@@ -111,11 +111,7 @@ NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind", "rescore")
 def model_sha256(model: str) -> str:
     """sha256 of a game LM's weights file (a game name means the shipped model)."""
     folder = lm.pretrained_path(model) if model in lm.GAMES else Path(model)
-    digest = hashlib.sha256()
-    with open(folder / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(folder / "model.safetensors")
 
 
 def check_job_model(record: dict[str, Any], path: Path, sha: str, model: str) -> None:
