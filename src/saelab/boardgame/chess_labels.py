@@ -530,6 +530,8 @@ def label_positions(games: ChessGames, index_P2: np.ndarray, report: Report | No
     board = chess.Board()
     sans: list[str] = []
     seen: set[tuple[int, ...]] = set()
+    if report is not None:
+        report(0, n)  # labelling starts now: the rate is the labeller's own
     for i, row in enumerate(order):
         g, pos = int(index_P2[row, 0]), int(index_P2[row, 1])
         if g != current_game:

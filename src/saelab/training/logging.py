@@ -123,15 +123,22 @@ class StageProgress:
                   file=sys.stderr, flush=True)
 
     def counter(self, what: str, unit: str = "items", interval: float = 5.0) -> Callable[[int, int], None]:
-        """A ``report(done, total)`` callback printing at most every ``interval`` seconds."""
-        begin, last = time.perf_counter(), [0.0]
+        """A ``report(done, total)`` callback printing at most every ``interval`` seconds.
+
+        The rate counts from the callback's creation, or from a ``report(0, total)`` call: a
+        worker handed the callback before other work runs calls that as it starts, so the rate
+        is its own."""
+        begin, last = [time.perf_counter()], [0.0]
 
         def report(done: int, total: int) -> None:
             now = time.perf_counter()
+            if done == 0:
+                begin[0] = now
+                return
             if not self.enabled or (now - last[0] < interval and done < total):
                 return
             last[0] = now
-            rate = done / max(now - begin, 1e-9)
+            rate = done / max(now - begin[0], 1e-9)
             eta = (total - done) / max(rate, 1e-9)
             self.say(f"{what}: {done}/{total} {unit} ({rate:,.1f} {unit}/s, ETA {eta:.0f} s)")
         return report

@@ -1,0 +1,18 @@
+"""Stage progress lines: rate and ETA count the reported work only."""
+
+import time
+
+import pytest
+
+from saelab.training.logging import StageProgress
+
+
+def test_counter_rate_counts_from_report_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    """The rate of a counter handed out before other work counts from report(0, total)."""
+    report = StageProgress("t").counter("labelling", "positions", interval=0.0)
+    time.sleep(0.5)  # work done before the counted work starts
+    report(0, 100)
+    report(100, 100)
+    line = capsys.readouterr().err
+    rate = float(line.split("(")[1].split(" positions/s")[0].replace(",", ""))
+    assert rate > 1000, line  # 100 positions in ~0 s, not 100 in 0.5 s (200/s)
