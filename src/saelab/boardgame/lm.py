@@ -64,6 +64,10 @@ class LMTrainConfig:
     device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps")
     checkpoint_minutes: float = option(10.0, "minutes between resumable checkpoints in "
                                        "OUT/checkpoint/ (also written when stopped)")
+    grow_from: str = option("", "start from this trained game LM (a folder, or a game name for "
+                            "the shipped model) with fewer blocks instead of random weights: its "
+                            "blocks keep their weights, spread evenly over the deeper stack, and "
+                            "each new block starts as the identity (see grow_depth)")
 
     def validate(self) -> None:
         if self.game not in GAMES:
@@ -77,6 +81,8 @@ class LMTrainConfig:
                               f"batch_size={self.batch_size}")
         if self.checkpoint_minutes <= 0:
             raise ConfigError("checkpoint_minutes must be positive")
+        if self.grow_from and self.epochs != 1:
+            raise ConfigError("grow_from needs a one-epoch run (epochs=1)")
 
 
 #: Settings that only say where and how fast a run goes; a resumed run may change them.
@@ -104,6 +110,50 @@ def build_model(cfg: LMTrainConfig) -> nn.Module:
     with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         return GPT2LMHeadModel(config)
+
+
+def grown_block_positions(n_from: int, n_to: int) -> list[int]:
+    """Where the ``n_from`` trained blocks go in a stack of ``n_to``: spread evenly, first block
+    first (4 into 8: 0, 2, 4, 6), so every trained block is followed by new ones."""
+    return [i * n_to // n_from for i in range(n_from)]
+
+
+@torch.no_grad()
+def grow_depth(model: nn.Module, source: nn.Module) -> dict[str, Any]:
+    """Make the deeper ``model`` compute exactly what the trained ``source`` computes.
+
+    Function-preserving depth growth (as in Net2Net's deeper networks, for a pre-LN residual
+    stack): the embeddings, final layer norm and the source's blocks are copied, the source's
+    blocks at :func:`grown_block_positions`; every other block keeps its fresh initialisation
+    except for the output projections of its attention and MLP, which are set to zero, so the
+    block adds nothing to the residual stream until training moves them. Gradients still reach
+    those projections (their input is not zero), so the new blocks start learning at step 1.
+
+    Returns a record of what was done (for ``training.json``). Raises ``ConfigError`` when the
+    two models differ in anything but depth.
+    """
+    src, dst = model_config(source), model_config(model)
+    for key in ("vocab_size", "n_positions", "n_embd", "n_head", "activation_function"):
+        if getattr(src, key) != getattr(dst, key):
+            raise ConfigError(f"grow_from: the source model has {key}={getattr(src, key)}, this "
+                              f"run {getattr(dst, key)}; growing adds blocks only, so every other "
+                              "setting must match the source's")
+    if src.n_layer >= dst.n_layer:
+        raise ConfigError(f"grow_from: the source already has {src.n_layer} blocks; choose "
+                          f"--n-layer above {src.n_layer}")
+    s_body, d_body = source.transformer, model.transformer  # type: ignore[union-attr]
+    for name in ("wte", "wpe", "ln_f"):
+        getattr(d_body, name).load_state_dict(getattr(s_body, name).state_dict())
+    positions = grown_block_positions(src.n_layer, dst.n_layer)
+    for i, p in enumerate(positions):
+        d_body.h[p].load_state_dict(s_body.h[i].state_dict())
+    new = [p for p in range(dst.n_layer) if p not in positions]
+    for p in new:
+        for proj in (d_body.h[p].attn.c_proj, d_body.h[p].mlp.c_proj):
+            proj.weight.zero_()
+            proj.bias.zero_()
+    return {"source_blocks": src.n_layer, "blocks": dst.n_layer,
+            "source_block_positions": positions, "new_blocks": new}
 
 
 # ---------------------------------------------------------------------------- training data
@@ -249,6 +299,8 @@ def reproduce_command(cfg: LMTrainConfig) -> str:
     for f in dataclasses.fields(cfg):
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
         if f.name in ("game", "device", "checkpoint_minutes"):  # no effect on the weights
+            continue
+        if f.name == "grow_from" and not value:  # random initial weights
             continue
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + flag[2:])

@@ -41,6 +41,7 @@ from saelab.integrity import (
     CheckpointError,
     read_bounded,
     save_tensors,
+    sha256_file,
     verify_checksums,
     write_checksums,
 )
@@ -74,6 +75,8 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per checkpoint
     # the schedule's history: from step s on the run aimed at train_games (changed on resume)
     segments: list[dict[str, int]] = field(default_factory=list)
+    # where the weights started when grown from a smaller model (``grow_from``); None: random
+    grown_from: dict[str, Any] | None = None
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
@@ -127,6 +130,8 @@ def train_lm(cfg: lm.LMTrainConfig, out_dir: str | Path, command: str = "",
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                 weight_decay=cfg.weight_decay)
         state = _load_checkpoint(checkpoint_path(out), model, opt) if resume else RunState()
+        if not resume and cfg.grow_from:
+            state.grown_from = _grow(model, cfg)
         if not state.segments or state.segments[-1]["train_games"] != cfg.train_games:
             state.segments.append({"from_step": state.step, "train_games": cfg.train_games})
         if resume:
@@ -164,6 +169,24 @@ def _refuse_to_overwrite(out: Path, resume: bool) -> None:
     if not resume and ((ckpt / STATE_NAME).exists() or (out / "model.safetensors").exists()):
         raise ConfigError(f"{out} already holds a game LM or a training checkpoint; continue it "
                           f"with --resume {out}, or choose another --out (nothing is deleted)")
+
+
+def _grow(model: nn.Module, cfg: lm.LMTrainConfig) -> dict[str, Any]:
+    """Start ``model`` from the trained, shallower ``cfg.grow_from`` (``lm.grow_depth``)."""
+    source, game = lm.load_game_lm(cfg.grow_from)
+    if game != cfg.game:
+        raise ConfigError(f"grow_from: {cfg.grow_from} is a {game} model, this run trains "
+                          f"{cfg.game}")
+    record = lm.grow_depth(model, source.to(next(model.parameters()).device))
+    folder = lm.pretrained_path(cfg.grow_from) if cfg.grow_from in lm.GAMES else Path(
+        cfg.grow_from)
+    meta = lm.read_metadata(folder)
+    record.update(model=cfg.grow_from, sha256=sha256_file(folder / "model.safetensors"),
+                  games_trained=meta.get("games_trained"))
+    print(f"grown from {cfg.grow_from} ({record['source_blocks']} blocks, "
+          f"{record['games_trained']} games): its blocks at {record['source_block_positions']}, "
+          f"new identity blocks at {record['new_blocks']}", file=sys.stderr, flush=True)
+    return record
 
 
 def _fit(model: nn.Module, opt: torch.optim.Optimizer, cfg: lm.LMTrainConfig, state: RunState,
@@ -281,6 +304,7 @@ def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer,
                "total_steps": lm.total_steps(cfg), "train_seconds": state.train_seconds,
                "data_seconds": state.data_seconds, "recent_losses": list(state.recent_losses),
                "history": state.history, "segments": state.segments,
+               "grown_from": state.grown_from,
                "optimizer_param_groups": groups,
                "settings": to_dict(cfg)}
         (tmp / STATE_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True))
@@ -341,7 +365,8 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     state = RunState(int(doc["step"]), float(doc["train_seconds"]), float(doc["data_seconds"]),
                      deque(doc["recent_losses"], maxlen=20), list(doc["history"]),
                      list(doc.get("segments", [{"from_step": 0,  # written before segments
-                                                "train_games": doc["settings"]["train_games"]}])))
+                                                "train_games": doc["settings"]["train_games"]}])),
+                     doc.get("grown_from"))
     return state
 
 
@@ -373,5 +398,6 @@ def _metadata(cfg: lm.LMTrainConfig, state: RunState, command: str) -> dict[str,
         "data_seconds": round(state.data_seconds, 1),
         "train_seconds": round(state.train_seconds, 1),
         "checkpoints": state.history,
+        "grown_from": state.grown_from,
         "versions": lm._versions(),
     }
