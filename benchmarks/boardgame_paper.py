@@ -543,7 +543,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "calibration": calibrations, "results": results}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default="othello", help="'othello', 'chess' or a folder")
     parser.add_argument("--property", default="", help="headline property (default: the "
@@ -581,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", action="store_true", help="score the saved SAEs of "
                         "finished jobs made by an older scoring version again (no retraining)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
