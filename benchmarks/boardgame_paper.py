@@ -17,10 +17,31 @@ Usage (the full run, on a GPU machine or a long CPU run):
 On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; chess:
 ``--model chess`` (headline property piece_no_initial, plus the strategy average).
 
+Sweeps per model kind: ``--sweep ARCH=V1,V2,...`` sets an architecture's sweep for both
+model kinds; ``--sweep trained:ARCH=...`` or ``--sweep random-init:ARCH=...`` for one kind only
+(it wins over an unprefixed one, whatever the order). One penalty sweep rarely brackets the
+target L0 on both the trained model and its random-init control.
+
+Calibration: ``--calibrate-l0`` finds, per model kind, the coefficient of each penalty
+architecture (relu, panneal, gated; TopK's k needs none) whose L0 lands on ``--target-l0``
+(within ``--calibration-tolerance``, at most ``--calibration-rounds`` training rounds) with
+``saelab.search.match_l0``, then sweeps at the L0s ``target × --calibration-spread`` (default
+0.5 1 2 4: 8/16/32/64, TopK's k sweep), their coefficients placed by the same secant steps
+from the measured (coefficient, L0) pairs. It runs once per kind, with seed 0 (the other seeds
+use the same sweep; their L0 scatters around it, which the sweep's spread absorbs), at the
+jobs' own ``--tokens`` (a penalty SAE's L0 falls as it trains longer, so a shorter calibration
+would place the jobs below the target), with L0 measured on the evaluation's training games
+(never the test games). The result (every value tried, its L0, matched or not, the sweep) goes
+to ``--out/calibration_KIND.json`` as soon as it is found; a rerun reuses it and refuses one
+made with other inputs. ``--sweep`` for a calibrated architecture is refused.
+
 Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
-with the same options skips it (other options are refused: ``spec.json``). Seeds may run as
-separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
-``--kind trained``);
+with the same options skips it (other options are refused: ``spec.json``). Each job records
+the sweep values it trained, and a resume whose sweep for that kind differs (another
+``--sweep``, a changed calibration file) is refused. Seeds may run as separate processes on
+one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
+``--kind trained``; with ``--calibrate-l0`` split by kind, or let a kind's calibration finish
+before starting more of its processes, else each calibrates it);
 ``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
 
 Re-scoring: ``--rescore`` re-evaluates the saved SAEs of every finished job whose scores were
@@ -348,7 +369,7 @@ def _mean(values: list[float]) -> float:
 def ceiling_table(results: dict[str, Any], prop: str) -> str:
     """The linear probe of ``prop`` on each model kind: as a classifier, and its cells scored
     as latents (the reconstruction a dictionary of the best linear cell detectors reaches)."""
-    rows = {}
+    rows: dict[str, Any] = {}
     for key, result in sorted(results.items()):
         probe = (result.get("probe") or {}).get(prop)
         if probe and "reconstruction_f1_as_latents" in probe:
