@@ -17,10 +17,31 @@ Usage (the full run, on a GPU machine or a long CPU run):
 On another model (e.g. a retrained Othello GPT): ``--model path/to/folder``; chess:
 ``--model chess`` (headline property piece_no_initial, plus the strategy average).
 
+Sweeps per model kind: ``--sweep ARCH=V1,V2,...`` sets an architecture's sweep for both
+model kinds; ``--sweep trained:ARCH=...`` or ``--sweep random-init:ARCH=...`` for one kind only
+(it wins over an unprefixed one, whatever the order). One penalty sweep rarely brackets the
+target L0 on both the trained model and its random-init control.
+
+Calibration: ``--calibrate-l0`` finds, per model kind, the coefficient of each penalty
+architecture (relu, panneal, gated; TopK's k needs none) whose L0 lands on ``--target-l0``
+(within ``--calibration-tolerance``, at most ``--calibration-rounds`` training rounds) with
+``saelab.search.match_l0``, then sweeps at the L0s ``target × --calibration-spread`` (default
+0.5 1 2 4: 8/16/32/64, TopK's k sweep), their coefficients placed by the same secant steps
+from the measured (coefficient, L0) pairs. It runs once per kind, with seed 0 (the other seeds
+use the same sweep; their L0 scatters around it, which the sweep's spread absorbs), at the
+jobs' own ``--tokens`` (a penalty SAE's L0 falls as it trains longer, so a shorter calibration
+would place the jobs below the target), with L0 measured on the evaluation's training games
+(never the test games). The result (every value tried, its L0, matched or not, the sweep) goes
+to ``--out/calibration_KIND.json`` as soon as it is found; a rerun reuses it and refuses one
+made with other inputs. ``--sweep`` for a calibrated architecture is refused.
+
 Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
-with the same options skips it (other options are refused: ``spec.json``). Seeds may run as
-separate processes on one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
-``--kind trained``);
+with the same options skips it (other options are refused: ``spec.json``). Each job records
+the sweep values it trained, and a resume whose sweep for that kind differs (another
+``--sweep``, a changed calibration file) is refused. Seeds may run as separate processes on
+one ``--out`` (``--seeds 1`` and ``--seeds 2`` side by side, or ``--kind random-init`` next to
+``--kind trained``; with ``--calibrate-l0`` split by kind, or let a kind's calibration finish
+before starting more of its processes, else each calibrates it);
 ``--report-only --seeds 0 1 2`` then tabulates whatever has finished.
 
 Re-scoring: ``--rescore`` re-evaluates the saved SAEs of every finished job whose scores were
@@ -49,11 +70,13 @@ from saelab.boardgame.properties import group_members
 from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
+from saelab.evals.concept_data import sae_l0
 from saelab.integrity import sha256_file
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.io import load as load_sae
 from saelab.pipelines.boardgame_demo import train_saes
 from saelab.registry import config_from_dict
+from saelab.search.match_l0 import KNOBS, match_l0, values_for_l0s
 from saelab.sweep.runner import check_same_spec
 
 #: default sweeps: TopK over k, the others over their sparsity coefficient, chosen so every
@@ -87,16 +110,36 @@ def sweep_configs(sweeps: dict[str, tuple[float, ...]], expansion: int) -> dict[
     return out
 
 
-def parse_sweeps(specs: list[str]) -> dict[str, tuple[float, ...]]:
-    """``--sweep topk=8,16,32`` (repeatable) replaces that architecture's default sweep."""
-    sweeps = dict(SWEEPS)
-    for spec in specs:
-        arch, _, values = spec.partition("=")
-        if arch not in SWEEPS or not values:
-            raise SystemExit(f"--sweep {spec!r}: use ARCH=V1,V2,... with ARCH one of "
-                             f"{list(SWEEPS)}")
-        sweeps[arch] = tuple(float(v) for v in values.split(","))
+KINDS = {"trained": False, "random-init": True}  # model kind -> random_init
+#: the architectures whose L0 is set by a coefficient (``--calibrate-l0`` finds it)
+PENALTY = ("relu", "panneal", "gated")
+
+
+def parse_sweeps(specs: list[str]) -> dict[str, dict[str, tuple[float, ...]]]:
+    """``--sweep [KIND:]ARCH=V1,V2,...`` (repeatable) → each model kind's sweeps. Without a
+    kind the sweep replaces that architecture's default for both kinds; ``trained:`` or
+    ``random-init:`` replaces it for that kind only (and wins over an unprefixed one)."""
+    sweeps = {kind: dict(SWEEPS) for kind in KINDS}
+    prefixed = [s for s in specs if ":" in s.partition("=")[0]]
+    for spec in [s for s in specs if s not in prefixed] + prefixed:
+        target, _, values = spec.partition("=")
+        kind, _, arch = target.rpartition(":")
+        if arch not in SWEEPS or not values or (kind and kind not in KINDS):
+            raise ConfigError(f"--sweep {spec!r}: use [KIND:]ARCH=V1,V2,... with ARCH one of "
+                              f"{list(SWEEPS)} and KIND one of {list(KINDS)} (no KIND: both)")
+        try:
+            parsed = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"--sweep {spec!r}: the values must be numbers separated by "
+                              "commas, e.g. relu=2,3,4") from None
+        for k in ([kind] if kind else list(KINDS)):
+            sweeps[k][arch] = parsed
     return sweeps
+
+
+def explicit_archs(specs: list[str]) -> set[str]:
+    """The architectures some ``--sweep`` sets (for any kind)."""
+    return {s.partition("=")[0].rpartition(":")[2] for s in specs}
 
 
 def say(text: str, start: float) -> None:
@@ -123,12 +166,137 @@ def check_job_model(record: dict[str, Any], path: Path, sha: str, model: str) ->
                           "folder of the model the run used, or use a new --out")
 
 
-def run_spec(args: argparse.Namespace, sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
-    """What a run's results depend on; a resume must match it exactly."""
+#: options that exist only with ``--calibrate-l0`` (a run without it keeps the spec.json of
+#: runs made before they existed, so those still resume)
+CALIBRATION_ARGS = ("calibrate_l0", "calibration_tolerance", "calibration_rounds",
+                    "calibration_spread")
+
+
+def run_spec(args: argparse.Namespace, sweeps: dict[str, dict[str, tuple[float, ...]]]
+             ) -> dict[str, Any]:
+    """What a run's results depend on; a resume must match it exactly. The sweeps are one
+    table when both kinds share them (as before per-kind sweeps existed), else one per kind;
+    with ``--calibrate-l0`` the penalty sweeps are left out here (they are found per kind and
+    kept in ``calibration_KIND.json``, and every job records the sweep it used)."""
     spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in NOT_IN_SPEC}
-    spec["sweeps"] = {k: list(v) for k, v in sweeps.items()}
+            if k not in NOT_IN_SPEC and (args.calibrate_l0 or k not in CALIBRATION_ARGS)}
+    listed = {kind: {a: list(v) for a, v in s.items()
+                     if not (args.calibrate_l0 and a in PENALTY)}
+              for kind, s in sweeps.items()}
+    same = all(v == listed["trained"] for v in listed.values())
+    spec["sweeps"] = listed["trained"] if same else listed
     return spec
+
+
+def calibration_path(out: Path, kind: str) -> Path:
+    return out / f"calibration_{kind}.json"
+
+
+def calibration_inputs(args: argparse.Namespace, sha: str) -> dict[str, Any]:
+    """What a calibration's result depends on: a saved one is reused only when these match."""
+    return {"model_sha256": sha, "layer": args.layer, "sae_games": args.sae_games,
+            "tokens": args.tokens, "batch_size": args.batch_size, "lr": args.lr,
+            "expansion": args.expansion, "target_l0": args.target_l0,
+            "tolerance": args.calibration_tolerance, "rounds": args.calibration_rounds,
+            "spread": list(args.calibration_spread), "train_games": args.train_games,
+            "seed": 0}
+
+
+def distinct(values: list[float]) -> list[float]:
+    """Sorted, at 3 significant digits, values within 5% of a smaller one dropped (they
+    would train the same SAE twice)."""
+    out: list[float] = []
+    for v in sorted(float(f"{v:.3g}") for v in values):
+        if not out or v > out[-1] * 1.05:
+            out.append(v)
+    return out
+
+
+def read_calibration(args: argparse.Namespace, kind: str, sha: str, start: float
+                     ) -> dict[str, Any] | None:
+    """The saved calibration of ``kind`` (None: none yet); one made with other inputs is
+    refused, not replaced."""
+    path = calibration_path(args.out, kind)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    inputs = calibration_inputs(args, sha)
+    if record.get("inputs") != inputs:
+        raise ConfigError(f"{path} was calibrated with other inputs ({record.get('inputs')}, "
+                          f"now {inputs}); use a new --out, or move that file away to "
+                          "calibrate again")
+    say(f"{kind}: calibration done earlier, read {path}", start)
+    return dict(record)
+
+
+def calibrate(args: argparse.Namespace, kind: str, acts_path: Path, eval_acts: torch.Tensor,
+              sha: str, start: float) -> dict[str, Any]:
+    """Find each penalty architecture's coefficient for ``--target-l0`` on one model kind with
+    ``saelab.search.match_l0`` (seed 0, at the jobs' own ``--tokens``: a penalty SAE's L0
+    falls with training length, so a shorter calibration would land the jobs below the
+    target), then place a sweep at the L0s ``target × spread`` from the measured (coefficient,
+    L0) pairs. L0 is measured on the evaluation's training games (never the test games). The
+    result goes to ``calibration_KIND.json`` at once, and a rerun with the same inputs reuses
+    it; other inputs are refused."""
+    saved = read_calibration(args, kind, sha, start)
+    if saved is not None:
+        return saved
+    path, inputs = calibration_path(args.out, kind), calibration_inputs(args, sha)
+    began = time.perf_counter()
+    configs = {arch: {"architecture": arch, "expansion": args.expansion,
+                      "l1_coefficient": SWEEPS[arch][len(SWEEPS[arch]) // 2]}
+               for arch in PENALTY}
+    say(f"{kind}: calibrating {', '.join(PENALTY)} to L0 {args.target_l0:g} "
+        f"(±{args.calibration_tolerance:.0%}) with match_l0, seed 0, {args.tokens:,} rows per "
+        f"SAE, at most {args.calibration_rounds} rounds", start)
+
+    def train_round(i: int, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        say(f"{kind}: calibration round {i + 1}: training {len(settings)} SAEs "
+            f"({', '.join(f'{n} {c[KNOBS[n].key]:.4g}' for n, c in settings.items())})", start)
+        return train_saes(acts_path, {n: config_from_dict(dict(c)) for n, c in settings.items()},
+                          args.out / f"calibration_{kind}" / f"round{i}", args.tokens,
+                          args.batch_size, args.lr, seed=0, progress=True)
+
+    found = match_l0(configs, train_round, lambda sae: sae_l0(sae, eval_acts), args.target_l0,
+                     args.calibration_tolerance, args.calibration_rounds)
+    targets = [args.target_l0 * f for f in args.calibration_spread]
+    sweeps = {arch: distinct(values_for_l0s(KNOBS[arch], m.history, targets,
+                                            args.calibration_tolerance))
+              for arch, m in found.items()}
+    record = {"kind": kind, "inputs": inputs, "target_l0": args.target_l0,
+              "sweep_l0_targets": targets, "l0_measured_on": "evaluation training games",
+              "matches": {arch: m.to_dict() for arch, m in found.items()},
+              "sweeps": sweeps, "seconds": round(time.perf_counter() - began, 1)}
+    atomic_write_json(path, record)
+    for arch, m in found.items():
+        say(f"{kind}: {arch} coefficient {m.value:.4g} gives L0 {m.l0:.2f} "
+            f"({'matched' if m.matched else 'NOT matched'} after {len(m.history)} rounds); "
+            f"sweep {sweeps[arch]}", start)
+    return record
+
+
+def calibration_table(calibrations: dict[str, dict[str, Any]]) -> str:
+    """The ``--calibrate-l0`` result of each kind: coefficient found, its L0, every value
+    tried, and the sweep built around it."""
+    if not calibrations:
+        return ""
+    target = next(iter(calibrations.values()))["target_l0"]
+    lines = [f"Calibration (`--calibrate-l0`, seed 0, L0 on the evaluation's training games): "
+             f"each penalty architecture's coefficient searched to L0 {target:g} by "
+             "saelab.search.match_l0, then a sweep placed at the L0s "
+             f"{calibrations[next(iter(calibrations))]['sweep_l0_targets']} from the measured "
+             "(coefficient, L0) pairs (guesses; the sweep table shows where each landed).", "",
+             "| model | SAE | coefficient | L0 | matched? | tried (coefficient → L0) | sweep |",
+             "|---|---|---|---|---|---|---|"]
+    for kind in sorted(calibrations, key=lambda k: k != "trained"):
+        record = calibrations[kind]
+        for arch, m in record["matches"].items():
+            tried = ", ".join(f"{v:.3g} → {l0:.1f}" for v, l0 in m["history"])
+            lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | "
+                         f"{m['value']:.4g} | {m['l0']:.2f} | "
+                         f"{'yes' if m['matched'] else 'NO'} | {tried} | "
+                         f"{', '.join(f'{v:g}' for v in record['sweeps'][arch])} |")
+    return "\n".join(lines)
 
 
 def job_path(out: Path, kind: str, seed: int) -> Path:
@@ -201,7 +369,7 @@ def _mean(values: list[float]) -> float:
 def ceiling_table(results: dict[str, Any], prop: str) -> str:
     """The linear probe of ``prop`` on each model kind: as a classifier, and its cells scored
     as latents (the reconstruction a dictionary of the best linear cell detectors reaches)."""
-    rows = {}
+    rows: dict[str, Any] = {}
     for key, result in sorted(results.items()):
         probe = (result.get("probe") or {}).get(prop)
         if probe and "reconstruction_f1_as_latents" in probe:
@@ -222,26 +390,29 @@ def ceiling_table(results: dict[str, Any], prop: str) -> str:
     return "\n".join(lines)
 
 
-def job_record(kind: str, seed: int, result: board_eval.BoardEvalResult, prop: str, sha: str
-               ) -> dict[str, Any]:
-    """What ``jobs/KIND_seedS.json`` holds: the full result and its sweep points."""
+def job_record(kind: str, seed: int, result: board_eval.BoardEvalResult, prop: str, sha: str,
+               sweeps: dict[str, tuple[float, ...]]) -> dict[str, Any]:
+    """What ``jobs/KIND_seedS.json`` holds: the full result, its sweep points and the sweep
+    values it was trained with."""
     arch_of = {s.name: s.name.split("@")[0] for s in result.saes}
     groups = {g: comparison.sweep_points(result, kind, seed, g, arch_of)
               for g in result.saes[0].groups}
     return {"kind": kind, "seed": seed, "scoring_version": SCORING_VERSION,
-            "model_sha256": sha, "result": result.to_dict(),
+            "model_sha256": sha, "sweeps": {a: list(v) for a, v in sweeps.items()},
+            "result": result.to_dict(),
             "points": [dataclasses.asdict(p)
                        for p in comparison.sweep_points(result, kind, seed, prop, arch_of)],
             "group_points": {g: [dataclasses.asdict(p) for p in ps] for g, ps in groups.items()}}
 
 
 def _rescore(args: argparse.Namespace, record: dict[str, Any], path: Path,
-             configs: dict[str, Any],
+             sweeps: dict[str, tuple[float, ...]],
              prepared: tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path],
              prop: str, sha: str, start: float) -> dict[str, Any]:
     """Score a finished job's saved SAEs again with the current code; the old job file is
     kept as ``*.before-rescore.json`` (never overwritten)."""
     kind, seed = record["kind"], record["seed"]
+    configs = sweep_configs(sweeps, args.expansion)
     folder = args.out / f"saes_{kind}_seed{seed}" / "final"
     missing = [name for name in configs if not (folder / name).is_dir()]
     if missing:
@@ -249,12 +420,24 @@ def _rescore(args: argparse.Namespace, record: dict[str, Any], path: Path,
     eval_cfg, data, _ = prepared
     say(f"{kind} seed {seed}: re-scoring {len(configs)} saved SAEs from {folder}", start)
     saes = {name: load_sae(folder / name) for name in configs}
-    new = job_record(kind, seed, board_eval.run(saes, eval_cfg, data), prop, sha)
+    new = job_record(kind, seed, board_eval.run(saes, eval_cfg, data), prop, sha, sweeps)
     before = path.with_name(path.stem + ".before-rescore.json")
     if not before.exists():
         atomic_write_bytes(before, path.read_bytes())
     atomic_write_json(path, new)
     return new
+
+
+def check_job_sweeps(record: dict[str, Any], path: Path,
+                     sweeps: dict[str, tuple[float, ...]]) -> None:
+    """Refuse a finished job trained with other sweep values than this run's for its kind
+    (e.g. a calibration file replaced after the job; no record: made before jobs said)."""
+    used = record.get("sweeps")
+    now = {a: list(v) for a, v in sweeps.items()}
+    if used is not None and used != now:
+        raise ConfigError(f"{path} was trained with the sweeps {used}, but this run's "
+                          f"{record['kind']} sweeps are {now}; resume with the same --sweep / "
+                          "calibration, or use a new --out")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,7 +446,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (resume); with other arguments it refuses (``spec.json``) rather than mixing runs."""
     start = time.perf_counter()
     sweeps = parse_sweeps(args.sweep)
-    configs = sweep_configs(sweeps, args.expansion)
+    if args.calibrate_l0 and explicit_archs(args.sweep) & set(PENALTY):
+        raise ConfigError(f"--calibrate-l0 sets the sweeps of {list(PENALTY)}, and --sweep "
+                          f"sets {sorted(explicit_archs(args.sweep) & set(PENALTY))} too; drop "
+                          "one of them (a TopK --sweep is fine)")
+    if args.calibrate_l0 and not all(f > 0 for f in args.calibration_spread):
+        raise ConfigError(f"--calibration-spread {args.calibration_spread}: give positive "
+                          "multiples of --target-l0, e.g. 0.5 1 2 4")
     spec = run_spec(args, sweeps)
     check_same_spec(args.out / "spec.json", spec, resume=True, what="paper-comparison run")
     atomic_write_json(args.out / "spec.json", spec)
@@ -273,25 +462,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     points: list[comparison.SweepPoint] = []
     group_points: dict[str, list[comparison.SweepPoint]] = {}  # chess: the strategy average
     results: dict[str, Any] = {}
-    n_jobs, done = 2 * len(args.seeds), 0
-    kinds = {"trained": False, "random-init": True}
+    calibrations: dict[str, dict[str, Any]] = {}
+    run_kinds = [k for k in KINDS if args.kind in ("both", k)]
+    n_jobs, done = len(run_kinds) * len(args.seeds), 0
     prepared: dict[str, tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]] = {}
+
+    def kind_sweeps(kind: str, need: bool) -> dict[str, tuple[float, ...]] | None:
+        """The kind's sweeps; with --calibrate-l0 the penalty ones come from its calibration
+        (run now when ``need``, else None when none is saved yet)."""
+        if not args.calibrate_l0:
+            return sweeps[kind]
+        if kind not in calibrations:
+            saved = read_calibration(args, kind, sha, start)
+            if saved is None and not need:
+                return None
+            if saved is None:
+                if kind not in prepared:
+                    prepared[kind] = _prepare(args, game, prop, kind, KINDS[kind], start)
+                _, data, acts_path = prepared[kind]
+                saved = calibrate(args, kind, acts_path, data.train.acts_PD, sha, start)
+            calibrations[kind] = saved
+        found = calibrations[kind]["sweeps"]
+        return {a: tuple(found[a]) if a in PENALTY else v for a, v in sweeps[kind].items()}
+
     session_start, ran = time.perf_counter(), 0
-    # seed by seed, both model kinds each: a run stopped early still has matched pairs
+    # seed by seed, both model kinds each: a run stopped early still has matched pairs;
+    # a kind's calibration (--calibrate-l0) runs once, with seed 0, before its first job
     for seed in args.seeds:
-        for kind, random_init in kinds.items():
-            if args.kind not in ("both", kind):
-                continue
+        for kind in run_kinds:
+            random_init = KINDS[kind]
             path = job_path(args.out, kind, seed)
             record = json.loads(path.read_text()) if path.exists() else None
             if record is not None:
                 check_job_model(record, path, sha, args.model)
+            my_sweeps = kind_sweeps(kind, need=record is None and not args.report_only)
+            if record is not None and my_sweeps is not None:
+                check_job_sweeps(record, path, my_sweeps)
             if (record is not None and args.rescore
                     and record.get("scoring_version", 1) < SCORING_VERSION):
                 if kind not in prepared:
                     prepared[kind] = _prepare(args, game, prop, kind, random_init, start,
                                               sae_acts=False)
-                record = _rescore(args, record, path, configs, prepared[kind], prop, sha, start)
+                if my_sweeps is None:  # its calibration file is gone: the job says its sweeps
+                    my_sweeps = {a: tuple(v) for a, v in record.get("sweeps", {}).items()}
+                record = _rescore(args, record, path, my_sweeps, prepared[kind], prop, sha,
+                                  start)
             if record is not None:  # finished by an earlier run with the same spec
                 results[f"{kind}/seed{seed}"] = record["result"]
                 points += [comparison.SweepPoint(**p) for p in record["points"]]
@@ -304,15 +519,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.report_only:
                 say(f"{kind} seed {seed}: not finished, left out (--report-only)", start)
                 continue
+            assert my_sweeps is not None
             if kind not in prepared:
                 prepared[kind] = _prepare(args, game, prop, kind, random_init, start)
             eval_cfg, data, acts_path = prepared[kind]
+            configs = sweep_configs(my_sweeps, args.expansion)
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)
             saes = train_saes(acts_path, configs, args.out / f"saes_{kind}_seed{seed}",
                               args.tokens, args.batch_size, args.lr, seed=seed, progress=True)
             result = board_eval.run(saes, eval_cfg, data)
-            record = job_record(kind, seed, result, prop, sha)
+            record = job_record(kind, seed, result, prop, sha, my_sweeps)
             atomic_write_json(path, record)
             for g, rows in record["group_points"].items():
                 group_points.setdefault(g, []).extend(comparison.SweepPoint(**p) for p in rows)
@@ -323,13 +540,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per_job = (time.perf_counter() - session_start) / ran
             say(f"{done}/{n_jobs} (model, seed) runs done, written to {path}; "
                 f"ETA {per_job * (n_jobs - done):.0f} s", start)
+    for kind in KINDS:  # a kind calibrated by another process sharing --out
+        if args.calibrate_l0 and kind not in calibrations:
+            kind_sweeps(kind, need=False)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
     by_group = {g: comparison.compare(ps, game, comparison.ComparisonConfig(
         headline_property=g, target_l0=args.target_l0)) for g, ps in group_points.items()}
     table = "\n\n".join([comparison.format_table(cmp)]
                          + [comparison.format_table(c) for c in by_group.values()]
-                         + [t for t in [ceiling_table(results, prop)] if t]
+                         + [t for t in [ceiling_table(results, prop),
+                                        calibration_table(calibrations)] if t]
                          + ["Every sweep point (mean over seeds; recon held-out, P, R and R per "
                             "cell class at the threshold chosen on the training games, the last "
                             "four over the seeds whose jobs recorded them, nan = none did):",
@@ -338,10 +559,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "sweeps": {k: list(v) for k, v in sweeps.items()}, "results": results}
+            "sweeps": {k: {a: list(v) for a, v in (kind_sweeps(k, need=False) or {}).items()}
+                       for k in KINDS},
+            "calibration": calibrations, "results": results}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", default="othello", help="'othello', 'chess' or a folder")
     parser.add_argument("--property", default="", help="headline property (default: the "
@@ -358,7 +581,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer", type=int, default=-1)
     parser.add_argument("--target-l0", type=float, default=16.0)
     parser.add_argument("--sweep", action="append", default=[],
-                        help="ARCH=V1,V2,... replaces an architecture's sweep (repeatable)")
+                        help="[KIND:]ARCH=V1,V2,... replaces an architecture's sweep, for both "
+                        "model kinds or (KIND trained / random-init) for one (repeatable)")
+    parser.add_argument("--calibrate-l0", action="store_true", help="find the relu, panneal "
+                        "and gated coefficients for --target-l0 per model kind with "
+                        "saelab.search.match_l0 (seed 0, --tokens rows) and sweep around them; "
+                        "saved to OUT/calibration_KIND.json and reused on resume")
+    parser.add_argument("--calibration-tolerance", type=float, default=0.1,
+                        help="calibration: matched when |L0 - target| <= this x target")
+    parser.add_argument("--calibration-rounds", type=int, default=5,
+                        help="calibration: at most this many training rounds")
+    parser.add_argument("--calibration-spread", type=float, nargs="+", default=[0.5, 1, 2, 4],
+                        help="calibration: the sweep aims at these multiples of --target-l0 "
+                        "(default 8/16/32/64 at L0 16, TopK's k sweep)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kind", choices=("both", "trained", "random-init"), default="both",
                         help="run only this model kind's jobs (to split a run over processes)")
@@ -367,7 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rescore", action="store_true", help="score the saved SAEs of "
                         "finished jobs made by an older scoring version again (no retraining)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_board_paper"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     try:

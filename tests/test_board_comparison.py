@@ -13,6 +13,7 @@ from saelab.evals.board_comparison import (
     SweepPoint,
     compare,
     format_table,
+    matched_contrasts,
     sweep_points,
 )
 from saelab.evals.boardgame import GroupScores, SAEBoardResult
@@ -98,3 +99,28 @@ def test_a_group_compares_coverage_only_and_chess_gets_no_othello_orderings() ->
     pieces = compare(points, "chess", ComparisonConfig(headline_property="piece_no_initial"))
     assert pieces.row("trained", "panneal").paper_coverage == 0.54
     assert len(compare(points, "othello", ComparisonConfig()).findings) == 5
+
+
+def test_matched_contrasts_compare_each_architecture_with_its_own_control() -> None:
+    # trained TopK's held-out coverage at the L0-15 point is 0.9 on every seed; the control's
+    # is set per case (plus spread x seed); reconstruction is l0 / 100 on both: never apart
+    seeds = (0, 1, 2)
+    trained = _sweep("trained", "topk", 0.8, 0.6, seeds)
+
+    def contrasts(cov: float, spread: float = 0.01, l0: float = 15.0) -> list:
+        control = [dataclasses.replace(p, l0=l0 if p.l0 == 15.0 else p.l0,
+                                       coverage_test=cov + spread * p.seed)
+                   for p in _sweep("random-init", "topk", 0.3, 0.3, seeds)]
+        return matched_contrasts(compare(trained + control, "othello", ComparisonConfig()))
+
+    cov, rec = contrasts(0.5)
+    assert "coverage" in cov.claim and cov.reproduces  # 0.51±0.025 vs 0.9: apart
+    assert "reconstruction" in rec.claim and not rec.reproduces  # 0.15 vs 0.15
+    assert not contrasts(0.8, spread=0.05)[0].reproduces  # 0.85±0.12: below, not apart
+    unmatched = contrasts(0.5, l0=30.0)[0]  # the control's point nearest 16 is off
+    assert not unmatched.reproduces and "not matched" in unmatched.ours
+    assert "| TopK: held-out coverage" in format_table(
+        compare(trained + _sweep("random-init", "topk", 0.3, 0.3, seeds), "othello",
+                ComparisonConfig()))
+    table = format_table(compare(trained, "othello", ComparisonConfig()))
+    assert "same architecture at matched L0" not in table  # no control: no contrast rows

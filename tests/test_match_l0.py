@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from saelab.config import ConfigError
-from saelab.search.match_l0 import KNOBS, Knob, match_l0, propose
+from saelab.search.match_l0 import KNOBS, Knob, match_l0, propose, values_for_l0s
 
 
 class Fake:
@@ -44,6 +44,24 @@ def test_first_step_follows_the_knob_direction() -> None:
     # one point, L0 too high: a penalty coefficient must grow, k must shrink
     assert propose(KNOBS["relu"], [(2.0, 40.0)], 10.0) == pytest.approx(8.0)
     assert propose(KNOBS["topk"], [(40.0, 40.0)], 10.0) == 10.0
+
+
+def test_a_flat_response_never_retrains_a_tried_value() -> None:
+    # L0 does not move with the coefficient (a run too short to train): every round must try
+    # a new value, further out, instead of repeating the 16x step already taken
+    result, rounds = run(lambda c: 250.0, {"relu": {"architecture": "relu",
+                                                    "l1_coefficient": 3.0}}, 16.0)
+    tried = [r["relu"]["l1_coefficient"] for r in rounds]
+    assert len(tried) == 5 and len(set(tried)) == 5 and tried == sorted(tried)
+    assert not result["relu"].matched
+
+
+def test_values_for_l0s_reuse_a_matched_value_and_place_the_others_on_the_secant() -> None:
+    # L0 = 100 / c measured at c = 1, 10 and 6.25 (L0 16): the sweep for 8/16/32 is 12.5 (the
+    # power law), 6.25 (the tried value within tolerance) and 3.125 (inside the 1..6.25 bracket)
+    history = [(1.0, 100.0), (10.0, 10.0), (6.25, 16.0)]
+    values = values_for_l0s(KNOBS["relu"], history, [8.0, 16.0, 32.0], 0.1)
+    assert values == pytest.approx([12.5, 6.25, 3.125])
 
 
 def test_penalty_coefficient_converges_to_the_target() -> None:

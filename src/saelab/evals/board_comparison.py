@@ -234,6 +234,33 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     return out
 
 
+def matched_contrasts(comparison: BoardComparison) -> list[Finding]:
+    """saelab's version of "trained above random-init": per architecture, at matched L0, the
+    held-out coverage and reconstruction on the trained model against the *same* architecture
+    on the control, yes only when their 95% intervals are apart and both rows are matched (an
+    unmatched row says so in ``ours`` and never counts as yes)."""
+    out = []
+    for row in (r for r in comparison.rows if r.kind == "trained"):
+        control = next((r for r in comparison.rows if r.kind != "trained"
+                        and r.architecture == row.architecture), None)
+        if control is None:
+            continue
+        name = PAPER_NAMES.get(row.architecture, row.architecture)
+        both = row.matched and control.matched
+        for metric, attr in (("coverage", "matched_coverage_test"),
+                             ("reconstruction", "matched_reconstruction_test")):
+            ours, theirs = getattr(row, attr), getattr(control, attr)
+            if math.isnan(ours.mean) or math.isnan(theirs.mean):
+                continue
+            note = "" if both else " (L0 not matched: compare with care)"
+            out.append(Finding(
+                f"{name}: held-out {metric} at L0 ≈ {comparison.config.target_l0:g}, trained "
+                "above random-init, 95% intervals apart", "",
+                f"{ours.text()} vs {theirs.text()}{note}",
+                both and _lower(ours) > _upper(theirs)))
+    return out
+
+
 def _lower(stat: Stat) -> float:
     """The lower end of the 95% interval (the mean itself for one seed)."""
     return stat.mean - (0.0 if math.isnan(stat.ci95) else stat.ci95)
@@ -278,4 +305,10 @@ def format_table(comparison: BoardComparison) -> str:
     lines += ["", "| paper's finding | paper | ours | reproduces? |", "|---|---|---|---|"]
     lines += [f"| {f.claim} | {f.paper} | {f.ours} | {'yes' if f.reproduces else 'no'} |"
               for f in comparison.findings]
+    contrasts = matched_contrasts(comparison)
+    if contrasts:
+        lines += ["", "| saelab, same architecture at matched L0 | trained vs random-init | "
+                  "holds? |", "|---|---|---|"]
+        lines += [f"| {f.claim} | {f.ours} | {'yes' if f.reproduces else 'no'} |"
+                  for f in contrasts]
     return "\n".join(lines)

@@ -105,6 +105,11 @@ def propose(knob: Knob, history: list[tuple[float, float]], target: float) -> fl
             guess = math.sqrt(a * b) if a > 0 else (a + b) / 2
     guess = max(guess, knob.minimum if knob.minimum > 0 else 1e-12)
     if not knob.integer:
+        if guess in tried and (lo is None or hi is None):
+            # L0 did not respond to the step (e.g. a run too short to move it): go past the
+            # tried values rather than train the same value again
+            up = (lo is not None) == knob.raises_l0
+            guess = max(tried) * 16 if up else min(tried) / 16
         return guess
     if lo is not None and hi is not None:  # an untried integer strictly inside the bracket
         a, b = sorted((int(lo[0]), int(hi[0])))
@@ -115,6 +120,28 @@ def propose(knob: Knob, history: list[tuple[float, float]], target: float) -> fl
         up = (lo is not None) == knob.raises_l0
         candidate = int(max(tried) + 1 if up else min(tried) - 1)
     return float(candidate) if candidate >= knob.minimum else None
+
+
+def values_for_l0s(knob: Knob, history: list[tuple[float, float]], targets: list[float],
+                   tolerance: float) -> list[float]:
+    """A knob value for each L0 in ``targets`` from the (value, L0) pairs a search measured,
+    e.g. a sweep around a matched value: a tried value whose L0 is within ``tolerance`` of the
+    target when there is one, else :func:`propose`'s step for that target (the secant through
+    the tried values nearest it, inside their bracket). Values are guesses, not measurements:
+    the caller measures the L0 each one lands at. An integer knob with no untried value nearer
+    a target gives the nearest tried value."""
+    out = []
+    for target in targets:
+        near = [(abs(math.log(max(l0, 1e-12) / target)), v) for v, l0 in history
+                if within(l0, target, tolerance)]
+        if near:
+            out.append(min(near)[1])
+            continue
+        guess = propose(knob, history, target)
+        if guess is None:
+            guess = min(history, key=lambda h: abs(math.log(max(h[1], 1e-12) / target)))[0]
+        out.append(guess)
+    return out
 
 
 def _extrapolate(knob: Knob, history: list[tuple[float, float]], target: float) -> float:
