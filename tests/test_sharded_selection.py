@@ -1,6 +1,7 @@
-"""Latent-sharded TopK and AuxK selection on 2 and 3 gloo processes equals the unsharded
-selection (``kernels.ordered_topk``'s tie rule) entry for entry, on small-integer inputs whose
-exact ties often straddle the shards at the row's cutoff."""
+"""Sharded selection on 2 and 3 gloo processes equals one process's selection entry for entry,
+on small-integer inputs whose exact ties often straddle the shards at the cutoff: latent-sharded
+TopK and AuxK (``kernels.ordered_topk``'s tie rule: equal values, the smaller latent id first)
+and data-parallel BatchTopK (equal values: the smaller row, then the smaller latent id)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from saelab.ops import batch_topk_encode
 from saelab.ops.kernels import ordered_topk
 from tests import dist_workers as W
 
@@ -53,8 +55,8 @@ def unsharded(pre_BM: torch.Tensor, k: int, width: int) -> tuple[list[list[float
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_selection_equals_unsharded_under_ties(tmp_path: Path, world: int) -> None:
     per_rank = run_selection(tmp_path, world)
-    straddling = 0
-    for case, (_, _, width, k, k_aux) in enumerate(W.SELECTION_CASES):
+    straddling = batch_straddling = 0
+    for case, (B, _, width, k, k_aux, k_batch) in enumerate(W.SELECTION_CASES):
         p = W.selection_inputs(case, world)
         pre_BM = p["x"] @ p["W_enc"] + p["b_enc"]
         aux_pre_BM = pre_BM.masked_fill(~p["dead"], float("-inf"))
@@ -64,5 +66,16 @@ def test_sharded_selection_equals_unsharded_under_ties(tmp_path: Path, world: in
             got = sorted(e for rank in per_rank for e in rank[case][name])
             assert got == want, f"case {case} ({name}, {world} ranks): sharded selection differs"
             straddling += n
+        # data-parallel BatchTopK against one process on all rows
+        one = batch_topk_encode(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], k_batch).codes
+        want = sorted([int(r), int(i), float(v)] for r, i, v in
+                      zip(one.row_ids(), one.indices, one.values.detach(), strict=True))
+        got = sorted(e for rank in per_rank for e in rank[case]["batch"])
+        assert got == want, f"case {case} (BatchTopK, {world} ranks): selection differs"
+        cut = sorted(pre_BM.flatten().tolist(), reverse=True)[round(k_batch * B) - 1]
+        tied_rows = (pre_BM == cut).nonzero()[:, 0]
+        batch_straddling += bool(cut > 0 and tied_rows.numel() > sum(v == cut for _, _, v in want)
+                                 and len(set((tied_rows // (B // world)).tolist())) > 1)
     # the test can fail: many rows' cutoff ties straddle the shards and are cut
     assert straddling > 20, straddling
+    assert batch_straddling >= 2, batch_straddling

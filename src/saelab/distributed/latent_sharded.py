@@ -46,6 +46,7 @@ from saelab.architectures.base import (
 from saelab.architectures.topk import MATMUL_DTYPES, TopKConfig, TopKSAE
 from saelab.config import ConfigError
 from saelab.ops import SparseCodes, sparse_autocast, sparse_decode, topk_encode
+from saelab.ops.kernels import keep_rank_share
 from saelab.registry import build
 from saelab.training.checkpoint import SlotState
 
@@ -88,13 +89,9 @@ def keep_global_topk(codes: SparseCodes, keys_N: Tensor, k: int, rank: int,
 
     ``codes`` are this rank's fixed-k candidates (its own top-min(k, width) per row under the
     same rule) and ``keys_N`` the values the selection compared (``Encoded.keys``). Every rank
-    all-gathers the keys (B·k·4 bytes each) and finds each row's cutoff, the k-th largest key.
-    All entries above it are kept. Of the entries equal to it, k minus the number above are
-    kept, the smallest latent ids first: ranks hold contiguous, ascending id ranges, so the
-    lower ranks' tied entries come first (each rank counts them from the gathered keys), then
-    this rank's, in ascending local id. A rank's candidate list may be cut short inside a run
-    of ties, but only when that rank alone has enough ties to fill the row, so ranks above it
-    keep none and the count stays exact.
+    all-gathers the keys (B·k·4 bytes each); ranks hold ascending latent-id ranges, so "the
+    smaller id first" is "the lower rank first, then the smaller local id", which each rank
+    applies from the gathered keys alone (``kernels.keep_rank_share``).
     """
     B, K = codes.indices_BK.shape  # K <= k: a shard narrower than k proposes all its latents
     keys_BK = keys_N.detach().reshape(B, K).float()  # exact widening from bf16 / fp16
@@ -102,17 +99,7 @@ def keep_global_topk(codes: SparseCodes, keys_N: Tensor, k: int, rank: int,
     padded[:, :K] = keys_BK
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
-    everyone_BRk = torch.stack(parts, dim=1)
-    cutoff_B = everyone_BRk.view(B, -1).topk(k, dim=1).values[:, -1]
-    cut_B11 = cutoff_B[:, None, None]
-    n_above_B = (everyone_BRk > cut_B11).sum(dim=(1, 2))
-    ties_before_B = (everyone_BRk[:, :rank] == cut_B11).sum(dim=(1, 2))
-    quota_B = (k - n_above_B - ties_before_B).clamp(min=0)  # this rank's share of the ties
-    tied_BK = keys_BK == cutoff_B[:, None]
-    by_id_BK = codes.indices_BK.argsort(dim=1)
-    tie_pos_BK = torch.empty_like(by_id_BK).scatter_(
-        1, by_id_BK, tied_BK.gather(1, by_id_BK).long().cumsum(dim=1) - 1)
-    keep_BK = (keys_BK > cutoff_B[:, None]) | (tied_BK & (tie_pos_BK < quota_B[:, None]))
+    keep_BK = keep_rank_share(keys_BK, codes.indices_BK, torch.stack(parts, dim=1), k, rank)
     return codes.filter(keep_BK.reshape(-1))
 
 
