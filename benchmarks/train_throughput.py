@@ -100,15 +100,19 @@ def wide_row(args: argparse.Namespace) -> dict:
     with the current one in the same process, so all see the same load: "addmm" (the step
     before the 65k-latent work), "row_major" (b_enc folded into the GEMM, W_enc still stored
     row-major, so its gradient is transposed every step), "blocked" (the product and selection
-    in 4,096-latent column blocks, merged per row) and "new" (the current step: W_enc
-    latents-major, 256 MB chunks of whole rows)."""
+    in 4,096-latent column blocks, merged per row), "plain_adam" (torch's fused Adam given the
+    latents-major W_enc as it is, so it copies it first), "chunks_512mb"/"chunks_1gb" (fewer,
+    larger product chunks) and "new" (the current step: W_enc latents-major, 256 MB chunks of
+    whole rows). The share is the median over the pairs; each pair's share and the load average
+    at the start and end of the timed steps are in the JSON."""
     extra = ["--breakdown"] if args.breakdown else []
     res = run_one("saelab_topk.py", sys.executable,
                   ["--d", "768", "--m", "65536", "--k", "32", "--batch", "4096", "--steps",
                    str(args.wide_steps), "--warmup", "1", "--threads", str(args.threads),
                    "--compare-old", "--paths", args.wide_paths, *extra], args.threads)
     row = {k: res[k] for k in ("tokens_per_s", "median_step_s", "encoder_matmul_s",
-                               "outside_encoder_share", "peak_rss_mb", "step_times_s")}
+                               "outside_encoder_share", "peak_rss_mb", "step_times_s",
+                               "encoder_matmul_times_s", "pair_shares", "load_average_1_5_15")}
     row["old_paths"] = res["old_paths"]
     row["goal_outside_encoder_share"] = 0.25
     lines = [f"  {name}: step {r['median_step_s'] * 1e3:,.0f} ms, encoder product "

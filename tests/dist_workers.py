@@ -97,3 +97,67 @@ def data_parallel_worker(rank: int, world: int, rdzv: str, out: str, data: str,
         Path(result).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
     finally:
         dist.destroy_process_group()
+
+
+#: sharded selection cases: (rows, d_in, latents per rank, k, k_aux, BatchTopK's k);
+#: small-integer weights make exact ties across shards common. Per-rank widths 24 and 4 take
+#: torch.topk's path in ``ordered_topk``, 512 its grouped path; 4 is narrower than k. Rows
+#: divide by 2 and 3 (data-parallel BatchTopK splits them).
+SELECTION_CASES = ((48, 4, 24, 5, 7, 2.5), (36, 3, 512, 4, 9, 3.0), (18, 3, 4, 6, 3, 1.5))
+
+
+def selection_inputs(case: int, world: int) -> dict[str, Tensor]:
+    """Small-integer inputs and a dead-latent mask for SELECTION_CASES[case] on ``world`` ranks
+    (every pre-activation is an exact small integer)."""
+    B, D, width, _, _, _ = SELECTION_CASES[case]
+    M = width * world
+    gen = torch.Generator().manual_seed(100 + case)
+    ints = lambda *shape: torch.randint(-2, 3, shape, generator=gen).float()  # noqa: E731
+    return {"x": ints(B, D), "W_enc": ints(D, M), "b_enc": ints(M), "b_dec": torch.zeros(D),
+            "dead": torch.rand(M, generator=gen) < 0.5}
+
+
+def sharded_selection_worker(rank: int, world: int, rdzv: str, result: str) -> None:
+    """One rank, for every SELECTION_CASES case: select TopK and AuxK codes on its latent slice
+    and merge them across ranks (``keep_global_topk``), and a BatchTopK SAE's training selection
+    on its block of rows (data parallel, ``BatchTopKSAE.select_sparse``); write the kept (row, latent id,
+    value) entries to ``result``."""
+    from saelab.architectures.base import StepContext
+    from saelab.distributed import DataParallel
+    from saelab.distributed.latent_sharded import keep_global_topk
+    from saelab.ops import topk_encode
+    from saelab.registry import build
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        out = []
+        for case, (B, _, width, k, k_aux, k_batch) in enumerate(SELECTION_CASES):
+            p = selection_inputs(case, world)
+            lo, hi = rank * width, (rank + 1) * width
+            k_aux = min(k_aux, int(p["dead"].sum()))
+            enc = topk_encode(p["x"], p["W_enc"][:, lo:hi], p["b_enc"][lo:hi], p["b_dec"],
+                              min(k, width), aux=(p["dead"][lo:hi], k_aux))
+            assert enc.keys is not None and enc.aux is not None and enc.aux_keys is not None
+            kept = {"main": keep_global_topk(enc.codes, enc.keys, k, rank, world),
+                    "aux": keep_global_topk(enc.aux, enc.aux_keys, k_aux, rank, world)}
+            entries = {name: [[int(r), int(i) + lo, float(v)] for r, i, v in
+                              zip(c.row_ids(), c.indices, c.values.detach(), strict=True)]
+                       for name, c in kept.items()}
+            rows = B // world
+            sae = build(config_from_dict({"architecture": "batchtopk", "d_in": p["x"].shape[1],
+                                          "d_sae": p["W_enc"].shape[1], "k": k_batch})).eval()
+            with torch.no_grad():
+                for name in ("W_enc", "b_enc", "b_dec"):
+                    getattr(sae, name).copy_(p[name])
+            ctx = StepContext(0, 1, batch_group=DataParallel(rank, world))
+            batch, _ = sae.select_sparse(p["x"][rank * rows : (rank + 1) * rows], ctx)
+            entries["batch"] = [[int(r) + rank * rows, int(i), float(v)] for r, i, v in zip(
+                batch.row_ids(), batch.indices, batch.values.detach(), strict=True)]
+            out.append(entries)
+        Path(result).write_text(json.dumps({"ok": out}))
+    except Exception as err:
+        Path(result).write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
+    finally:
+        dist.destroy_process_group()

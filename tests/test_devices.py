@@ -73,6 +73,34 @@ def test_parallel_gradient_removal_and_renorm_match_the_plain_formulas() -> None
     torch.testing.assert_close(W.detach().norm(dim=1), torch.ones(50))
 
 
+def test_adam_updates_a_latents_major_matrix_in_place_bit_identically() -> None:
+    """A column-major W_enc (and its gradient and moments) reaches the fused kernel as its
+    contiguous transpose: the same result as Adam on a row-major copy, with no copy of the
+    matrix made during the step (the kernel copies non-contiguous tensors)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(64, 12, generator=gen)
+    lm = torch.nn.Parameter(base.clone().t())  # (12, 64), latents-major memory
+    rm = torch.nn.Parameter(base.clone().t().contiguous())
+    opt_lm = make_adam([lm], lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    opt_rm = torch.optim.Adam([rm], lr=1e-2, foreach=False)
+    for step in range(4):
+        g = torch.randn(64, 12, generator=gen)
+        lm.grad, rm.grad = g.clone().t(), g.t().contiguous()
+        if step < 3:
+            opt_lm.step()
+        else:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                opt_lm.step()
+            copied = sum(e.cpu_memory_usage for e in prof.events()
+                         if e.name in ("aten::contiguous", "aten::clone"))
+            assert copied == 0, f"the step copied {copied} bytes"
+        opt_rm.step()
+    assert lm.stride() == (1, 12) and opt_lm.state[lm]["exp_avg"].stride() == (1, 12)
+    torch.testing.assert_close(lm.detach(), rm.detach(), rtol=1e-6, atol=1e-7)
+
+
 def test_fused_adam_matches_the_reference_adam() -> None:
     gen = torch.Generator().manual_seed(1)
     a = torch.nn.Parameter(torch.randn(30, 7, generator=gen))

@@ -1,5 +1,6 @@
 """saelab: a TopK SAE trained by saelab's Trainer.train_step on in-memory activations."""
 
+import os
 import re
 import sys
 import tempfile
@@ -33,14 +34,20 @@ cfg = TrainConfig(total_tokens=args.batch * 10**6, batch_size=args.batch, lr=2e-
 # addmm, which first copies it into every pre-activation chunk); "row_major": b_enc folded;
 # "new": the current step (W_enc latents-major: no transpose).
 # "chunks_64mb": W_enc latents-major with the earlier 64 MB pre-activation chunks of whole rows;
-# "chunks_1gb": the whole (4096, 65,536) product in one GEMM (W_enc packed once, not 4 times).
+# "chunks_512mb": two GEMMs of 2,048 rows; "chunks_1gb": the whole (4096, 65,536) product in one
+# GEMM (W_enc packed once, not 4 times).
 # "blocked": the product computed 4,096 latents at a time (16 MB blocks), each row's per-block
-# top-k merged (saelab.ops.encode.BLOCK_LATENTS). The last field is the selection's latents per
-# column block (0 = whole rows).
-PATHS = {"addmm": (False, False, 2**24, 0), "row_major": (False, True, 2**24, 0),
-         "chunks_64mb": (True, True, 2**24, 0), "chunks_1gb": (True, True, 2**28, 0),
-         "blocked": (True, True, 2**26, 4096),
-         "new": (True, True, encode._CHUNK_ELEMS, encode.BLOCK_LATENTS)}
+# top-k merged (saelab.ops.encode.BLOCK_LATENTS). The fourth field is the selection's latents
+# per column block (0 = whole rows). "plain_adam": the current step with torch's fused Adam
+# handed the latents-major W_enc as it is (the kernel copies it to row-major order first) instead
+# of its contiguous transpose (saelab.training.trainer._DenseLayoutAdam); the last field says
+# which Adam.
+PATHS = {"addmm": (False, False, 2**24, 0, False), "row_major": (False, True, 2**24, 0, False),
+         "chunks_64mb": (True, True, 2**24, 0, True), "chunks_512mb": (True, True, 2**27, 0, True),
+         "chunks_1gb": (True, True, 2**28, 0, True),
+         "blocked": (True, True, 2**26, 4096, True),
+         "plain_adam": (True, True, encode._CHUNK_ELEMS, encode.BLOCK_LATENTS, False),
+         "new": (True, True, encode._CHUNK_ELEMS, encode.BLOCK_LATENTS, True)}
 
 
 def use_path(name: str) -> None:
@@ -83,6 +90,10 @@ with tempfile.TemporaryDirectory() as out:
         TopKFamilySAE.latents_major_encoder = PATHS[p][0]
         trainers[p] = Trainer({"topk": config_from_dict(opts)}, cfg, source, f"{out}/{p}")
         trainers[p].initialise()
+        if not PATHS[p][4]:  # torch's own fused Adam, no step taken yet
+            slot = trainers[p].slots["topk"]
+            slot.optimizer = torch.optim.Adam(trainers[p].saes["topk"].parameters(),
+                                              **slot.optimizer.defaults)
     TopKFamilySAE.latents_major_encoder = True
     # The one unavoidable dense product, (B, d) @ (d, latents) into a reused, already-faulted
     # output (as the step's chunks are), timed right after each step under the same load: the
@@ -93,6 +104,7 @@ with tempfile.TemporaryDirectory() as out:
     for p in paths:
         use_path(p)
         time_steps(trainers[p].train_step, pool, args.warmup, 0)
+    load_start = os.getloadavg()
     for i in range(args.steps):
         for p in paths:  # the paths alternate step by step: all see the same load
             use_path(p)
@@ -106,13 +118,18 @@ with tempfile.TemporaryDirectory() as out:
         phases = breakdown(trainers["new"])
         for name, secs in phases.items():
             print(f"{secs * 1e3:9.1f} ms  {name}", file=sys.stderr)
-shares = {p: median([1 - mm / st for mm, st in zip(matmul[p], times[p], strict=True)])
-          for p in paths}
-extra: dict[str, object] = {}
+load_end = os.getloadavg()
+pair_shares = {p: [1 - mm / st for mm, st in zip(matmul[p], times[p], strict=True)]
+               for p in paths}
+shares = {p: median(v) for p, v in pair_shares.items()}
+extra: dict[str, object] = {"pair_shares": pair_shares["new"],
+                            "encoder_matmul_times_s": matmul["new"],
+                            "load_average_1_5_15": {"start": load_start, "end": load_end}}
 if args.compare_old:
     extra["old_paths"] = {p: {"median_step_s": median(times[p]), "step_times_s": times[p],
                               "encoder_matmul_s": median(matmul[p]),
-                              "outside_encoder_share": shares[p]}
+                              "encoder_matmul_times_s": matmul[p],
+                              "outside_encoder_share": shares[p], "pair_shares": pair_shares[p]}
                           for p in paths if p != "new"}
 if phases is not None:
     extra["breakdown_s"] = phases

@@ -70,6 +70,7 @@ class BatchGroup:
     """
 
     world_size: int = 1
+    rank: int = 0  # this process's place; rank r holds the r-th block of the batch's rows
 
     def mean(self, t: Tensor) -> Tensor:
         """Mean of ``t`` over the ranks (no gradient)."""

@@ -14,6 +14,7 @@ from saelab.architectures.base import BatchGroup, LossOutput, SAEConfig, StepCon
 from saelab.architectures.topk import TopKConfig, TopKFamilySAE
 from saelab.config import ConfigError, option
 from saelab.ops import SparseCodes, batch_topk_encode, sparse_decode
+from saelab.ops.kernels import keep_rank_share
 from saelab.registry import register
 
 
@@ -38,7 +39,8 @@ def batch_topk_codes(pre_BM: Tensor, k: float, group: BatchGroup | None = None) 
     (k may be fractional, as under auto-L0).
 
     With a data-parallel ``group`` the batch is every rank's rows together: each rank proposes
-    its largest (global B·k) entries and keeps those at or above the global cutoff.
+    its largest (global B·k) entries and keeps those at or above the global cutoff (this dense
+    reference path keeps every tie at the cutoff; the sparse path is exact, ``keep_batch_share``).
     """
     world = group.world_size if group is not None else 1
     flat = torch.relu(pre_BM).flatten()
@@ -59,6 +61,21 @@ def global_cutoff(candidates_N: Tensor, n_keep: int, group: BatchGroup) -> Tenso
     padded[:n] = candidates_N.topk(n, sorted=False).values
     everyone = group.gather(padded)
     return everyone.topk(n_keep, sorted=False).values.min()
+
+
+def keep_batch_share(codes: SparseCodes, keys_N: Tensor, n_keep: int,
+                     group: BatchGroup) -> Tensor:
+    """Data parallel BatchTopK: which of this rank's candidate entries (its own top n_keep of
+    its rows, ``batch_topk_encode``'s tie rule) are among the whole batch's top n_keep → (N,)
+    bool, exactly as one process on the whole batch selects. Equal values go to the smaller
+    row, then the smaller latent id; rank r holds the r-th block of rows, so the lower rank
+    first (``kernels.keep_rank_share``). Exchanges the n_keep candidate keys per rank."""
+    keys_1N = keys_N.detach().float()[None]
+    padded = keys_1N.new_full((1, n_keep), float("-inf"))
+    padded[:, : keys_1N.shape[1]] = keys_1N
+    everyone_1WC = group.gather(padded).view(1, group.world_size, n_keep)
+    order_1N = (codes.row_ids() * codes.n_latents + codes.indices)[None]
+    return keep_rank_share(keys_1N, order_1N, everyone_1WC, n_keep, group.rank)[0]
 
 
 @register("batchtopk")
@@ -97,10 +114,9 @@ class BatchTopKSAE(TopKFamilySAE):
         enc = batch_topk_encode(acts_BD, self.W_enc, self.b_enc, self.b_dec, k * group.world_size,
                                 matmul_dtype=self.matmul_dtype, aux=self.aux_spec(ctx))
         codes = enc.codes
-        if group.world_size > 1:
-            values = codes.values.detach()
+        if group.world_size > 1 and enc.keys is not None:
             n_keep = max(1, round(k * acts_BD.shape[0] * group.world_size))
-            codes = codes.filter(values >= global_cutoff(values, n_keep, group))
+            codes = codes.filter(keep_batch_share(codes, enc.keys, n_keep, group))
         if self.training:
             values = codes.values.detach()
             self.update_threshold(values[values > 0], ctx.step, group)

@@ -8,8 +8,10 @@ their Adam state; b_dec is replicated. One step:
 
 1. each rank runs the fused encoder + per-row top-k on its slice (``saelab.ops.topk_encode``,
    AuxK candidates among its dead latents from the same chunks);
-2. every rank's B·k candidate values are all-gathered; each row's k-th largest is the cutoff,
-   and a rank keeps its candidates at or above it: the selection equals the unsharded one;
+2. every rank's B·k candidate keys (the pre-activations the selection compared) are
+   all-gathered; each row's k-th largest is the cutoff. A rank keeps its candidates above it
+   and, of those equal to it, as many as the lower ranks' ties leave (:func:`keep_global_topk`):
+   the selection equals the unsharded one entry for entry, ties included;
 3. partial reconstructions from local decoder rows are all-reduced (summed): x̂ is complete
    on every rank, and so is the loss;
 4. backward: the sum passes its gradient to every rank unchanged, and b_dec's encoder-side
@@ -44,6 +46,7 @@ from saelab.architectures.base import (
 from saelab.architectures.topk import MATMUL_DTYPES, TopKConfig, TopKSAE
 from saelab.config import ConfigError
 from saelab.ops import SparseCodes, sparse_autocast, sparse_decode, topk_encode
+from saelab.ops.kernels import keep_rank_share
 from saelab.registry import build
 from saelab.training.checkpoint import SlotState
 
@@ -78,18 +81,26 @@ class _SharedInput(torch.autograd.Function):
         return total
 
 
-def keep_global_topk(codes: SparseCodes, k: int, world_size: int) -> SparseCodes:
-    """Of this rank's fixed-k candidates per row, keep those among the row's top k over all
-    ranks (exact up to exact ties)."""
-    vals_BK = codes.values_BK.detach()
-    B, K = vals_BK.shape  # K <= k: a shard narrower than k proposes all its latents
-    padded = vals_BK.new_full((B, k), float("-inf"))
-    padded[:, :K] = vals_BK
+def keep_global_topk(codes: SparseCodes, keys_N: Tensor, k: int, rank: int,
+                     world_size: int) -> SparseCodes:
+    """Of this rank's per-row candidates, keep exactly its entries of each row's top k over
+    all ranks, under ``kernels.ordered_topk``'s rule (a larger value first; among equal values
+    the smaller latent id): the selection equals the unsharded one, entry for entry.
+
+    ``codes`` are this rank's fixed-k candidates (its own top-min(k, width) per row under the
+    same rule) and ``keys_N`` the values the selection compared (``Encoded.keys``). Every rank
+    all-gathers the keys (B·k·4 bytes each); ranks hold ascending latent-id ranges, so "the
+    smaller id first" is "the lower rank first, then the smaller local id", which each rank
+    applies from the gathered keys alone (``kernels.keep_rank_share``).
+    """
+    B, K = codes.indices_BK.shape  # K <= k: a shard narrower than k proposes all its latents
+    keys_BK = keys_N.detach().reshape(B, K).float()  # exact widening from bf16 / fp16
+    padded = keys_BK.new_full((B, k), float("-inf"))
+    padded[:, :K] = keys_BK
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
-    everyone_BC = torch.cat(parts, dim=1)
-    cutoff_B = everyone_BC.topk(k, dim=1).values[:, -1]
-    return codes.filter((vals_BK >= cutoff_B[:, None]).reshape(-1))
+    keep_BK = keep_rank_share(keys_BK, codes.indices_BK, torch.stack(parts, dim=1), k, rank)
+    return codes.filter(keep_BK.reshape(-1))
 
 
 #: the dimension along which each parameter is split over the ranks (None = replicated)
@@ -197,12 +208,14 @@ class ShardedTopK(nn.Module):
         enc = topk_encode(acts_BD, self.W_enc, self.b_enc, _SharedInput.apply(self.b_dec),
                           min(k, self.hi - self.lo), aux=aux,
                           matmul_dtype=matmul_dtype)
-        codes = keep_global_topk(enc.codes, k, self.world_size)
+        assert enc.keys is not None
+        codes = keep_global_topk(enc.codes, enc.keys, k, self.rank, self.world_size)
         recon = _SumOverShards.apply(sparse_decode(codes, self.W_dec)) + self.b_dec
         mse = recon_loss(acts_BD, recon)
         parts, total = {"mse": mse}, mse
-        if aux is not None and enc.aux is not None:
-            aux_codes = keep_global_topk(enc.aux, aux[1], self.world_size)
+        if aux is not None and enc.aux is not None and enc.aux_keys is not None:
+            aux_codes = keep_global_topk(enc.aux, enc.aux_keys, aux[1], self.rank,
+                                         self.world_size)
             aux_recon = _SumOverShards.apply(sparse_decode(aux_codes, self.W_dec))
             parts["auxk"] = normalised_aux_loss((acts_BD - recon).detach(), aux_recon)
             total = total + self.cfg.aux_coefficient * parts["auxk"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -46,11 +47,26 @@ FOLD_BIAS = True
 AuxSpec = tuple[Tensor, int]  # (dead_mask_M bool, k_aux)
 
 
-class Encoded(NamedTuple):
-    """Result of a fused encode: the main codes and, if requested, the AuxK codes."""
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """Result of a fused encode: the main codes and, if requested, the AuxK codes; unpacks as
+    ``codes, aux = ...``.
+
+    ``keys`` / ``aux_keys`` are the values the selection compared, one per entry of ``codes`` /
+    ``aux`` in the same order (detached pre-activations in the product's dtype, negative ones
+    included): for fixed-k codes, ``codes`` holds each row's top-k of them under
+    ``kernels.ordered_topk``'s rule. Latent-sharded selection
+    (``saelab.distributed.latent_sharded``) merges shards on them, so that it compares what the
+    unsharded selection compares, also where ReLU zeroed a value or ``exact_values`` recomputed it.
+    """
 
     codes: SparseCodes
     aux: SparseCodes | None
+    keys: Tensor | None = None
+    aux_keys: Tensor | None = None
+
+    def __iter__(self) -> Iterator[SparseCodes | None]:
+        return iter((self.codes, self.aux))
 
 
 class _Params(NamedTuple):
@@ -385,7 +401,10 @@ def _encode(
     if aux_sel is not None and aux_entries is not None:
         vals_BK = values[1].view(B, aux_sel.k)
         aux_codes = SparseCodes.from_fixed_k(vals_BK, aux_entries.idx_N.view(B, -1), M)
-    return Encoded(codes, aux_codes)
+    aux_keys = None
+    if aux_sel is not None and aux_codes is not None:
+        aux_keys = aux_sel.vals_BK.reshape(-1)
+    return Encoded(codes, aux_codes, main.vals_N, aux_keys)
 
 
 def _needs_exact(W_enc_DM: Tensor, matmul_dtype: torch.dtype | None, exact: bool) -> bool:

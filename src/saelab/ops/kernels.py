@@ -281,3 +281,31 @@ def merge_topk(vals_RC: Tensor, idx_RC: Tensor, k: int) -> tuple[Tensor, Tensor]
     vals_Rk, pos_Rk = ordered_topk(vals_RC, k, key_RM=idx_RC)
     return vals_Rk, idx_RC.gather(1, pos_Rk)
 
+
+
+def keep_rank_share(keys_RK: Tensor, order_RK: Tensor, everyone_RWC: Tensor, k: int,
+                    rank: int) -> Tensor:
+    """Which of this rank's candidates belong to each row's top ``k`` over all ranks, under
+    :func:`ordered_topk`'s rule, where ranks hold ascending ranges of the tie-break order (so
+    among equal values a lower rank's entries come first) → (R, K) bool.
+
+    ``keys_RK``: this rank's candidates per row (its own top-min(k, ·) under the same rule; pad
+    with −inf), ``order_RK`` their tie-break order within the rank (e.g. local latent id),
+    ``everyone_RWC``: every rank's candidate keys, gathered in rank order (C ≥ K; −inf pads).
+    Entries above the row's cutoff (its k-th largest key) are kept; of those equal to it, the
+    k minus the number above are, the lower ranks' first, then this rank's in ``order``. A
+    rank's list can be cut short inside a run of ties only when that rank's ties alone fill the
+    row, so the ranks above it keep none and the counts stay exact. No extra bytes exchanged.
+    """
+    R, K = keys_RK.shape
+    if R == 0 or K == 0:
+        return torch.zeros(R, K, dtype=torch.bool, device=keys_RK.device)
+    cutoff_R1 = everyone_RWC.reshape(R, -1).topk(k, dim=1).values[:, -1:]
+    n_above_R = (everyone_RWC > cutoff_R1[:, :, None]).sum(dim=(1, 2))
+    ties_before_R = (everyone_RWC[:, :rank] == cutoff_R1[:, :, None]).sum(dim=(1, 2))
+    quota_R1 = (k - n_above_R - ties_before_R).clamp(min=0)[:, None]  # this rank's ties
+    tied_RK = keys_RK == cutoff_R1
+    by_order_RK = order_RK.argsort(dim=1)
+    tie_pos_RK = torch.empty_like(by_order_RK).scatter_(
+        1, by_order_RK, tied_RK.gather(1, by_order_RK).long().cumsum(dim=1) - 1)
+    return (keys_RK > cutoff_R1) | (tied_RK & (tie_pos_RK < quota_R1))

@@ -53,14 +53,45 @@ class TrainingError(RuntimeError):
     """Training stopped: non-finite input or loss. The message names the step and the cause."""
 
 
+class _DenseLayoutAdam(torch.optim.Adam):
+    """Adam that hands its kernel each column-major matrix as its contiguous transpose.
+
+    A latents-major W_enc (``saelab.architectures.base.encoder_weight``) is a (d_in, d_sae)
+    tensor whose memory is a contiguous (d_sae, d_in) matrix; its gradient and moments share
+    that layout (``match_state_layout``). The fused CPU kernel copies such a non-contiguous
+    tensor into row-major order first, a strided 200 MB copy at 65,536 × 768 that made W_enc's
+    update ~4× slower than W_dec's. Adam is elementwise, so updating the transposed views (the
+    same memory, contiguous) is the same arithmetic on the same elements: bit-identical.
+    """
+
+    def _init_group(self, group: dict[str, Any], *lists: list[Tensor]) -> Any:
+        has_complex = super()._init_group(group, *lists)
+        params, grads, exp_avgs, exp_avg_sqs = lists[:4]
+        n = len(params)
+        if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n):
+            return has_complex  # another torch's bookkeeping: leave it alone
+        for i in range(n):
+            mats = [params[i], grads[i], exp_avgs[i], exp_avg_sqs[i]]
+            if all(_transposed_contiguous(t, params[i].stride()) for t in mats):
+                params[i], grads[i], exp_avgs[i], exp_avg_sqs[i] = (t.t() for t in mats)
+        return has_complex
+
+
+def _transposed_contiguous(t: Tensor, stride: tuple[int, ...]) -> bool:
+    """A column-major matrix (its transpose is contiguous) with exactly the given strides."""
+    return (t.dim() == 2 and t.stride() == stride and not t.is_contiguous()
+            and t.t().is_contiguous())
+
+
 def make_adam(params: Any, lr: float, betas: tuple[float, float], eps: float
               ) -> torch.optim.Adam:
     """Adam that updates each parameter in one fused pass where the device has the kernel
     (CPU, CUDA), else with multi-tensor (foreach) kernels: at 65k latents the unfused update
-    alone makes ~a dozen passes over each 200 MB weight matrix."""
+    alone makes ~a dozen passes over each 200 MB weight matrix. Column-major matrices are
+    updated through their contiguous transposes (:class:`_DenseLayoutAdam`)."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    opt = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused or None,
+    opt = _DenseLayoutAdam(params, lr=lr, betas=betas, eps=eps, fused=fused or None,
                            foreach=None if fused else True)
     opt.register_load_state_dict_post_hook(match_state_layout)
     return opt
