@@ -141,7 +141,9 @@ def grow_depth(model: nn.Module, source: nn.Module) -> dict[str, Any]:
     if src.n_layer >= dst.n_layer:
         raise ConfigError(f"grow_from: the source already has {src.n_layer} blocks; choose "
                           f"--n-layer above {src.n_layer}")
-    s_body, d_body = source.transformer, model.transformer  # type: ignore[union-attr]
+    # GPT2LMHeadModel.transformer: typed loosely by transformers
+    s_body: Any = source.transformer
+    d_body: Any = model.transformer
     for name in ("wte", "wpe", "ln_f"):
         getattr(d_body, name).load_state_dict(getattr(s_body, name).state_dict())
     positions = grown_block_positions(src.n_layer, dst.n_layer)
