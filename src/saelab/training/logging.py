@@ -140,5 +140,7 @@ class StageProgress:
             last[0] = now
             rate = done / max(now - begin[0], 1e-9)
             eta = (total - done) / max(rate, 1e-9)
-            self.say(f"{what}: {done}/{total} {unit} ({rate:,.1f} {unit}/s, ETA {eta:.0f} s)")
+            # slow items (an SAE scored in tens of seconds) read as seconds each, not "0.0/s"
+            speed = f"{rate:,.1f} {unit}/s" if rate >= 1 else f"{1 / rate:,.1f} s each"
+            self.say(f"{what}: {done}/{total} {unit} ({speed}, ETA {eta:.0f} s)")
         return report
