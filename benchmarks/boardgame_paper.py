@@ -71,7 +71,6 @@ from saelab.config import ConfigError
 from saelab.evals import board_comparison as comparison
 from saelab.evals import boardgame as board_eval
 from saelab.evals.concept_data import sae_l0
-from saelab.integrity import sha256_file
 from saelab.io import atomic_write_bytes, atomic_write_json
 from saelab.io import load as load_sae
 from saelab.pipelines.boardgame_demo import train_saes
@@ -153,8 +152,7 @@ NOT_IN_SPEC = ("threads", "out", "report_only", "seeds", "kind", "rescore")
 
 def model_sha256(model: str) -> str:
     """sha256 of a game LM's weights file (a game name means the shipped model)."""
-    folder = lm.pretrained_path(model) if model in lm.GAMES else Path(model)
-    return sha256_file(folder / "model.safetensors")
+    return lm.weights_sha256(model)
 
 
 def check_job_model(record: dict[str, Any], path: Path, sha: str, model: str) -> None:

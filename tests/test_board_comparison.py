@@ -117,6 +117,13 @@ def test_matched_contrasts_compare_each_architecture_with_its_own_control() -> N
     assert "coverage" in cov.claim and cov.reproduces  # 0.51±0.025 vs 0.9: apart
     assert "reconstruction" in rec.claim and not rec.reproduces  # 0.15 vs 0.15
     assert not contrasts(0.8, spread=0.05)[0].reproduces  # 0.85±0.12: below, not apart
+    # the trained side's own interval counts too: 0.7±0.50 vs 0.51±0.025 is not apart
+    noisy_trained = [dataclasses.replace(p, coverage_test=p.coverage_test - 0.2 * p.seed)
+                     if p.l0 == 15.0 else p for p in trained]
+    control = [dataclasses.replace(p, coverage_test=0.5 + 0.01 * p.seed)
+               for p in _sweep("random-init", "topk", 0.3, 0.3, seeds)]
+    noisy = matched_contrasts(compare(noisy_trained + control, "othello", ComparisonConfig()))
+    assert "0.700±" in noisy[0].ours and not noisy[0].reproduces
     unmatched = contrasts(0.5, l0=30.0)[0]  # the control's point nearest 16 is off
     assert not unmatched.reproduces and "not matched" in unmatched.ours
     assert "| TopK: held-out coverage" in format_table(

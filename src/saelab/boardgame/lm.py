@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from saelab.boardgame import chess_games, othello
 from saelab.config import ConfigError, option
-from saelab.integrity import current_umask
+from saelab.integrity import current_umask, sha256_file
 from saelab.io import atomic_write_bytes, atomic_write_json
 
 Game = Literal["othello", "chess"]
@@ -374,6 +374,17 @@ def pretrained_path(game: str) -> Path:
     return PRETRAINED_DIR / game
 
 
+def model_folder(game_or_path: str | Path) -> Path:
+    """The folder of a game LM: a game name means the shipped model, anything else a path."""
+    name = str(game_or_path)
+    return pretrained_path(name) if name in GAMES else Path(name)
+
+
+def weights_sha256(game_or_path: str | Path) -> str:
+    """sha256 of a game LM's ``model.safetensors`` (to record which weights a result used)."""
+    return sha256_file(model_folder(game_or_path) / "model.safetensors")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_path = Path(path) / METADATA_NAME
     if not meta_path.exists():
@@ -391,8 +402,7 @@ def load_game_lm(game_or_path: str | Path, random_init: bool = False, seed: int 
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    name = str(game_or_path)
-    path = pretrained_path(name) if name in GAMES else Path(name)
+    path = model_folder(game_or_path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path}: give a game name ({', '.join(GAMES)}) or a "
                                 "folder written by `saelab boardgame train-lm`")

@@ -119,6 +119,15 @@ class Stat:
     def text(self) -> str:
         return f"{self.mean:.3f}" if math.isnan(self.ci95) else f"{self.mean:.3f}±{self.ci95:.3f}"
 
+    @property
+    def low(self) -> float:
+        """The lower end of the 95% interval (the mean itself for one seed)."""
+        return self.mean - (0.0 if math.isnan(self.ci95) else self.ci95)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (0.0 if math.isnan(self.ci95) else self.ci95)
+
 
 @dataclass
 class ComparisonRow:
@@ -203,16 +212,17 @@ def findings(comparison: BoardComparison) -> list[Finding]:
     if trained and control:
         for metric, attr in (("coverage", "best_coverage_paper"),
                              ("reconstruction", "best_reconstruction_paper")):
-            low = min((getattr(r, attr) for r in trained.values()), key=lambda st: st.mean)
-            high = max((getattr(r, attr) for r in control), key=lambda st: st.mean)
-            if math.isnan(low.mean) or math.isnan(high.mean):  # a group has no reconstruction
+            weakest = min((getattr(r, attr) for r in trained.values()), key=lambda st: st.mean)
+            best_control = max((getattr(r, attr) for r in control), key=lambda st: st.mean)
+            # a group of properties has no reconstruction score
+            if math.isnan(weakest.mean) or math.isnan(best_control.mean):
                 continue
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
                 "random-init control, their 95% intervals apart",
                 _paper_range(comparison.game, comparison.property, metric),
-                f"trained min {low.text()} vs random-init max {high.text()}",
-                _lower(low) > _upper(high)))
+                f"trained min {weakest.text()} vs random-init max {best_control.text()}",
+                weakest.low > best_control.high))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
     # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
     if len(names) == 4 and comparison.game == "othello":
@@ -257,17 +267,8 @@ def matched_contrasts(comparison: BoardComparison) -> list[Finding]:
                 f"{name}: held-out {metric} at L0 ≈ {comparison.config.target_l0:g}, trained "
                 "above random-init, 95% intervals apart", "",
                 f"{ours.text()} vs {theirs.text()}{note}",
-                both and _lower(ours) > _upper(theirs)))
+                both and ours.low > theirs.high))
     return out
-
-
-def _lower(stat: Stat) -> float:
-    """The lower end of the 95% interval (the mean itself for one seed)."""
-    return stat.mean - (0.0 if math.isnan(stat.ci95) else stat.ci95)
-
-
-def _upper(stat: Stat) -> float:
-    return stat.mean + (0.0 if math.isnan(stat.ci95) else stat.ci95)
 
 
 def _paper_range(game: str, prop: str, metric: str) -> str:

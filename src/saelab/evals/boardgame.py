@@ -159,8 +159,7 @@ def collect_board_data(cfg: BoardEvalConfig, progress: StageProgress | None = No
 
 
 def _chess_settings(source: str) -> dict[str, Any]:
-    path = lm.pretrained_path(source) if source in lm.GAMES else Path(source)
-    settings = lm.read_metadata(path).get("settings", {})
+    settings = lm.read_metadata(lm.model_folder(source)).get("settings", {})
     return {"max_chars": int(settings.get("max_chars", 256)),
             "greedy_prob": float(settings.get("greedy_prob", 0.8))}
 

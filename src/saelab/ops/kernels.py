@@ -282,7 +282,6 @@ def merge_topk(vals_RC: Tensor, idx_RC: Tensor, k: int) -> tuple[Tensor, Tensor]
     return vals_Rk, idx_RC.gather(1, pos_Rk)
 
 
-
 def keep_rank_share(keys_RK: Tensor, order_RK: Tensor, everyone_RWC: Tensor, k: int,
                     rank: int) -> Tensor:
     """Which of this rank's candidates belong to each row's top ``k`` over all ranks, under

@@ -41,7 +41,6 @@ from saelab.integrity import (
     CheckpointError,
     read_bounded,
     save_tensors,
-    sha256_file,
     verify_checksums,
     write_checksums,
 )
@@ -178,10 +177,8 @@ def _grow(model: nn.Module, cfg: lm.LMTrainConfig) -> dict[str, Any]:
         raise ConfigError(f"grow_from: {cfg.grow_from} is a {game} model, this run trains "
                           f"{cfg.game}")
     record = lm.grow_depth(model, source.to(next(model.parameters()).device))
-    folder = lm.pretrained_path(cfg.grow_from) if cfg.grow_from in lm.GAMES else Path(
-        cfg.grow_from)
-    meta = lm.read_metadata(folder)
-    record.update(model=cfg.grow_from, sha256=sha256_file(folder / "model.safetensors"),
+    meta = lm.read_metadata(lm.model_folder(cfg.grow_from))
+    record.update(model=cfg.grow_from, sha256=lm.weights_sha256(cfg.grow_from),
                   games_trained=meta.get("games_trained"))
     print(f"grown from {cfg.grow_from} ({record['source_blocks']} blocks, "
           f"{record['games_trained']} games): its blocks at {record['source_block_positions']}, "
