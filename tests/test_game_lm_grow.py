@@ -1,4 +1,4 @@
-"""Depth growth of a game LM (``--grow-from``): the grown model starts as the source model."""
+"""Depth and width growth of a game LM (``--grow-from``): the grown model starts as the source."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_grown_model_computes_what_the_source_computes(tmp_path: Path) -> None:
     game_lm.train_lm(tiny(), tmp_path / "small", progress_seconds=1e9)
     source, _ = lm.load_game_lm(tmp_path / "small")
     grown = lm.build_model(tiny(n_layer=5, seed=3))
-    record = lm.grow_depth(grown, source)
+    record = lm.grow(grown, source)
     assert record["source_block_positions"] == [0, 2] and record["new_blocks"] == [1, 3, 4]
     tokens = torch.from_numpy(othello.random_games(6, seed=11).tokens()[:, :-1].astype("int64"))
     torch.testing.assert_close(logits(grown, tokens), logits(source, tokens), rtol=1e-5,
@@ -74,7 +74,30 @@ def test_train_lm_grows_records_the_source_and_resumes(tmp_path: Path) -> None:
 def test_growing_refuses_other_widths_and_shallower_targets(tmp_path: Path) -> None:
     game_lm.train_lm(tiny(), tmp_path / "small", progress_seconds=1e9)
     source, _ = lm.load_game_lm(tmp_path / "small")
-    with pytest.raises(ConfigError, match="n_embd"):
-        lm.grow_depth(lm.build_model(tiny(n_layer=4, d_model=32)), source)
+    # heads of another width (32 in 2 heads of 16), or a width that is no multiple of 16
+    for d_model, n_head in ((32, 2), (24, 3)):
+        with pytest.raises(ConfigError, match="whole multiple of 16"):
+            lm.grow(lm.build_model(tiny(n_layer=4, d_model=d_model, n_head=n_head)), source)
     with pytest.raises(ConfigError, match="choose --n-layer above 2"):
-        lm.grow_depth(lm.build_model(tiny(n_layer=2)), source)
+        lm.grow(lm.build_model(tiny(n_layer=2)), source)
+    with pytest.raises(ConfigError, match="choose --n-layer above 2"):
+        lm.grow(lm.build_model(tiny(n_layer=1, d_model=32, n_head=4)), source)
+
+
+def test_wider_model_computes_what_the_source_computes_then_separates(tmp_path: Path) -> None:
+    game_lm.train_lm(tiny(), tmp_path / "small", progress_seconds=1e9)
+    source, _ = lm.load_game_lm(tmp_path / "small")
+    tokens = torch.from_numpy(othello.random_games(6, seed=11).tokens()[:, :-1].astype("int64"))
+    for n_layer, d_model, n_head in ((2, 32, 4), (3, 48, 6)):  # wider; wider and deeper
+        grown = lm.build_model(tiny(n_layer=n_layer, d_model=d_model, n_head=n_head, seed=3))
+        record = lm.grow(grown, source)
+        assert record["source_width"] == 16 and record["width"] == d_model
+        torch.testing.assert_close(logits(grown, tokens), logits(source, tokens), rtol=1e-5,
+                                   atol=1e-5)
+    # trained, the copies of the residual stream drift apart: the width is used
+    cfg = tiny(n_layer=2, d_model=32, n_head=4, seed=1, grow_from=str(tmp_path / "small"),
+               lr=3e-3)
+    meta = game_lm.train_lm(cfg, tmp_path / "wide", progress_seconds=1e9)
+    assert meta["grown_from"]["width"] == 32
+    wte = lm.load_game_lm(tmp_path / "wide")[0].transformer.wte.weight
+    assert float((wte[:, :16] - wte[:, 16:]).abs().max()) > 1e-4

@@ -65,9 +65,9 @@ class LMTrainConfig:
     checkpoint_minutes: float = option(10.0, "minutes between resumable checkpoints in "
                                        "OUT/checkpoint/ (also written when stopped)")
     grow_from: str = option("", "start from this trained game LM (a folder, or a game name for "
-                            "the shipped model) with fewer blocks instead of random weights: its "
-                            "blocks keep their weights, spread evenly over the deeper stack, and "
-                            "each new block starts as the identity (see grow_depth)")
+                            "the shipped model) with fewer blocks or a narrower stream instead of "
+                            "random weights: the grown model starts computing exactly what it "
+                            "computes (see saelab.boardgame.lm.grow)")
 
     def validate(self) -> None:
         if self.game not in GAMES:
@@ -119,43 +119,88 @@ def grown_block_positions(n_from: int, n_to: int) -> list[int]:
 
 
 @torch.no_grad()
-def grow_depth(model: nn.Module, source: nn.Module) -> dict[str, Any]:
-    """Make the deeper ``model`` compute exactly what the trained ``source`` computes.
+def grow(model: nn.Module, source: nn.Module) -> dict[str, Any]:
+    """Make the deeper and/or wider ``model`` compute exactly what the trained ``source`` computes.
 
-    Function-preserving depth growth (as in Net2Net's deeper networks, for a pre-LN residual
-    stack): the embeddings, final layer norm and the source's blocks are copied, the source's
-    blocks at :func:`grown_block_positions`; every other block keeps its fresh initialisation
-    except for the output projections of its attention and MLP, which are set to zero, so the
-    block adds nothing to the residual stream until training moves them. Gradients still reach
-    those projections (their input is not zero), so the new blocks start learning at step 1.
+    Function-preserving growth (Net2Net's deeper and wider networks, for a pre-LN GPT-2 stack).
 
-    Returns a record of what was done (for ``training.json``). Raises ``ConfigError`` when the
-    two models differ in anything but depth.
+    *Depth*: the source's blocks go to :func:`grown_block_positions`; every other block keeps its
+    fresh initialisation except for the output projections of its attention and MLP, which are
+    set to zero, so it adds nothing to the residual stream until training moves them.
+
+    *Width* (``n_embd`` a whole multiple ``r`` of the source's, the same head width): the
+    residual stream becomes ``r`` copies of the source's, ``[x, x, ...]``. A layer norm of the
+    copies sees the same mean and variance, so it normalises as before; its gain and bias are
+    divided by ``r``, which makes every reader of it (the attention's and MLP's input weights, and
+    the tied unembedding), copied along the input for each copy, sum back to the source's value.
+    The source's heads and MLP units keep their weights and write the same update into every copy;
+    the added heads and units keep their fresh input weights and start with zero output weights.
+    They read the copies through different random weights, so training separates the copies.
+
+    Gradients reach every zeroed projection from step 1 (its input is not zero). Returns a record
+    of what was done (for ``training.json``). Raises ``ConfigError`` when the models cannot be
+    related this way.
     """
     src, dst = model_config(source), model_config(model)
-    for key in ("vocab_size", "n_positions", "n_embd", "n_head", "activation_function"):
+    for key in ("vocab_size", "n_positions", "activation_function", "tie_word_embeddings"):
         if getattr(src, key) != getattr(dst, key):
             raise ConfigError(f"grow_from: the source model has {key}={getattr(src, key)}, this "
-                              f"run {getattr(dst, key)}; growing adds blocks only, so every other "
-                              "setting must match the source's")
-    if src.n_layer >= dst.n_layer:
-        raise ConfigError(f"grow_from: the source already has {src.n_layer} blocks; choose "
-                          f"--n-layer above {src.n_layer}")
+                              f"run {getattr(dst, key)}; growing adds blocks and width only, so "
+                              "every other setting must match the source's")
+    head = src.n_embd // src.n_head
+    if dst.n_embd % src.n_embd or dst.n_embd // dst.n_head != head:
+        raise ConfigError(f"grow_from: the source has n_embd={src.n_embd} in {src.n_head} heads "
+                          f"of {head}; a wider run needs a whole multiple of {src.n_embd} and "
+                          f"heads of the same width (for --d-model {2 * src.n_embd}, --n-head "
+                          f"{2 * src.n_head}), not n_embd={dst.n_embd} with n_head={dst.n_head}")
+    if dst.n_layer < src.n_layer or (dst.n_layer == src.n_layer and dst.n_embd == src.n_embd):
+        raise ConfigError(f"grow_from: the source already has {src.n_layer} blocks of width "
+                          f"{src.n_embd}; choose --n-layer above {src.n_layer} or a --d-model "
+                          f"that is a multiple of {src.n_embd} (or both)")
+    r = dst.n_embd // src.n_embd
     # GPT2LMHeadModel.transformer: typed loosely by transformers
     s_body: Any = source.transformer
     d_body: Any = model.transformer
-    for name in ("wte", "wpe", "ln_f"):
-        getattr(d_body, name).load_state_dict(getattr(s_body, name).state_dict())
+    for name in ("wte", "wpe"):  # the tied unembedding follows wte
+        getattr(d_body, name).weight.copy_(getattr(s_body, name).weight.repeat(1, r))
+    _copy_layer_norm(d_body.ln_f, s_body.ln_f, r)
     positions = grown_block_positions(src.n_layer, dst.n_layer)
     for i, p in enumerate(positions):
-        d_body.h[p].load_state_dict(s_body.h[i].state_dict())
+        _widen_block(d_body.h[p], s_body.h[i], r, src.n_embd)
     new = [p for p in range(dst.n_layer) if p not in positions]
     for p in new:
         for proj in (d_body.h[p].attn.c_proj, d_body.h[p].mlp.c_proj):
             proj.weight.zero_()
             proj.bias.zero_()
     return {"source_blocks": src.n_layer, "blocks": dst.n_layer,
-            "source_block_positions": positions, "new_blocks": new}
+            "source_block_positions": positions, "new_blocks": new,
+            "source_width": src.n_embd, "width": dst.n_embd}
+
+
+def _copy_layer_norm(dst: nn.LayerNorm, src: nn.LayerNorm, r: int) -> None:
+    dst.weight.copy_(src.weight.repeat(r) / r)
+    dst.bias.copy_(src.bias.repeat(r) / r)
+
+
+def _widen_block(dst: Any, src: Any, r: int, width: int) -> None:
+    """Write the source block into the (``r`` times wider) block ``dst``, whose other weights are
+    its fresh initialisation. GPT-2's ``Conv1D`` weights are (inputs, outputs)."""
+    _copy_layer_norm(dst.ln_1, src.ln_1, r)
+    _copy_layer_norm(dst.ln_2, src.ln_2, r)
+    wide = width * r
+    for part in range(3):  # the query, key and value columns; the source's heads come first
+        cols, src_cols = slice(part * wide, part * wide + width), slice(part * width,
+                                                                        (part + 1) * width)
+        dst.attn.c_attn.weight[:, cols] = src.attn.c_attn.weight[:, src_cols].repeat(r, 1)
+        dst.attn.c_attn.bias[cols] = src.attn.c_attn.bias[src_cols]
+    inner = src.mlp.c_fc.weight.shape[1]
+    dst.mlp.c_fc.weight[:, :inner] = src.mlp.c_fc.weight.repeat(r, 1)
+    dst.mlp.c_fc.bias[:inner] = src.mlp.c_fc.bias
+    for d_proj, s_proj, used in ((dst.attn.c_proj, src.attn.c_proj, width),
+                                 (dst.mlp.c_proj, src.mlp.c_proj, inner)):
+        d_proj.weight.zero_()  # the added heads and units write nothing yet
+        d_proj.weight[:used] = s_proj.weight.repeat(1, r)
+        d_proj.bias.copy_(s_proj.bias.repeat(r))
 
 
 # ---------------------------------------------------------------------------- training data

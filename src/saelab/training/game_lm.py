@@ -171,18 +171,19 @@ def _refuse_to_overwrite(out: Path, resume: bool) -> None:
 
 
 def _grow(model: nn.Module, cfg: lm.LMTrainConfig) -> dict[str, Any]:
-    """Start ``model`` from the trained, shallower ``cfg.grow_from`` (``lm.grow_depth``)."""
+    """Start ``model`` from the trained, shallower or narrower ``cfg.grow_from`` (``lm.grow``)."""
     source, game = lm.load_game_lm(cfg.grow_from)
     if game != cfg.game:
         raise ConfigError(f"grow_from: {cfg.grow_from} is a {game} model, this run trains "
                           f"{cfg.game}")
-    record = lm.grow_depth(model, source.to(next(model.parameters()).device))
+    record = lm.grow(model, source.to(next(model.parameters()).device))
     meta = lm.read_metadata(lm.model_folder(cfg.grow_from))
     record.update(model=cfg.grow_from, sha256=lm.weights_sha256(cfg.grow_from),
                   games_trained=meta.get("games_trained"))
-    print(f"grown from {cfg.grow_from} ({record['source_blocks']} blocks, "
-          f"{record['games_trained']} games): its blocks at {record['source_block_positions']}, "
-          f"new identity blocks at {record['new_blocks']}", file=sys.stderr, flush=True)
+    print(f"grown from {cfg.grow_from} ({record['source_blocks']} blocks of width "
+          f"{record['source_width']}, {record['games_trained']} games) to width "
+          f"{record['width']}: its blocks at {record['source_block_positions']}, new identity "
+          f"blocks at {record['new_blocks']}", file=sys.stderr, flush=True)
     return record
 
 
