@@ -208,3 +208,40 @@ def test_calibrated_run_records_its_sweep_and_a_changed_calibration_is_refused(
     # --sweep for a calibrated architecture: refused before anything runs
     assert bench.main([*args, "--sweep", "relu=2"]) == 2
     assert "--calibrate-l0 sets the sweeps" in capsys.readouterr().err
+
+
+def test_rescore_then_a_new_job_of_the_same_kind_gets_its_activations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One process re-scores seed 0's old job (which needs no SAE-training activations) and
+    then trains seed 1 of the same kind, whose activations are not on disk (a user cleared the
+    large ``acts_*.npy`` cache): they are written for it, and the evaluation games are
+    collected once."""
+    bench = _bench()
+    out = tmp_path / "run"
+    args = _args(out)
+    args[args.index("--seeds") + 1:args.index("--seeds") + 2] = ["0", "--kind", "trained"]
+    assert bench.main(args) == 0
+    path = out / "jobs" / "trained_seed0.json"
+    old = json.loads(path.read_text())
+    old["scoring_version"] = 1
+    path.write_text(json.dumps(old))
+    (out / "acts_trained.npy").unlink()
+
+    collected: list[int] = []
+    real_collect = bench.board_eval.collect_board_data
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        collected.append(1)
+        return real_collect(*a, **kw)
+
+    monkeypatch.setattr(bench.board_eval, "collect_board_data", counting)
+    two_seeds = list(args)
+    two_seeds[two_seeds.index("--seeds") + 1:two_seeds.index("--seeds") + 2] = ["0", "1"]
+    assert bench.main([*two_seeds, "--rescore"]) == 0
+    err = capsys.readouterr().err
+    assert "re-scoring 4 saved SAEs" in err and "trained seed 1: training 4 SAEs" in err
+    assert json.loads(path.read_text())["scoring_version"] == bench.SCORING_VERSION
+    assert (out / "jobs" / "trained_seed1.json").exists()
+    assert (out / "acts_trained.npy").exists()
+    assert len(collected) == 1
