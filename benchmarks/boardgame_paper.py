@@ -60,7 +60,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -302,9 +302,18 @@ def job_path(out: Path, kind: str, seed: int) -> Path:
     return out / "jobs" / f"{kind}_seed{seed}.json"
 
 
+class Prepared(NamedTuple):
+    """One model kind's evaluation setup and games, and the path of its SAE-training
+    activations once this process has written them (None: not written yet, e.g. only a
+    re-score ran; a file there may be missing or from another run)."""
+
+    eval_cfg: board_eval.BoardEvalConfig
+    data: board_eval.BoardData
+    acts_path: Path | None
+
+
 def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_init: bool,
-             start: float, sae_acts: bool = True
-             ) -> tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]:
+             start: float, sae_acts: bool = True) -> Prepared:
     """One model kind's evaluation games (scored) and SAE-training activations (cached; not
     for ``sae_acts=False``, a re-score). Only the compared property and the groups' members
     are kept: scoring every SAE on the others (Othello mine_theirs, legal_moves; chess piece,
@@ -317,17 +326,28 @@ def _prepare(args: argparse.Namespace, game: str, prop: str, kind: str, random_i
         game=game, model="" if args.model in lm.GAMES else args.model, layer=layer,
         random_init=random_init, train_games=args.train_games, test_games=args.test_games,
         probe=game == "othello", progress=True)
-    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games"
-        + (f" and {args.sae_games} SAE-training games" if sae_acts else ""), start)
+    say(f"{kind}: collecting {args.train_games} + {args.test_games} evaluation games", start)
     data = board_eval.collect_board_data(eval_cfg)
     keep = {prop}.union(*group_members(game).values())
     for split in (data.train, data.test):
         split.labels = {name: value for name, value in split.labels.items() if name in keep}
+    prepared = Prepared(eval_cfg, data, None)
+    return with_sae_acts(args, kind, prepared, start, model) if sae_acts else prepared
+
+
+def with_sae_acts(args: argparse.Namespace, kind: str, prepared: Prepared, start: float,
+                  model: torch.nn.Module | None = None) -> Prepared:
+    """``prepared`` with its kind's SAE-training activations written (once per process)."""
+    if prepared.acts_path is not None:
+        return prepared
+    cfg = prepared.eval_cfg
+    if model is None:
+        model, _ = lm.load_game_lm(args.model, random_init=cfg.random_init)
+    say(f"{kind}: collecting {args.sae_games} SAE-training games", start)
     acts_path = args.out / f"acts_{kind}.npy"
-    if sae_acts:
-        write_npy(acts_path, game_activations(model, game, layer, args.sae_games,
-                                              SAE_GAMES_SEED))
-    return eval_cfg, data, acts_path
+    write_npy(acts_path, game_activations(model, cfg.game, cfg.layer, args.sae_games,
+                                          SAE_GAMES_SEED))
+    return prepared._replace(acts_path=acts_path)
 
 
 def sweep_table(points: list[comparison.SweepPoint]) -> str:
@@ -405,8 +425,7 @@ def job_record(kind: str, seed: int, result: board_eval.BoardEvalResult, prop: s
 
 def _rescore(args: argparse.Namespace, record: dict[str, Any], path: Path,
              sweeps: dict[str, tuple[float, ...]],
-             prepared: tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path],
-             prop: str, sha: str, start: float) -> dict[str, Any]:
+             prepared: Prepared, prop: str, sha: str, start: float) -> dict[str, Any]:
     """Score a finished job's saved SAEs again with the current code; the old job file is
     kept as ``*.before-rescore.json`` (never overwritten)."""
     kind, seed = record["kind"], record["seed"]
@@ -463,7 +482,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     calibrations: dict[str, dict[str, Any]] = {}
     run_kinds = [k for k in KINDS if args.kind in ("both", k)]
     n_jobs, done = len(run_kinds) * len(args.seeds), 0
-    prepared: dict[str, tuple[board_eval.BoardEvalConfig, board_eval.BoardData, Path]] = {}
+    prepared: dict[str, Prepared] = {}
+
+    def prepare(kind: str, sae_acts: bool = True) -> Prepared:
+        """The kind's evaluation games, collected once per process, and (``sae_acts``) its
+        SAE-training activations, written once: a re-score prepares the games alone, and a
+        later job of the kind still gets its activations."""
+        if kind not in prepared:
+            prepared[kind] = _prepare(args, game, prop, kind, KINDS[kind], start, sae_acts)
+        elif sae_acts:
+            prepared[kind] = with_sae_acts(args, kind, prepared[kind], start)
+        return prepared[kind]
 
     def kind_sweeps(kind: str, need: bool) -> dict[str, tuple[float, ...]] | None:
         """The kind's sweeps; with --calibrate-l0 the penalty ones come from its calibration
@@ -475,9 +504,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if saved is None and not need:
                 return None
             if saved is None:
-                if kind not in prepared:
-                    prepared[kind] = _prepare(args, game, prop, kind, KINDS[kind], start)
-                _, data, acts_path = prepared[kind]
+                _, data, acts_path = prepare(kind)
+                assert acts_path is not None
                 saved = calibrate(args, kind, acts_path, data.train.acts_PD, sha, start)
             calibrations[kind] = saved
         found = calibrations[kind]["sweeps"]
@@ -488,7 +516,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # a kind's calibration (--calibrate-l0) runs once, with seed 0, before its first job
     for seed in args.seeds:
         for kind in run_kinds:
-            random_init = KINDS[kind]
             path = job_path(args.out, kind, seed)
             record = json.loads(path.read_text()) if path.exists() else None
             if record is not None:
@@ -498,13 +525,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 check_job_sweeps(record, path, my_sweeps)
             if (record is not None and args.rescore
                     and record.get("scoring_version", 1) < SCORING_VERSION):
-                if kind not in prepared:
-                    prepared[kind] = _prepare(args, game, prop, kind, random_init, start,
-                                              sae_acts=False)
                 if my_sweeps is None:  # its calibration file is gone: the job says its sweeps
                     my_sweeps = {a: tuple(v) for a, v in record.get("sweeps", {}).items()}
-                record = _rescore(args, record, path, my_sweeps, prepared[kind], prop, sha,
-                                  start)
+                record = _rescore(args, record, path, my_sweeps, prepare(kind, sae_acts=False),
+                                  prop, sha, start)
             if record is not None:  # finished by an earlier run with the same spec
                 results[f"{kind}/seed{seed}"] = record["result"]
                 points += [comparison.SweepPoint(**p) for p in record["points"]]
@@ -518,9 +542,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"{kind} seed {seed}: not finished, left out (--report-only)", start)
                 continue
             assert my_sweeps is not None
-            if kind not in prepared:
-                prepared[kind] = _prepare(args, game, prop, kind, random_init, start)
-            eval_cfg, data, acts_path = prepared[kind]
+            eval_cfg, data, acts_path = prepare(kind)
+            assert acts_path is not None
             configs = sweep_configs(my_sweeps, args.expansion)
             say(f"{kind} seed {seed}: training {len(configs)} SAEs side by side on "
                 f"{args.tokens:,} rows each", start)

@@ -120,8 +120,8 @@ def selection_inputs(case: int, world: int) -> dict[str, Tensor]:
 def sharded_selection_worker(rank: int, world: int, rdzv: str, result: str) -> None:
     """One rank, for every SELECTION_CASES case: select TopK and AuxK codes on its latent slice
     and merge them across ranks (``keep_global_topk``), and a BatchTopK SAE's training selection
-    on its block of rows (data parallel, ``BatchTopKSAE.select_sparse``); write the kept (row, latent id,
-    value) entries to ``result``."""
+    on its block of rows (data parallel: ``BatchTopKSAE.select_sparse`` and the dense
+    ``select``); write the kept (row, latent id, value) entries to ``result``."""
     from saelab.architectures.base import StepContext
     from saelab.distributed import DataParallel
     from saelab.distributed.latent_sharded import keep_global_topk
@@ -155,6 +155,9 @@ def sharded_selection_worker(rank: int, world: int, rdzv: str, result: str) -> N
             batch, _ = sae.select_sparse(p["x"][rank * rows : (rank + 1) * rows], ctx)
             entries["batch"] = [[int(r) + rank * rows, int(i), float(v)] for r, i, v in zip(
                 batch.row_ids(), batch.indices, batch.values.detach(), strict=True)]
+            dense_BM = sae.select(sae.pre_acts(p["x"][rank * rows : (rank + 1) * rows]), ctx)
+            entries["batch_dense"] = [[int(r) + rank * rows, int(i), float(dense_BM[r, i])]
+                                      for r, i in dense_BM.detach().nonzero().tolist()]
             out.append(entries)
         Path(result).write_text(json.dumps({"ok": out}))
     except Exception as err:

@@ -31,6 +31,13 @@ def _args(out: Path, tokens: int = 512) -> list[str]:
             "--sweep", "panneal=1", "--sweep", "gated=1"]
 
 
+def _trained_args(out: Path, seeds: list[str]) -> list[str]:
+    """``_args`` for the trained model's jobs alone, with these seeds."""
+    args = _args(out)
+    args[args.index("--seeds") + 1:args.index("--seeds") + 2] = [*seeds, "--kind", "trained"]
+    return args
+
+
 def test_results_are_written_per_job_and_a_rerun_resumes(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]
@@ -98,8 +105,7 @@ def test_rescore_scores_saved_saes_again_and_other_weights_are_refused(
         capsys: pytest.CaptureFixture[str]) -> None:
     bench = _bench()
     out = tmp_path / "run"
-    args = _args(out)
-    args[args.index("--seeds") + 1:args.index("--seeds") + 2] = ["0", "--kind", "trained"]
+    args = _trained_args(out, ["0"])
     assert bench.main(args) == 0
     path = out / "jobs" / "trained_seed0.json"
     new = json.loads(path.read_text())
@@ -208,3 +214,37 @@ def test_calibrated_run_records_its_sweep_and_a_changed_calibration_is_refused(
     # --sweep for a calibrated architecture: refused before anything runs
     assert bench.main([*args, "--sweep", "relu=2"]) == 2
     assert "--calibrate-l0 sets the sweeps" in capsys.readouterr().err
+
+
+def test_rescore_then_a_new_job_of_the_same_kind_gets_its_activations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """One process re-scores seed 0's old job (which needs no SAE-training activations) and
+    then trains seed 1 of the same kind, whose activations are not on disk (a user cleared the
+    large ``acts_*.npy`` cache): they are written for it, and the evaluation games are
+    collected once."""
+    bench = _bench()
+    out = tmp_path / "run"
+    args = _trained_args(out, ["0"])
+    assert bench.main(args) == 0
+    path = out / "jobs" / "trained_seed0.json"
+    old = json.loads(path.read_text())
+    old["scoring_version"] = 1
+    path.write_text(json.dumps(old))
+    (out / "acts_trained.npy").unlink()
+
+    collected: list[int] = []
+    real_collect = bench.board_eval.collect_board_data
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        collected.append(1)
+        return real_collect(*a, **kw)
+
+    monkeypatch.setattr(bench.board_eval, "collect_board_data", counting)
+    assert bench.main([*_trained_args(out, ["0", "1"]), "--rescore"]) == 0
+    err = capsys.readouterr().err
+    assert "re-scoring 4 saved SAEs" in err and "trained seed 1: training 4 SAEs" in err
+    assert json.loads(path.read_text())["scoring_version"] == bench.SCORING_VERSION
+    assert (out / "jobs" / "trained_seed1.json").exists()
+    assert (out / "acts_trained.npy").exists()
+    assert len(collected) == 1

@@ -70,8 +70,9 @@ def test_sharded_selection_equals_unsharded_under_ties(tmp_path: Path, world: in
         one = batch_topk_encode(p["x"], p["W_enc"], p["b_enc"], p["b_dec"], k_batch).codes
         want = sorted([int(r), int(i), float(v)] for r, i, v in
                       zip(one.row_ids(), one.indices, one.values.detach(), strict=True))
-        got = sorted(e for rank in per_rank for e in rank[case]["batch"])
-        assert got == want, f"case {case} (BatchTopK, {world} ranks): selection differs"
+        for path in ("batch", "batch_dense"):
+            got = sorted(e for rank in per_rank for e in rank[case][path])
+            assert got == want, f"case {case} ({path}, {world} ranks): selection differs"
         cut = sorted(pre_BM.flatten().tolist(), reverse=True)[round(k_batch * B) - 1]
         tied_rows = (pre_BM == cut).nonzero()[:, 0]
         batch_straddling += bool(cut > 0 and tied_rows.numel() > sum(v == cut for _, _, v in want)

@@ -14,7 +14,7 @@ from saelab.architectures.base import BatchGroup, LossOutput, SAEConfig, StepCon
 from saelab.architectures.topk import TopKConfig, TopKFamilySAE
 from saelab.config import ConfigError, option
 from saelab.ops import SparseCodes, batch_topk_encode, sparse_decode
-from saelab.ops.kernels import keep_rank_share
+from saelab.ops.kernels import keep_rank_share, ordered_topk
 from saelab.registry import register
 
 
@@ -38,29 +38,25 @@ def batch_topk_codes(pre_BM: Tensor, k: float, group: BatchGroup | None = None) 
     """Dense codes keeping the round(B·k) largest rectified pre-activations of the whole batch
     (k may be fractional, as under auto-L0).
 
-    With a data-parallel ``group`` the batch is every rank's rows together: each rank proposes
-    its largest (global B·k) entries and keeps those at or above the global cutoff (this dense
-    reference path keeps every tie at the cutoff; the sparse path is exact, ``keep_batch_share``).
+    The sparse path's selection exactly (``batch_topk_encode``): equal values go to the smaller
+    row, then the smaller latent id, i.e. the smaller flat position (``kernels.ordered_topk``
+    over the flattened batch). With a data-parallel ``group`` the batch is every rank's rows
+    together: each rank proposes its largest (global B·k) entries and keeps its share of the
+    whole batch's top B·k, the lower ranks' ties first (``kernels.keep_rank_share``).
     """
     world = group.world_size if group is not None else 1
-    flat = torch.relu(pre_BM).flatten()
+    flat = pre_BM.flatten()
     n_keep = max(1, round(k * pre_BM.shape[0] * world))
-    vals, idx = flat.topk(min(flat.numel(), n_keep), sorted=False)
-    if group is not None and world > 1:
-        vals = vals * (vals >= global_cutoff(vals.detach(), n_keep, group))
-    return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre_BM)
-
-
-def global_cutoff(candidates_N: Tensor, n_keep: int, group: BatchGroup) -> Tensor:
-    """The n_keep-th largest value among every rank's candidates (−inf if there are fewer).
-
-    Exact when each rank proposes at least its own share of the winners: its top n_keep.
-    """
-    padded = candidates_N.new_full((n_keep,), float("-inf"))
-    n = min(n_keep, candidates_N.numel())
-    padded[:n] = candidates_N.topk(n, sorted=False).values
-    everyone = group.gather(padded)
-    return everyone.topk(n_keep, sorted=False).values.min()
+    with torch.no_grad():  # selected on the pre-activations, as the sparse path does
+        keys_1N, idx_1N = ordered_topk(flat.detach()[None], min(flat.numel(), n_keep))
+        if group is not None and world > 1:
+            padded = keys_1N.new_full((1, n_keep), float("-inf"))
+            padded[:, : keys_1N.shape[1]] = keys_1N
+            everyone_1WC = group.gather(padded).view(1, world, n_keep)
+            idx_1N = idx_1N[keep_rank_share(keys_1N, idx_1N, everyone_1WC, n_keep, group.rank)]
+    idx_N = idx_1N.flatten()
+    vals_N = torch.relu(flat.gather(0, idx_N))
+    return torch.zeros_like(flat).scatter(0, idx_N, vals_N).view_as(pre_BM)
 
 
 def keep_batch_share(codes: SparseCodes, keys_N: Tensor, n_keep: int,

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from saelab.architectures.base import LossOutput, SAEConfig, StepContext, recon_loss
-from saelab.architectures.topk import TopKConfig, TopKFamilySAE, topk_codes
+from saelab.architectures.topk import TopKConfig, TopKFamilySAE, topk_codes, topk_entries
 from saelab.config import ConfigError, option
 from saelab.ops import sparse_decode, topk_encode
 from saelab.registry import register
@@ -140,7 +140,7 @@ class OrderedSAE(TopKFamilySAE):
     def dense_loss(self, acts_BD: Tensor, ctx: StepContext) -> LossOutput:
         k = self.cfg.k_at(ctx.step, ctx.total_steps)
         pre = self.pre_acts(acts_BD)
-        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        vals, idx = topk_entries(pre, k)
         vals = torch.relu(vals)
         codes = torch.zeros_like(pre).scatter(-1, idx, vals)
         recon = self.decode(codes)

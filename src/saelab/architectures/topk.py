@@ -32,6 +32,7 @@ from saelab.ops import (
     sparse_decode,
     topk_encode,
 )
+from saelab.ops.kernels import ordered_topk
 from saelab.registry import register
 
 MATMUL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -75,9 +76,20 @@ class TopKConfig(AutoL0Options, SAEConfig):
         return round(self.k_start + (self.k - self.k_start) * frac)
 
 
+def topk_entries(pre_BM: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each row's k largest pre-activations → (values_BK, latent ids_BK), values differentiable.
+
+    The sparse path's tie rule (equal values: the smaller latent id, ``kernels.ordered_topk``),
+    so the dense path selects the same entries; ``torch.topk`` picks among ties arbitrarily.
+    """
+    with torch.no_grad():
+        idx = ordered_topk(pre_BM.detach().contiguous(), k)[1]
+    return pre_BM.gather(-1, idx), idx
+
+
 def topk_codes(pre_BM: Tensor, k: int) -> Tensor:
     """Dense codes keeping each row's k largest pre-activations, rectified."""
-    vals, idx = pre_BM.topk(k, dim=-1, sorted=False)
+    vals, idx = topk_entries(pre_BM, k)
     return torch.zeros_like(pre_BM).scatter(-1, idx, torch.relu(vals))
 
 
@@ -226,7 +238,7 @@ class TopKSAE(TopKFamilySAE):
         and values, no dense codes matrix)."""
         if type(self).encode is not TopKSAE.encode:  # a subclass that encodes otherwise
             return super().encode_entries(acts_BD)
-        vals, idx = self.pre_acts(acts_BD).topk(self.current_k(), dim=-1, sorted=False)
+        vals, idx = topk_entries(self.pre_acts(acts_BD), self.current_k())
         idx, perm = idx.sort(dim=-1)
         vals = vals.gather(-1, perm)
         fired = vals > 0  # encode's ReLU: a kept latent at or below zero does not fire
@@ -248,4 +260,4 @@ class TopKSAE(TopKFamilySAE):
         return self.finish_loss(acts_BD, pre, codes, recon, mse, ctx, {"mse": mse})
 
 
-__all__ = ["SAE", "TopKConfig", "TopKFamilySAE", "TopKSAE", "topk_codes"]
+__all__ = ["SAE", "TopKConfig", "TopKFamilySAE", "TopKSAE", "topk_codes", "topk_entries"]

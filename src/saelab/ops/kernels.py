@@ -234,16 +234,18 @@ def ordered_topk(pre_RM: Tensor, k: int, key_RM: Tensor | None = None) -> tuple[
     among tied entries arbitrarily. The two stages of :func:`row_topk` each take one entry
     more than needed, which finds the rows with a tie at the cut at no extra pass: the
     (k+1)-th candidate equals the k-th, or a group left out has a maximum as large as the k-th
-    value. Only those rows are redone, by a stable sort. Rows must hold no NaN
-    (pre-activations of finite inputs are finite).
+    value. Only those rows are redone (:func:`_first_ties`, or a stable sort with ``key_RM``).
+    Rows must hold no NaN (pre-activations of finite inputs are finite).
     """
     R, M = pre_RM.shape
     k = min(k, M)
     if k == 0 or k == M or R == 0:
         return row_topk(pre_RM, k)  # nothing or everything: no tie to break
+    gmax_RG = None
     if M % _GROUP == 0 and 4 * k * _GROUP <= M and pre_RM.is_contiguous():
         groups_RGS = pre_RM.view(R, M // _GROUP, _GROUP)
-        gmax_Rj, gidx_Rj = groups_RGS.amax(dim=2).topk(k + 1, dim=1)  # sorted, j = k + 1
+        gmax_RG = groups_RGS.amax(dim=2)
+        gmax_Rj, gidx_Rj = gmax_RG.topk(k + 1, dim=1)  # sorted, j = k + 1
         # every entry outside the k groups kept is at most the (k+1)-th group maximum
         outside_R, gidx_Rk = gmax_Rj[:, k], gidx_Rj[:, :k].contiguous()
         cand_RC = groups_RGS.gather(1, gidx_Rk[:, :, None].expand(R, k, _GROUP)).view(R, -1)
@@ -257,17 +259,46 @@ def ordered_topk(pre_RM: Tensor, k: int, key_RM: Tensor | None = None) -> tuple[
     vals_Rk, pos_Rk = vals_Rj[:, :k].contiguous(), pos_Rj[:, :k].contiguous()
     if bool(tied_R.any()):
         rows_T = tied_R.nonzero().squeeze(1)
-        sub_TM = pre_RM[rows_T]
         if key_RM is None:
-            # a stable descending sort keeps equal values in column order
-            order_TM = sub_TM.sort(dim=1, descending=True, stable=True).indices
+            _first_ties(pre_RM, gmax_RG, rows_T, vals_Rk, pos_Rk)
         else:
+            sub_TM = pre_RM[rows_T]
             by_key_TM = key_RM[rows_T].sort(dim=1, stable=True).indices
             order_TM = sub_TM.gather(1, by_key_TM).sort(dim=1, descending=True, stable=True)[1]
             order_TM = by_key_TM.gather(1, order_TM)
-        pos_Rk[rows_T] = order_TM[:, :k]
-        vals_Rk[rows_T] = sub_TM.gather(1, order_TM[:, :k])
+            pos_Rk[rows_T] = order_TM[:, :k]
+            vals_Rk[rows_T] = sub_TM.gather(1, order_TM[:, :k])
     return vals_Rk, pos_Rk
+
+
+def _first_ties(pre_RM: Tensor, gmax_RG: Tensor | None, rows_T: Tensor, vals_Rk: Tensor,
+                pos_Rk: Tensor) -> None:
+    """Redo the tied rows ``rows_T`` of a top-k (values descending) in place, under the rule
+    "equal values: the smaller column first".
+
+    A row's entries above its k-th value v are in every top-k, and its top-k holds ``need`` more
+    entries equal to v: the first ``need`` columns equal to v. Only the columns equal to v are
+    listed (from the groups whose maximum reaches v, when the group maxima ``gmax_RG`` are
+    known), not the whole row sorted: a single row of a whole batch (dense BatchTopK, ~67M
+    entries) would take tens of seconds to sort.
+    """
+    k = vals_Rk.shape[1]
+    cut_T = vals_Rk[rows_T, k - 1]
+    n_above_T = (vals_Rk[rows_T] > cut_T[:, None]).sum(dim=1)
+    if gmax_RG is None:
+        t_E, pos_E = (pre_RM[rows_T] == cut_T[:, None]).nonzero(as_tuple=True)
+    else:  # ascending (row, group), then the column inside the group: ascending columns
+        t_S, g_S = (gmax_RG[rows_T] >= cut_T[:, None]).nonzero(as_tuple=True)
+        groups_SS = pre_RM.view(pre_RM.shape[0], -1, _GROUP)[rows_T[t_S], g_S]
+        s_E, col_E = (groups_SS == cut_T[t_S, None]).nonzero(as_tuple=True)
+        t_E, pos_E = t_S[s_E], g_S[s_E] * _GROUP + col_E
+    first_T = torch.bincount(t_E, minlength=rows_T.numel()).cumsum(0)
+    first_T = torch.cat([first_T.new_zeros(1), first_T[:-1]])  # offset of each row's first
+    rank_E = torch.arange(t_E.numel(), device=t_E.device) - first_T[t_E]
+    take_E = rank_E < (k - n_above_T)[t_E]
+    t_E = t_E[take_E]
+    pos_Rk[rows_T[t_E], n_above_T[t_E] + rank_E[take_E]] = pos_E[take_E]
+    # the values there already equal v: positions n_above..k-1 of a descending top-k
 
 
 def merge_topk(vals_RC: Tensor, idx_RC: Tensor, k: int) -> tuple[Tensor, Tensor]:
