@@ -17,7 +17,7 @@ from torch import Tensor
 
 from saelab.architectures.base import SAE, StepContext
 from saelab.architectures.batchtopk import batch_topk_codes
-from saelab.architectures.topk import topk_codes
+from saelab.architectures.topk import topk_codes, topk_entries
 from saelab.ops import batch_topk_encode, topk_encode
 from saelab.registry import build
 from tests.helpers import small_sae
@@ -111,3 +111,12 @@ def test_dense_training_step_equals_sparse_under_ties(name: str, with_dead: bool
     for param in grads_s:
         torch.testing.assert_close(grads_d[param], grads_s[param], rtol=1e-5, atol=1e-5,
                                    msg=lambda m, p=param: f"{name}: grad of {p}: {m}")
+
+
+def test_dense_topk_keeps_leading_dimensions() -> None:
+    # a model's (batch, sequence, latents) pre-activations, as steering encodes them
+    pre = torch.randint(-3, 4, (2, 5, 40)).float()
+    vals, idx = topk_entries(pre, 4)
+    assert idx.shape == (2, 5, 4)
+    flat_vals, flat_idx = topk_entries(pre.reshape(10, 40), 4)
+    assert torch.equal(idx.reshape(10, 4), flat_idx) and torch.equal(vals.reshape(10, 4), flat_vals)

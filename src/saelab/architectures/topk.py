@@ -81,9 +81,11 @@ def topk_entries(pre_BM: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     The sparse path's tie rule (equal values: the smaller latent id, ``kernels.ordered_topk``),
     so the dense path selects the same entries; ``torch.topk`` picks among ties arbitrarily.
+    Any leading dimensions (e.g. batch × sequence when steering a model) are kept.
     """
     with torch.no_grad():
-        idx = ordered_topk(pre_BM.detach().contiguous(), k)[1]
+        rows = pre_BM.detach().reshape(-1, pre_BM.shape[-1]).contiguous()
+        idx = ordered_topk(rows, k)[1].reshape(*pre_BM.shape[:-1], -1)
     return pre_BM.gather(-1, idx), idx
 
 
