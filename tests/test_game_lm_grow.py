@@ -94,10 +94,14 @@ def test_wider_model_computes_what_the_source_computes_then_separates(tmp_path: 
         assert record["source_width"] == 16 and record["width"] == d_model
         torch.testing.assert_close(logits(grown, tokens), logits(source, tokens), rtol=1e-5,
                                    atol=1e-5)
-    # trained, the copies of the residual stream drift apart: the width is used
+    # trained, the copies of the residual stream drift apart at first order: the copies are
+    # read through different weights, so their gradients differ (identical readers leave them
+    # nearly equal: 0.008 of the change here, against 0.078 with the split readers)
     cfg = tiny(n_layer=2, d_model=32, n_head=4, seed=1, grow_from=str(tmp_path / "small"),
                lr=3e-3)
     meta = game_lm.train_lm(cfg, tmp_path / "wide", progress_seconds=1e9)
     assert meta["grown_from"]["width"] == 32
-    wte = lm.load_game_lm(tmp_path / "wide")[0].transformer.wte.weight
-    assert float((wte[:, :16] - wte[:, 16:]).abs().max()) > 1e-4
+    with torch.no_grad():
+        wte = lm.load_game_lm(tmp_path / "wide")[0].transformer.wte.weight
+        moved = (wte[:, :16] - source.transformer.wte.weight).norm()
+        assert float((wte[:, :16] - wte[:, 16:]).norm() / moved) > 0.03

@@ -133,9 +133,10 @@ def grow(model: nn.Module, source: nn.Module) -> dict[str, Any]:
     copies sees the same mean and variance, so it normalises as before; its gain and bias are
     divided by ``r``, which makes every reader of it (the attention's and MLP's input weights, and
     the tied unembedding), copied along the input for each copy, sum back to the source's value.
-    The source's heads and MLP units keep their weights and write the same update into every copy;
-    the added heads and units keep their fresh input weights and start with zero output weights.
-    They read the copies through different random weights, so training separates the copies.
+    The source's heads and MLP units write the same update into every copy; the weights with
+    which they read the copies are the source's plus zero-sum noise (see :func:`_split_reader`),
+    so the copies get different gradients and training separates them. The added heads and units
+    keep their fresh input weights and start with zero output weights.
 
     Gradients reach every zeroed projection from step 1 (its input is not zero). Returns a record
     of what was done (for ``training.json``). Raises ``ConfigError`` when the models cannot be
@@ -177,6 +178,17 @@ def grow(model: nn.Module, source: nn.Module) -> dict[str, Any]:
             "source_width": src.n_embd, "width": dst.n_embd}
 
 
+def _split_reader(fresh_ID: Tensor, source_WD: Tensor, r: int) -> Tensor:
+    """The source's input weights for ``r`` copies of its inputs, ``(r·W, D)``: copy c reads
+    with ``source + (fresh_c − mean of the fresh_c)``, so the copies' weights still sum to
+    ``r × source`` (the function is kept) but differ by the fresh initialisation's noise.
+    Identical readers would give every copy the same gradient, and the copies of the residual
+    stream would stay equal (a symmetric saddle that training leaves only slowly); Net2Net
+    breaks the same symmetry with noise."""
+    fresh_rWD = fresh_ID.reshape(r, *source_WD.shape)
+    return (source_WD + fresh_rWD - fresh_rWD.mean(dim=0, keepdim=True)).reshape(fresh_ID.shape)
+
+
 def _copy_layer_norm(dst: nn.LayerNorm, src: nn.LayerNorm, r: int) -> None:
     dst.weight.copy_(src.weight.repeat(r) / r)
     dst.bias.copy_(src.bias.repeat(r) / r)
@@ -191,10 +203,12 @@ def _widen_block(dst: Any, src: Any, r: int, width: int) -> None:
     for part in range(3):  # the query, key and value columns; the source's heads come first
         cols, src_cols = slice(part * wide, part * wide + width), slice(part * width,
                                                                         (part + 1) * width)
-        dst.attn.c_attn.weight[:, cols] = src.attn.c_attn.weight[:, src_cols].repeat(r, 1)
+        dst.attn.c_attn.weight[:, cols] = _split_reader(dst.attn.c_attn.weight[:, cols],
+                                                        src.attn.c_attn.weight[:, src_cols], r)
         dst.attn.c_attn.bias[cols] = src.attn.c_attn.bias[src_cols]
     inner = src.mlp.c_fc.weight.shape[1]
-    dst.mlp.c_fc.weight[:, :inner] = src.mlp.c_fc.weight.repeat(r, 1)
+    dst.mlp.c_fc.weight[:, :inner] = _split_reader(dst.mlp.c_fc.weight[:, :inner],
+                                                   src.mlp.c_fc.weight, r)
     dst.mlp.c_fc.bias[:inner] = src.mlp.c_fc.bias
     for d_proj, s_proj, used in ((dst.attn.c_proj, src.attn.c_proj, width),
                                  (dst.mlp.c_proj, src.mlp.c_proj, inner)):
