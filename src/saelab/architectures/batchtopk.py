@@ -50,9 +50,7 @@ def batch_topk_codes(pre_BM: Tensor, k: float, group: BatchGroup | None = None) 
     with torch.no_grad():  # selected on the pre-activations, as the sparse path does
         keys_1N, idx_1N = ordered_topk(flat.detach()[None], min(flat.numel(), n_keep))
         if group is not None and world > 1:
-            padded = keys_1N.new_full((1, n_keep), float("-inf"))
-            padded[:, : keys_1N.shape[1]] = keys_1N
-            everyone_1WC = group.gather(padded).view(1, world, n_keep)
+            everyone_1WC = _gather_candidate_keys(keys_1N, n_keep, group)
             idx_1N = idx_1N[keep_rank_share(keys_1N, idx_1N, everyone_1WC, n_keep, group.rank)]
     idx_N = idx_1N.flatten()
     vals_N = torch.relu(flat.gather(0, idx_N))
@@ -67,11 +65,17 @@ def keep_batch_share(codes: SparseCodes, keys_N: Tensor, n_keep: int,
     row, then the smaller latent id; rank r holds the r-th block of rows, so the lower rank
     first (``kernels.keep_rank_share``). Exchanges the n_keep candidate keys per rank."""
     keys_1N = keys_N.detach().float()[None]
-    padded = keys_1N.new_full((1, n_keep), float("-inf"))
-    padded[:, : keys_1N.shape[1]] = keys_1N
-    everyone_1WC = group.gather(padded).view(1, group.world_size, n_keep)
+    everyone_1WC = _gather_candidate_keys(keys_1N, n_keep, group)
     order_1N = (codes.row_ids() * codes.n_latents + codes.indices)[None]
     return keep_rank_share(keys_1N, order_1N, everyone_1WC, n_keep, group.rank)[0]
+
+
+def _gather_candidate_keys(keys_1N: Tensor, n_keep: int, group: BatchGroup) -> Tensor:
+    """Every rank's candidate keys in rank order, each list padded to n_keep with −inf →
+    (1, world, n_keep)."""
+    padded = keys_1N.new_full((1, n_keep), float("-inf"))
+    padded[:, : keys_1N.shape[1]] = keys_1N
+    return group.gather(padded).view(1, group.world_size, n_keep)
 
 
 @register("batchtopk")
