@@ -511,29 +511,53 @@ def _logits(model: nn.Module, tokens_GT: Tensor, batch_size: int = 256) -> Tenso
                       for s in range(0, tokens_GT.shape[0], batch_size)])
 
 
-def othello_legal_accuracy(model: nn.Module, games: othello.OthelloGames) -> float:
-    """Share of positions (every move but the last of each game) where the top-1 predicted
-    square is legal for the player who moves next. The pad token is never a prediction."""
+@dataclass
+class GameHits:
+    """Per-game counts behind a legal-move accuracy: ``hits[g]`` of ``scored[g]`` predictions
+    in game g were legal. Kept per game so that comparisons can resample whole games (positions
+    of one game are not independent)."""
+
+    hits: np.ndarray  # (G,) int
+    scored: np.ndarray  # (G,) int
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.hits.sum() / max(int(self.scored.sum()), 1))
+
+
+def othello_legal_hits(model: nn.Module, games: othello.OthelloGames) -> GameHits:
+    """Per game: positions (every move but the last) where the top-1 predicted square is legal
+    for the player who moves next, of those scored. The pad token is never a prediction."""
     tokens = torch.from_numpy(games.tokens())[:, :-1]
     logits = _logits(model, tokens)[..., 1:]  # drop the pad logit
     top_square = othello.tokens_to_squares(logits.argmax(-1).numpy() + 1)
     legal = othello.unpack_bits(games.next_legal[:, :-1])
     hit = np.take_along_axis(legal, top_square[..., None], axis=-1)[..., 0]
     scored = games.moves[:, 1:] >= 0  # a next move exists
-    return float(hit[scored].mean())
+    return GameHits((hit & scored).sum(axis=1), scored.sum(axis=1))
+
+
+def othello_legal_accuracy(model: nn.Module, games: othello.OthelloGames) -> float:
+    """Share of positions where the top-1 predicted square is legal (:func:`othello_legal_hits`)."""
+    return othello_legal_hits(model, games).accuracy
+
+
+def chess_first_char_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHits:
+    """Per game: move starts where the top-1 next character begins the SAN of a legal move."""
+    logits = _logits(model, torch.from_numpy(games.tokens))
+    top = logits.argmax(-1).numpy()
+    hits, total = np.zeros(games.n_games, np.int64), np.zeros(games.n_games, np.int64)
+    for g, i in zip(*np.nonzero(games.move_start_mask()), strict=True):
+        board = chess_games.replay_prefix(games.texts[g][:i + 1])
+        starts = {board.san(m)[0] for m in board.legal_moves}
+        hits[g] += chess_games.ALPHABET[top[g, i]] in starts
+        total[g] += 1
+    return GameHits(hits, total)
 
 
 def chess_first_char_accuracy(model: nn.Module, games: chess_games.ChessGames) -> float:
     """Share of move starts where the top-1 next character begins the SAN of a legal move."""
-    logits = _logits(model, torch.from_numpy(games.tokens))
-    top = logits.argmax(-1).numpy()
-    hits, total = 0, 0
-    for g, i in zip(*np.nonzero(games.move_start_mask()), strict=True):
-        board = chess_games.replay_prefix(games.texts[g][:i + 1])
-        starts = {board.san(m)[0] for m in board.legal_moves}
-        hits += chess_games.ALPHABET[top[g, i]] in starts
-        total += 1
-    return hits / max(total, 1)
+    return chess_first_char_hits(model, games).accuracy
 
 
 @torch.no_grad()
@@ -575,19 +599,24 @@ def _n_positions(model: nn.Module) -> int:
     return int(model_config(model).n_positions)
 
 
-def chess_greedy_accuracy(model: nn.Module, games: chess_games.ChessGames) -> float:
-    """Share of move starts where the greedily decoded move is exactly the SAN of a legal move
+def chess_greedy_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHits:
+    """Per game: move starts where the greedily decoded move is exactly the SAN of a legal move
     in the position (check marks included)."""
-    hits, total = 0, 0
+    hits, total = np.zeros(games.n_games, np.int64), np.zeros(games.n_games, np.int64)
     starts = games.move_start_mask()
     for g in range(games.n_games):
         positions = np.flatnonzero(starts[g])
         prefixes = [torch.from_numpy(games.tokens[g, :i + 1]) for i in positions]
         for i, move in zip(positions, greedy_moves(model, prefixes), strict=True):
             board = chess_games.replay_prefix(games.texts[g][:i + 1])
-            hits += move in {board.san(m) for m in board.legal_moves}
-            total += 1
-    return hits / max(total, 1)
+            hits[g] += move in {board.san(m) for m in board.legal_moves}
+            total[g] += 1
+    return GameHits(hits, total)
+
+
+def chess_greedy_accuracy(model: nn.Module, games: chess_games.ChessGames) -> float:
+    """Share of move starts where the greedily decoded move is legal (:func:`chess_greedy_hits`)."""
+    return chess_greedy_hits(model, games).accuracy
 
 
 def legal_move_accuracy(model: nn.Module, game: str, n_games: int, seed: int,

@@ -1,0 +1,104 @@
+"""Per-game legal-move counts (``lm.GameHits``) and benchmarks/game_lm_paired.py.
+
+An oracle that always predicts the move the game actually played is legal at every scored
+position, in Othello and in chess (first character and the greedy-decoded move); a model that
+names the square just played is never legal. The paired interval of the two is
+exactly [1, 1], and of a model against itself [0, 0].
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.boardgame import chess_games, lm, othello
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "game_lm_paired.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("game_lm_paired", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Oracle(torch.nn.Module):
+    """Logits that put the played continuation of a known game prefix first (zeros elsewhere)."""
+
+    def __init__(self, sequences: list[list[int]], vocab: int, n_positions: int) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.config = SimpleNamespace(n_positions=n_positions)
+        self.vocab = vocab
+        self.next_of: dict[tuple[int, ...], int] = {}
+        for seq in sequences:
+            for t in range(len(seq) - 1):
+                self.next_of[tuple(seq[:t + 1])] = seq[t + 1]
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b, row in enumerate(input_ids.tolist()):
+            for t in range(len(row)):
+                nxt = self.next_of.get(tuple(row[:t + 1]))
+                if nxt is not None:
+                    logits[b, t, nxt] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+class _Repeat(torch.nn.Module):
+    """Names the square just played: occupied, so never a legal next move."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = vocab
+
+    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(input_ids, self.vocab).float())
+
+
+def test_othello_hits_per_game_and_paired_interval() -> None:
+    games = othello.random_games(12, seed=5)
+    tokens = games.tokens()
+    oracle = _Oracle([[int(x) for x in row if x] for row in tokens], othello.VOCAB_SIZE,
+                     othello.MAX_MOVES)
+    occupied = _Repeat(othello.VOCAB_SIZE)
+    good, bad = lm.othello_legal_hits(oracle, games), lm.othello_legal_hits(occupied, games)
+    np.testing.assert_array_equal(good.scored, games.lengths - 1)
+    np.testing.assert_array_equal(good.hits, good.scored)
+    assert good.accuracy == 1.0 and bad.accuracy == 0.0
+    assert lm.othello_legal_accuracy(oracle, games) == 1.0
+    bench = _bench()
+    assert bench.paired_interval(good, bad, resamples=200) == (1.0, 1.0)
+    assert bench.paired_interval(good, good, resamples=200) == (0.0, 0.0)
+
+
+def test_paired_interval_resamples_whole_games() -> None:
+    # game 0: 10 of 10 for a, 0 for b; game 1: 0 of 30 for both. Resampling positions would
+    # centre near 0.25; resampling games gives differences of 0, 0.25 or 1 only.
+    a = lm.GameHits(np.array([10, 0]), np.array([10, 30]))
+    b = lm.GameHits(np.array([0, 0]), np.array([10, 30]))
+    lo, hi = _bench().paired_interval(a, b, resamples=500)
+    assert lo == 0.0 and hi == 1.0
+    # paired: the same resampled games for both, so a model against itself differs by 0
+    uneven = lm.GameHits(np.array([3, 9, 0, 5]), np.array([10, 10, 10, 10]))
+    assert _bench().paired_interval(uneven, uneven, resamples=500) == (0.0, 0.0)
+
+
+def test_chess_hits_with_an_oracle() -> None:
+    pytest.importorskip("chess")
+    games = chess_games.random_games(2, seed=3, max_chars=64)
+    sequences = [chess_games.encode(text).tolist() for text in games.texts]
+    oracle = _Oracle(sequences, chess_games.VOCAB_SIZE, 64)
+    first = lm.chess_first_char_hits(oracle, games)
+    greedy = lm.chess_greedy_hits(oracle, games)
+    assert first.scored.sum() > 0 and first.accuracy == 1.0
+    np.testing.assert_array_equal(greedy.scored, first.scored)
+    assert greedy.accuracy == 1.0
