@@ -42,14 +42,27 @@ class _Oracle(torch.nn.Module):
             for t in range(len(seq) - 1):
                 self.next_of[tuple(seq[:t + 1])] = seq[t + 1]
 
-    def forward(self, input_ids: torch.Tensor) -> SimpleNamespace:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: list[list[int]] | None = None,
+                use_cache: bool = False) -> SimpleNamespace:
+        """Like a causal LM: without ``cache`` the rows are read from the start (padding after
+        ``attention_mask``'s end); with it, each row's fed characters continue its sequence,
+        which this oracle keeps as its "cache"."""
+        rows = input_ids.tolist()
+        if cache is None:
+            keep = [len(r) for r in rows] if attention_mask is None else attention_mask.sum(1)
+            seqs = [r[:int(n)] for r, n in zip(rows, keep, strict=True)]
+            starts = [0] * len(rows)
+        else:
+            starts = [len(c) for c in cache]
+            seqs = [c + r for c, r in zip(cache, rows, strict=True)]
         logits = torch.zeros(*input_ids.shape, self.vocab)
-        for b, row in enumerate(input_ids.tolist()):
-            for t in range(len(row)):
-                nxt = self.next_of.get(tuple(row[:t + 1]))
+        for b, seq in enumerate(seqs):
+            for t in range(input_ids.shape[1]):
+                nxt = self.next_of.get(tuple(seq[:starts[b] + t + 1]))
                 if nxt is not None:
                     logits[b, t, nxt] = 1.0
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits, cache=seqs)
 
 
 class _Repeat(torch.nn.Module):
@@ -102,3 +115,55 @@ def test_chess_hits_with_an_oracle() -> None:
     assert first.scored.sum() > 0 and first.accuracy == 1.0
     np.testing.assert_array_equal(greedy.scored, first.scored)
     assert greedy.accuracy == 1.0
+
+
+def test_boards_at_and_san_first_char_match_the_reference() -> None:
+    pytest.importorskip("chess")
+    for game in chess_games.iter_games(6, seed=11, max_chars=256):
+        text = game.text
+        positions = list(range(len(text)))
+        for i, board in zip(positions, chess_games.boards_at(text, positions), strict=True):
+            reference = chess_games.replay_prefix(text[:i + 1])
+            assert board.fen() == reference.fen(), (text, i)
+            for move in board.legal_moves:
+                assert chess_games.san_first_char(board, move) == board.san(move)[0]
+    with pytest.raises(ValueError, match="must not decrease"):
+        list(chess_games.boards_at(";1.e4 e5 ", [5, 3]))
+
+
+def _uncached_greedy(model: torch.nn.Module, prefix: torch.Tensor, max_new: int) -> str:
+    """Reference decode: the whole sequence re-read at every step, one prefix at a time."""
+    stops = {chess_games.PAD_ID, chess_games.ALPHABET.index(".")}
+    limit = int(lm.model_config(model).n_positions)
+    seq = prefix.tolist()
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt in stops:
+                break
+            out.append(nxt)
+            seq.append(nxt)
+            if len(seq) >= limit:
+                break
+    return chess_games.decode(out)
+
+
+def test_cached_greedy_decoding_equals_rereading_every_step() -> None:
+    """On the shipped chess model (a trained model is sensitive to positions and padding, which
+    a random one hardly is): prefixes of many lengths in one batch, some at the context limit."""
+    pytest.importorskip("chess")
+    if not (lm.pretrained_path("chess") / "model.safetensors").exists():
+        pytest.skip("the shipped chess model is not in this checkout")
+    model, _ = lm.load_game_lm("chess")
+    model.eval()
+    limit = int(lm.model_config(model).n_positions)
+    game = chess_games.random_games(1, seed=lm.held_out_seed(7), max_chars=limit)
+    starts = np.flatnonzero(game.move_start_mask()[0])
+    ids = torch.from_numpy(game.tokens[0])
+    prefixes = [ids[:i + 1] for i in starts[::4]]
+    prefixes += [ids[:limit - 2], ids[:limit]]  # decoding stops at the context limit
+    got = lm.greedy_moves(model, prefixes, max_new=8)
+    want = [_uncached_greedy(model, p, 8) for p in prefixes]
+    assert got == want
+    assert sum(len(m) > 2 for m in want) >= 3  # several steps decoded: the cache is exercised

@@ -15,7 +15,7 @@ and at the space after White's move (just before Black's), every earlier move is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -239,3 +239,47 @@ def replay_prefix(text: str) -> chess.Board:
         except ValueError as err:
             raise ChessDataError(f"move {san!r} in {text!r} is not legal: {err}") from err
     return board
+
+
+def boards_at(text: str, positions: Iterable[int]) -> Iterator[chess.Board]:
+    """For each of the increasing ``positions`` i, the board :func:`replay_prefix` gives for
+    ``text[:i + 1]``, replaying the game once instead of once per prefix.
+
+    The same ``Board`` is yielded each time, advanced in place: use it before the next one.
+    """
+    import chess
+
+    if not text.startswith(START_CHAR):
+        raise ChessDataError(f"movetext must start with {START_CHAR!r}, got {text[:10]!r}")
+    board = chess.Board()
+    spaces = [k for k, char in enumerate(text) if char == " "]
+    token_starts = [1] + [k + 1 for k in spaces]
+    pushed, previous = 0, -1
+    for i in positions:
+        if i < previous:
+            raise ValueError(f"positions must not decrease ({i} after {previous})")
+        previous = i
+        while pushed < len(spaces) and spaces[pushed] <= i:  # moves completed by a space
+            san = text[token_starts[pushed]:spaces[pushed]].split(".")[-1]
+            if san:
+                try:
+                    board.push_san(san)
+                except ValueError as err:
+                    raise ChessDataError(f"move {san!r} in {text!r} is not legal: {err}") from err
+            pushed += 1
+        yield board
+
+
+def san_first_char(board: chess.Board, move: chess.Move) -> str:
+    """``board.san(move)[0]`` without generating the whole SAN (which tests for check): ``O``
+    for castling, the file of a pawn move, else the piece's letter."""
+    import chess
+
+    if board.is_castling(move):
+        return "O"
+    piece = board.piece_type_at(move.from_square)
+    if piece is None:
+        raise ChessDataError(f"no piece on {chess.square_name(move.from_square)} for {move}")
+    if piece == chess.PAWN:
+        return chess.FILE_NAMES[chess.square_file(move.from_square)]
+    return chess.piece_symbol(piece).upper()

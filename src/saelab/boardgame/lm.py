@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import math
 import os
@@ -547,11 +548,14 @@ def chess_first_char_hits(model: nn.Module, games: chess_games.ChessGames) -> Ga
     logits = _logits(model, torch.from_numpy(games.tokens))
     top = logits.argmax(-1).numpy()
     hits, total = np.zeros(games.n_games, np.int64), np.zeros(games.n_games, np.int64)
-    for g, i in zip(*np.nonzero(games.move_start_mask()), strict=True):
-        board = chess_games.replay_prefix(games.texts[g][:i + 1])
-        starts = {board.san(m)[0] for m in board.legal_moves}
-        hits[g] += chess_games.ALPHABET[top[g, i]] in starts
-        total[g] += 1
+    starts_GL = games.move_start_mask()
+    for g in range(games.n_games):
+        positions = np.flatnonzero(starts_GL[g])
+        for i, board in zip(positions, chess_games.boards_at(games.texts[g], positions),
+                            strict=True):
+            firsts = {chess_games.san_first_char(board, m) for m in board.legal_moves}
+            hits[g] += chess_games.ALPHABET[top[g, i]] in firsts
+            total[g] += 1
     return GameHits(hits, total)
 
 
@@ -564,30 +568,47 @@ def chess_first_char_accuracy(model: nn.Module, games: chess_games.ChessGames) -
 def greedy_moves(model: nn.Module, prefixes: list[Tensor], max_new: int = 8) -> list[str]:
     """Greedy-decode one move after each prefix: characters up to the next space or ``.``.
 
-    Prefixes are right-padded into one batch; in a causal model padding after a sequence's end
-    cannot change its logits, so no attention mask is needed.
+    One batch, right-padded, with the key/value cache: the prefixes are read once and each
+    further step feeds one character per row at that row's own position (the attention mask
+    hides the padding). A row that has stopped is fed filler that nothing reads.
     """
+    device = next(model.parameters()).device
+    n, limit = len(prefixes), _n_positions(model)
+    lengths = torch.tensor([len(p) for p in prefixes])
+    batch = nn.utils.rnn.pad_sequence(prefixes, batch_first=True, padding_value=0)
+    mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long()
+    out = model(input_ids=batch.to(device), attention_mask=mask.to(device), use_cache=True)
+    logits = out.logits[torch.arange(n), lengths.to(device) - 1]
     decoded: list[list[int]] = [[] for _ in prefixes]
-    active = list(range(len(prefixes)))
+    active = [True] * n
     stops = {chess_games.PAD_ID, chess_games.ALPHABET.index(".")}
-    for _ in range(max_new):
-        if not active:
-            break
-        seqs = [torch.cat([prefixes[j], torch.tensor(decoded[j], dtype=torch.int64)])
-                for j in active]
-        batch = nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0)
-        logits = model(input_ids=batch).logits
-        last = torch.tensor([len(s) - 1 for s in seqs])
-        next_ids = logits[torch.arange(len(seqs)), last].argmax(-1).tolist()
-        still = []
-        for j, nxt in zip(active, next_ids, strict=True):
+    for step in range(max_new):
+        next_ids = logits.argmax(-1).cpu()
+        for j in range(n):
+            if not active[j]:
+                continue
+            nxt = int(next_ids[j])
             if nxt in stops:
+                active[j] = False
                 continue
             decoded[j].append(nxt)
-            if len(prefixes[j]) + len(decoded[j]) < _n_positions(model):
-                still.append(j)
-        active = still
+            active[j] = int(lengths[j]) + len(decoded[j]) < limit
+        if not any(active) or step == max_new - 1:
+            break
+        positions = (lengths + step).clamp_max(limit - 1)[:, None]  # of the character fed
+        mask = torch.cat([mask, torch.ones(n, 1, dtype=mask.dtype)], dim=1)
+        out = model(input_ids=next_ids[:, None].to(device), attention_mask=mask.to(device),
+                    position_ids=positions.to(device), use_cache=True, **_cache_in(model, out))
+        logits = out.logits[:, -1]
     return [chess_games.decode(d) for d in decoded]
+
+
+def _cache_in(model: nn.Module, out: Any) -> dict[str, Any]:
+    """The key/value cache of ``out`` as the keyword ``model`` takes it: ``cache`` in recent
+    transformers, ``past_key_values`` before."""
+    if "cache" in inspect.signature(model.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
 
 
 def model_config(model: nn.Module) -> Any:
@@ -607,8 +628,8 @@ def chess_greedy_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHi
     for g in range(games.n_games):
         positions = np.flatnonzero(starts[g])
         prefixes = [torch.from_numpy(games.tokens[g, :i + 1]) for i in positions]
-        for i, move in zip(positions, greedy_moves(model, prefixes), strict=True):
-            board = chess_games.replay_prefix(games.texts[g][:i + 1])
+        boards = chess_games.boards_at(games.texts[g], positions)
+        for move, board in zip(greedy_moves(model, prefixes), boards, strict=True):
             hits[g] += move in {board.san(m) for m in board.legal_moves}
             total[g] += 1
     return GameHits(hits, total)
