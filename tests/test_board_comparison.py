@@ -131,3 +131,19 @@ def test_matched_contrasts_compare_each_architecture_with_its_own_control() -> N
                 ComparisonConfig()))
     table = format_table(compare(trained, "othello", ComparisonConfig()))
     assert "same architecture at matched L0" not in table  # no control: no contrast rows
+
+
+def test_one_seed_is_never_called_apart() -> None:
+    # the same clear gap as above (0.9 vs 0.5 held out, 0.8 vs 0.3 paper-style), one seed each:
+    # no interval exists, so neither claim of "95% intervals apart" may read yes
+    trained = _sweep("trained", "topk", 0.8, 0.6, (0,))
+    control = [dataclasses.replace(p, coverage_test=0.5)
+               for p in _sweep("random-init", "topk", 0.3, 0.3, (0,))]
+    cmp = compare(trained + control, "othello", ComparisonConfig())
+    contrast = matched_contrasts(cmp)[0]
+    assert not contrast.reproduces and "one seed" in contrast.ours
+    above_control = cmp.findings[0]
+    assert not above_control.reproduces and "one seed" in above_control.ours
+    two = _sweep("trained", "topk", 0.8, 0.6) + [
+        dataclasses.replace(p, coverage_test=0.5) for p in _sweep("random-init", "topk", 0.3, 0.3)]
+    assert matched_contrasts(compare(two, "othello", ComparisonConfig()))[0].reproduces

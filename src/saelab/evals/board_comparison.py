@@ -217,12 +217,13 @@ def findings(comparison: BoardComparison) -> list[Finding]:
             # a group of properties has no reconstruction score
             if math.isnan(weakest.mean) or math.isnan(best_control.mean):
                 continue
+            above, note = _intervals_apart(weakest, best_control)
             out.append(Finding(
                 f"every architecture's {metric} on the trained model is above the best on the "
                 "random-init control, their 95% intervals apart",
                 _paper_range(comparison.game, comparison.property, metric),
-                f"trained min {weakest.text()} vs random-init max {best_control.text()}",
-                weakest.low > best_control.high))
+                f"trained min {weakest.text()} vs random-init max {best_control.text()}{note}",
+                above))
     names = [a for a in ("topk", "gated", "panneal", "relu") if a in trained]
     # the orderings are the paper's Othello findings (its chess comparison is p-anneal only)
     if len(names) == 4 and comparison.game == "othello":
@@ -262,13 +263,22 @@ def matched_contrasts(comparison: BoardComparison) -> list[Finding]:
             ours, theirs = getattr(row, attr), getattr(control, attr)
             if math.isnan(ours.mean) or math.isnan(theirs.mean):
                 continue
-            note = "" if both else " (L0 not matched: compare with care)"
+            above, note = _intervals_apart(ours, theirs)
+            if not both:
+                note += " (L0 not matched: compare with care)"
             out.append(Finding(
                 f"{name}: held-out {metric} at L0 ≈ {comparison.config.target_l0:g}, trained "
                 "above random-init, 95% intervals apart", "",
-                f"{ours.text()} vs {theirs.text()}{note}",
-                both and ours.low > theirs.high))
+                f"{ours.text()} vs {theirs.text()}{note}", both and above))
     return out
+
+
+def _intervals_apart(upper: Stat, lower: Stat) -> tuple[bool, str]:
+    """Whether ``upper``'s 95% interval lies wholly above ``lower``'s, and a note for the report.
+    One seed gives no interval, so the claim is not judged (never a yes on two point values)."""
+    if math.isnan(upper.ci95) or math.isnan(lower.ci95):
+        return False, " (one seed: no interval, not judged)"
+    return upper.low > lower.high, ""
 
 
 def _paper_range(game: str, prop: str, metric: str) -> str:
