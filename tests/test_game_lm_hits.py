@@ -9,6 +9,7 @@ exactly [1, 1], and of a model against itself [0, 0].
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -167,3 +168,29 @@ def test_cached_greedy_decoding_equals_rereading_every_step() -> None:
     want = [_uncached_greedy(model, p, 8) for p in prefixes]
     assert got == want
     assert sum(len(m) > 2 for m in want) >= 3  # several steps decoded: the cache is exercised
+
+
+class _PastKeyValuesApi(torch.nn.Module):
+    """A model with the older transformers keyword (``past_key_values`` in and out)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values: object = None,
+                use_cache: bool = False) -> SimpleNamespace:
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids, use_cache=use_cache, cache=past_key_values)
+        return SimpleNamespace(logits=out.logits, past_key_values=out.cache)
+
+
+def test_greedy_decoding_passes_the_cache_under_either_keyword() -> None:
+    pytest.importorskip("chess")
+    cfg = lm.LMTrainConfig(game="chess", n_layer=1, d_model=16, n_head=2, max_chars=32)
+    model = lm.build_model(cfg).eval()
+    if "cache" not in inspect.signature(model.forward).parameters:
+        pytest.skip("this transformers takes past_key_values itself")
+    prefixes = [torch.from_numpy(chess_games.encode(t)) for t in (";1.", ";1.e4 ", ";1.e4 e5 2.")]
+    assert lm.greedy_moves(_PastKeyValuesApi(model), prefixes) == lm.greedy_moves(model, prefixes)
