@@ -17,21 +17,8 @@ import json
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from saelab.boardgame import chess_games, lm, othello
-
-
-def scores(model: nn.Module, game: str, n_games: int, greedy_games: int, seed: int
-           ) -> dict[str, lm.GameHits]:
-    """Per-game hit counts of every legal-move metric of ``game`` (as ``lm.legal_move_accuracy``)."""
-    if game == "othello":
-        return {"top1_legal": lm.othello_legal_hits(model, othello.random_games(n_games, seed))}
-    max_chars = int(lm.model_config(model).n_positions)
-    games = chess_games.random_games(n_games, seed, max_chars)
-    few = chess_games.random_games(min(greedy_games, n_games), seed, max_chars)
-    return {"first_char_legal": lm.chess_first_char_hits(model, games),
-            "greedy_move_legal": lm.chess_greedy_hits(model, few)}
+from saelab.boardgame import lm
 
 
 def paired_interval(a: lm.GameHits, b: lm.GameHits, resamples: int, seed: int = 0
@@ -61,8 +48,9 @@ def main() -> None:
         raise SystemExit(f"{args.model_a} is a {game} model and {args.model_b} a {game_b} "
                          "model; compare two models of the same game")
     seed = lm.held_out_seed(args.seed)
-    a = scores(model_a.eval(), game, args.games, args.greedy_games, seed)
-    b = scores(model_b.eval(), game, args.games, args.greedy_games, seed)
+    max_chars = int(lm.model_config(model_a).n_positions)  # lm-eval's: the model's context
+    a = lm.legal_move_hits(model_a, game, args.games, seed, args.greedy_games, max_chars)
+    b = lm.legal_move_hits(model_b, game, args.games, seed, args.greedy_games, max_chars)
     result: dict[str, Any] = {"game": game, "games": args.games, "model_a": args.model_a,
                               "model_b": args.model_b}
     if game == "chess":

@@ -1,7 +1,10 @@
-"""Shared test helpers: small configs for every architecture."""
+"""Shared test helpers: small configs for every architecture; loading a benchmark script."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -41,3 +44,13 @@ def all_names() -> list[str]:
 
 def ctx(step: int = 5, total: int = 100, dead: torch.Tensor | None = None) -> StepContext:
     return StepContext(step=step, total_steps=total, dead_mask_M=dead)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,9 +8,7 @@ exactly [1, 1], and of a model against itself [0, 0].
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
@@ -18,16 +16,11 @@ import pytest
 import torch
 
 from saelab.boardgame import chess_games, lm, othello
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "game_lm_paired.py"
+from tests.helpers import load_benchmark
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("game_lm_paired", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("game_lm_paired")
 
 
 class _Oracle(torch.nn.Module):

@@ -640,17 +640,24 @@ def chess_greedy_accuracy(model: nn.Module, games: chess_games.ChessGames) -> fl
     return chess_greedy_hits(model, games).accuracy
 
 
-def legal_move_accuracy(model: nn.Module, game: str, n_games: int, seed: int,
-                        greedy_games: int = 30, max_chars: int = 256,
-                        greedy_prob: float = 0.8) -> dict[str, float]:
-    """Legal-move accuracies of ``model`` on ``n_games`` seeded held-out games (see
+def legal_move_hits(model: nn.Module, game: str, n_games: int, seed: int,
+                    greedy_games: int = 30, max_chars: int = 256,
+                    greedy_prob: float = 0.8) -> dict[str, GameHits]:
+    """Per-game counts of every legal-move metric of ``game`` on ``n_games`` seeded held-out
+    games; chess's greedy decoding runs on the first ``greedy_games`` of them (see
     docs/boardgame.md for the definitions)."""
     model.eval()
     if game == "othello":
-        return {"top1_legal": othello_legal_accuracy(model, othello.random_games(n_games, seed))}
+        return {"top1_legal": othello_legal_hits(model, othello.random_games(n_games, seed))}
     games = chess_games.random_games(n_games, seed, max_chars, greedy_prob)
-    few = chess_games.games_from_list(
-        list(chess_games.iter_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)),
-        max_chars)
-    return {"first_char_legal": chess_first_char_accuracy(model, games),
-            "greedy_move_legal": chess_greedy_accuracy(model, few)}
+    few = chess_games.random_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)
+    return {"first_char_legal": chess_first_char_hits(model, games),
+            "greedy_move_legal": chess_greedy_hits(model, few)}
+
+
+def legal_move_accuracy(model: nn.Module, game: str, n_games: int, seed: int,
+                        greedy_games: int = 30, max_chars: int = 256,
+                        greedy_prob: float = 0.8) -> dict[str, float]:
+    """The accuracies of :func:`legal_move_hits`."""
+    hits = legal_move_hits(model, game, n_games, seed, greedy_games, max_chars, greedy_prob)
+    return {name: counts.accuracy for name, counts in hits.items()}
