@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -49,8 +51,15 @@ def main() -> None:
                          "model; compare two models of the same game")
     seed = lm.held_out_seed(args.seed)
     max_chars = int(lm.model_config(model_a).n_positions)  # lm-eval's: the model's context
-    a = lm.legal_move_hits(model_a, game, args.games, seed, args.greedy_games, max_chars)
-    b = lm.legal_move_hits(model_b, game, args.games, seed, args.greedy_games, max_chars)
+    start = time.time()
+    hits = []
+    for label, model in (("a", model_a), ("b", model_b)):
+        print(f"[{time.time() - start:6.0f} s] model {label}: scoring {args.games} held-out "
+              f"{game} games ...", file=sys.stderr, flush=True)
+        hits.append(lm.legal_move_hits(model, game, args.games, seed, args.greedy_games,
+                                       max_chars))
+    print(f"[{time.time() - start:6.0f} s] done", file=sys.stderr, flush=True)
+    a, b = hits
     result: dict[str, Any] = {"game": game, "games": args.games, "model_a": args.model_a,
                               "model_b": args.model_b}
     if game == "chess":
