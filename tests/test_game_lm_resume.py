@@ -163,3 +163,33 @@ def test_train_resume_and_lm_eval_from_the_command_line(tmp_path: Path, capsys) 
     scores = json.loads(capsys.readouterr().out)
     assert 0 <= scores["top1_legal"] <= 1
     assert scores["board_probe"]["layer"] == 0 and 0 < scores["board_probe"]["square_accuracy"] <= 1
+
+
+def test_autocast_may_change_on_resume_and_the_commands_retrace_it(tmp_path: Path) -> None:
+    from saelab.cli import main
+
+    common = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--batch-size", "8",
+              "--eval-games", "4", "--warmup-steps", "1", "--train-games", "32"]
+    straight, mixed = tmp_path / "fp32", tmp_path / "mixed"
+    assert main(["boardgame", "train-lm", "--out", str(straight), *common]) == 0
+    assert main(["boardgame", "train-lm", "--out", str(mixed), *common,
+                 "--stop-at-step", "2"]) == 130
+    assert main(["boardgame", "train-lm", "--resume", str(mixed), "--autocast", "bf16"]) == 0
+    meta = json.loads((mixed / "training.json").read_text())
+    assert [(s["from_step"], s["autocast"]) for s in meta["schedule_segments"]] == [
+        (0, "off"), (2, "bf16")]
+    a, b = _weights(straight), _weights(mixed)
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the bf16 steps rounded differently
+    assert all(torch.isfinite(v).all() for v in b.values())
+    again = tmp_path / "again"
+    for command in meta["command"].replace("OUT", str(again)).split(" && "):
+        assert main(command.split()[1:]) in (0, 130)
+    c = _weights(again)
+    assert all(torch.equal(b[k], c[k]) for k in b)
+
+
+def test_segments_of_checkpoints_older_than_autocast_read_as_off() -> None:
+    segments = [{"from_step": 0, "train_games": 96}, {"from_step": 5, "train_games": 200}]
+    commands = game_lm.reproduce_commands(tiny(autocast="bf16"), segments)
+    assert "--autocast off" in commands[0] and "--stop-at-step 5" in commands[0]
+    assert commands[1].endswith("--train-games 200 --autocast off")

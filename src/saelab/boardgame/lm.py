@@ -63,6 +63,10 @@ class LMTrainConfig:
     chunk_games: int = option(16_384, "games generated at a time (memory stays bounded; each "
                               "chunk has its own seed, so a resumed run regenerates the same games)")
     device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps")
+    autocast: Literal["off", "bf16"] = option(
+        "off", "bf16: run the model's matrix products in bfloat16 (weights, gradients, AdamW "
+        "state and the loss stay float32); about 1.8x faster on CPUs with native bf16 "
+        "(avx512_bf16, AMX) and on GPUs")
     checkpoint_minutes: float = option(10.0, "minutes between resumable checkpoints in "
                                        "OUT/checkpoint/ (also written when stopped)")
     grow_from: str = option("", "start from this trained game LM (a folder, or a game name for "
@@ -86,8 +90,11 @@ class LMTrainConfig:
             raise ConfigError("grow_from needs a one-epoch run (epochs=1)")
 
 
-#: Settings that only say where and how fast a run goes; a resumed run may change them.
-RUN_ONLY_SETTINGS = ("device", "threads", "checkpoint_minutes", "eval_games", "greedy_eval_games")
+#: Settings that only say where and how fast a run goes; a resumed run may change them. Device
+#: and autocast change the rounding, so such a run is no longer bit-identical to a straight one
+#: (the run's schedule segments record each autocast change).
+RUN_ONLY_SETTINGS = ("device", "threads", "checkpoint_minutes", "eval_games", "greedy_eval_games",
+                     "autocast")
 
 
 def context_length(game: str, max_chars: int = 256) -> int:

@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from saelab.boardgame import lm, othello
 from saelab.config import ConfigError, from_dict, to_dict
@@ -72,8 +72,9 @@ class RunState:
     data_seconds: float = 0.0
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per checkpoint
-    # the schedule's history: from step s on the run aimed at train_games (changed on resume)
-    segments: list[dict[str, int]] = field(default_factory=list)
+    # the schedule's history: from step s on the run aimed at train_games with the given
+    # autocast (either may change on resume; segments written before autocast existed lack it)
+    segments: list[dict[str, Any]] = field(default_factory=list)
     # where the weights started when grown from a smaller model (``grow_from``); None: random
     grown_from: dict[str, Any] | None = None
 
@@ -126,13 +127,14 @@ def train_lm(cfg: lm.LMTrainConfig, out_dir: str | Path, command: str = "",
     torch.set_num_threads(cfg.threads)
     try:
         model = lm.build_model(cfg).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
-                                weight_decay=cfg.weight_decay)
+        opt = make_optimizer(model, cfg)
         state = _load_checkpoint(checkpoint_path(out), model, opt) if resume else RunState()
         if not resume and cfg.grow_from:
             state.grown_from = _grow(model, cfg)
-        if not state.segments or state.segments[-1]["train_games"] != cfg.train_games:
-            state.segments.append({"from_step": state.step, "train_games": cfg.train_games})
+        if not state.segments or _segment_settings(state.segments[-1]) != _segment_settings(
+                {"train_games": cfg.train_games, "autocast": cfg.autocast}):
+            state.segments.append({"from_step": state.step, "train_games": cfg.train_games,
+                                   "autocast": cfg.autocast})
         if resume:
             print(f"resuming from {checkpoint_path(out)}: step {state.step}/"
                   f"{lm.total_steps(cfg)}, {_fmt(state.train_seconds)} trained so far",
@@ -201,13 +203,7 @@ def _fit(model: nn.Module, opt: torch.optim.Optimizer, cfg: lm.LMTrainConfig, st
         data_seconds += waited
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lm.lr_factor(batch.step, total, cfg.warmup_steps)
-        loss = batch.data.loss(model(input_ids=batch.data.inputs[batch.rows].to(device)).logits,
-                               batch.rows)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        state.recent_losses.append(float(loss.detach()))
+        state.recent_losses.append(train_step(model, opt, batch.data, batch.rows, cfg, device))
         state.step, session_steps = batch.step + 1, session_steps + 1
         now = time.time()
         if now - last_print >= progress_seconds or state.step == total:
@@ -231,6 +227,24 @@ def _fit(model: nn.Module, opt: torch.optim.Optimizer, cfg: lm.LMTrainConfig, st
             session_steps, data_seconds = 0, 0.0
             if stopping and state.step < total:
                 raise TrainingStopped(state.step, total, path)
+
+
+def make_optimizer(model: nn.Module, cfg: lm.LMTrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                             weight_decay=cfg.weight_decay)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, data: lm.TrainingData,
+               rows: Tensor, cfg: lm.LMTrainConfig, device: torch.device) -> float:
+    """One optimiser step on the games ``rows`` of ``data``; returns the loss."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+        logits = model(input_ids=data.inputs[rows].to(device)).logits
+    loss = data.loss(logits.float(), rows)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
 
 
 def _timed(batches: Iterator[lm.Batch]) -> Iterator[tuple[lm.Batch, float]]:
@@ -368,18 +382,24 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     return state
 
 
-def reproduce_commands(cfg: lm.LMTrainConfig, segments: list[dict[str, int]]) -> list[str]:
-    """The commands that retrace a run whose ``--train-games`` changed on resume: each part
-    stops where the next one changed the schedule (``--stop-at-step``), so they give the same
-    weights as the run itself (same torch build and thread count)."""
+def _segment_settings(segment: dict[str, Any]) -> tuple[int, Literal["off", "bf16"]]:
+    return segment["train_games"], segment.get("autocast", "off")
+
+
+def reproduce_commands(cfg: lm.LMTrainConfig, segments: list[dict[str, Any]]) -> list[str]:
+    """The commands that retrace a run whose ``--train-games`` or ``--autocast`` changed on
+    resume: each part stops where the next one changed (``--stop-at-step``), so they give the
+    same weights as the run itself (same torch build and thread count)."""
     if len(segments) <= 1:
         return [lm.reproduce_command(cfg)]
-    first = dataclasses.replace(cfg, train_games=segments[0]["train_games"])
+    games, autocast = _segment_settings(segments[0])
+    first = dataclasses.replace(cfg, train_games=games, autocast=autocast)
     commands = [lm.reproduce_command(first)]
     for seg in segments[1:]:
         commands[-1] += f" --stop-at-step {seg['from_step']}"
-        commands.append(f"saelab boardgame train-lm --resume OUT --train-games "
-                        f"{seg['train_games']}")
+        games, autocast = _segment_settings(seg)
+        commands.append(f"saelab boardgame train-lm --resume OUT --train-games {games} "
+                        f"--autocast {autocast}")
     return commands
 
 
