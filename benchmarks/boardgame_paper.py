@@ -28,11 +28,14 @@ architecture (relu, panneal, gated; TopK's k needs none) whose L0 lands on ``--t
 ``saelab.search.match_l0``, then sweeps at the L0s ``target × --calibration-spread`` (default
 0.5 1 2 4: 8/16/32/64, TopK's k sweep), their coefficients placed by the same secant steps
 from the measured (coefficient, L0) pairs. It runs once per kind, with seed 0 (the other seeds
-use the same sweep; their L0 scatters around it, which the sweep's spread absorbs), at the
+use the same sweep; their L0 scatters around it, which the sweep's spread absorbs), or with
+``--calibrate-each-seed`` once per (kind, seed) with that seed, so each seed's sweep is placed
+around its own matched coefficient (costs one calibration per job), at the
 jobs' own ``--tokens`` (a penalty SAE's L0 falls as it trains longer, so a shorter calibration
 would place the jobs below the target), with L0 measured on the evaluation's training games
 (never the test games). The result (every value tried, its L0, matched or not, the sweep) goes
-to ``--out/calibration_KIND.json`` as soon as it is found; a rerun reuses it and refuses one
+to ``--out/calibration_KIND.json`` (per seed: ``calibration_KIND_seedS.json``) as soon as it
+is found; a rerun reuses it and refuses one
 made with other inputs. ``--sweep`` for a calibrated architecture is refused.
 
 Long runs: each (model, seed) result is written to ``--out/jobs/`` as it finishes and a rerun
@@ -167,7 +170,7 @@ def check_job_model(record: dict[str, Any], path: Path, sha: str, model: str) ->
 #: options that exist only with ``--calibrate-l0`` (a run without it keeps the spec.json of
 #: runs made before they existed, so those still resume)
 CALIBRATION_ARGS = ("calibrate_l0", "calibration_tolerance", "calibration_rounds",
-                    "calibration_spread")
+                    "calibration_spread", "calibrate_each_seed")
 
 
 def run_spec(args: argparse.Namespace, sweeps: dict[str, dict[str, tuple[float, ...]]]
@@ -178,6 +181,8 @@ def run_spec(args: argparse.Namespace, sweeps: dict[str, dict[str, tuple[float, 
     kept in ``calibration_KIND.json``, and every job records the sweep it used)."""
     spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
             if k not in NOT_IN_SPEC and (args.calibrate_l0 or k not in CALIBRATION_ARGS)}
+    if not args.calibrate_each_seed:  # runs calibrated before the option existed still resume
+        spec.pop("calibrate_each_seed", None)
     listed = {kind: {a: list(v) for a, v in s.items()
                      if not (args.calibrate_l0 and a in PENALTY)}
               for kind, s in sweeps.items()}
@@ -186,18 +191,29 @@ def run_spec(args: argparse.Namespace, sweeps: dict[str, dict[str, tuple[float, 
     return spec
 
 
-def calibration_path(out: Path, kind: str) -> Path:
-    return out / f"calibration_{kind}.json"
+def calibration_seed(args: argparse.Namespace, seed: int) -> int | None:
+    """The seed whose calibration job ``seed`` uses: its own with ``--calibrate-each-seed``,
+    else None (one calibration per kind, trained with seed 0)."""
+    return seed if args.calibrate_each_seed else None
 
 
-def calibration_inputs(args: argparse.Namespace, sha: str) -> dict[str, Any]:
+def calibration_label(kind: str, seed: int | None) -> str:
+    return kind if seed is None else f"{kind}_seed{seed}"
+
+
+def calibration_path(out: Path, kind: str, seed: int | None = None) -> Path:
+    return out / f"calibration_{calibration_label(kind, seed)}.json"
+
+
+def calibration_inputs(args: argparse.Namespace, sha: str, seed: int | None = None
+                       ) -> dict[str, Any]:
     """What a calibration's result depends on: a saved one is reused only when these match."""
     return {"model_sha256": sha, "layer": args.layer, "sae_games": args.sae_games,
             "tokens": args.tokens, "batch_size": args.batch_size, "lr": args.lr,
             "expansion": args.expansion, "target_l0": args.target_l0,
             "tolerance": args.calibration_tolerance, "rounds": args.calibration_rounds,
             "spread": list(args.calibration_spread), "train_games": args.train_games,
-            "seed": 0}
+            "seed": 0 if seed is None else seed}
 
 
 def distinct(values: list[float]) -> list[float]:
@@ -210,50 +226,52 @@ def distinct(values: list[float]) -> list[float]:
     return out
 
 
-def read_calibration(args: argparse.Namespace, kind: str, sha: str, start: float
-                     ) -> dict[str, Any] | None:
-    """The saved calibration of ``kind`` (None: none yet); one made with other inputs is
-    refused, not replaced."""
-    path = calibration_path(args.out, kind)
+def read_calibration(args: argparse.Namespace, kind: str, sha: str, start: float,
+                     seed: int | None = None) -> dict[str, Any] | None:
+    """The saved calibration of ``kind`` (per ``seed`` when given; None: none yet); one made
+    with other inputs is refused, not replaced."""
+    path = calibration_path(args.out, kind, seed)
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    inputs = calibration_inputs(args, sha)
+    inputs = calibration_inputs(args, sha, seed)
     if record.get("inputs") != inputs:
         raise ConfigError(f"{path} was calibrated with other inputs ({record.get('inputs')}, "
                           f"now {inputs}); use a new --out, or move that file away to "
                           "calibrate again")
-    say(f"{kind}: calibration done earlier, read {path}", start)
+    say(f"{calibration_label(kind, seed)}: calibration done earlier, read {path}", start)
     return dict(record)
 
 
 def calibrate(args: argparse.Namespace, kind: str, acts_path: Path, eval_acts: torch.Tensor,
-              sha: str, start: float) -> dict[str, Any]:
+              sha: str, start: float, seed: int | None = None) -> dict[str, Any]:
     """Find each penalty architecture's coefficient for ``--target-l0`` on one model kind with
-    ``saelab.search.match_l0`` (seed 0, at the jobs' own ``--tokens``: a penalty SAE's L0
+    ``saelab.search.match_l0`` (SAEs trained with ``seed``, 0 when None, at the jobs' own
+    ``--tokens``: a penalty SAE's L0
     falls with training length, so a shorter calibration would land the jobs below the
     target), then place a sweep at the L0s ``target × spread`` from the measured (coefficient,
     L0) pairs. L0 is measured on the evaluation's training games (never the test games). The
     result goes to ``calibration_KIND.json`` at once, and a rerun with the same inputs reuses
     it; other inputs are refused."""
-    saved = read_calibration(args, kind, sha, start)
+    saved = read_calibration(args, kind, sha, start, seed)
     if saved is not None:
         return saved
-    path, inputs = calibration_path(args.out, kind), calibration_inputs(args, sha)
+    path, inputs = calibration_path(args.out, kind, seed), calibration_inputs(args, sha, seed)
+    label, train_seed = calibration_label(kind, seed), 0 if seed is None else seed
     began = time.perf_counter()
     configs = {arch: {"architecture": arch, "expansion": args.expansion,
                       "l1_coefficient": SWEEPS[arch][len(SWEEPS[arch]) // 2]}
                for arch in PENALTY}
-    say(f"{kind}: calibrating {', '.join(PENALTY)} to L0 {args.target_l0:g} "
-        f"(±{args.calibration_tolerance:.0%}) with match_l0, seed 0, {args.tokens:,} rows per "
-        f"SAE, at most {args.calibration_rounds} rounds", start)
+    say(f"{label}: calibrating {', '.join(PENALTY)} to L0 {args.target_l0:g} "
+        f"(±{args.calibration_tolerance:.0%}) with match_l0, seed {train_seed}, "
+        f"{args.tokens:,} rows per SAE, at most {args.calibration_rounds} rounds", start)
 
     def train_round(i: int, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        say(f"{kind}: calibration round {i + 1}: training {len(settings)} SAEs "
+        say(f"{label}: calibration round {i + 1}: training {len(settings)} SAEs "
             f"({', '.join(f'{n} {c[KNOBS[n].key]:.4g}' for n, c in settings.items())})", start)
         return train_saes(acts_path, {n: config_from_dict(dict(c)) for n, c in settings.items()},
-                          args.out / f"calibration_{kind}" / f"round{i}", args.tokens,
-                          args.batch_size, args.lr, seed=0, progress=True)
+                          args.out / f"calibration_{label}" / f"round{i}", args.tokens,
+                          args.batch_size, args.lr, seed=train_seed, progress=True)
 
     found = match_l0(configs, train_round, lambda sae: sae_l0(sae, eval_acts), args.target_l0,
                      args.calibration_tolerance, args.calibration_rounds)
@@ -261,36 +279,40 @@ def calibrate(args: argparse.Namespace, kind: str, acts_path: Path, eval_acts: t
     sweeps = {arch: distinct(values_for_l0s(KNOBS[arch], m.history, targets,
                                             args.calibration_tolerance))
               for arch, m in found.items()}
-    record = {"kind": kind, "inputs": inputs, "target_l0": args.target_l0,
+    record = {"kind": kind, "seed": train_seed, "inputs": inputs, "target_l0": args.target_l0,
               "sweep_l0_targets": targets, "l0_measured_on": "evaluation training games",
               "matches": {arch: m.to_dict() for arch, m in found.items()},
               "sweeps": sweeps, "seconds": round(time.perf_counter() - began, 1)}
     atomic_write_json(path, record)
     for arch, m in found.items():
-        say(f"{kind}: {arch} coefficient {m.value:.4g} gives L0 {m.l0:.2f} "
+        say(f"{label}: {arch} coefficient {m.value:.4g} gives L0 {m.l0:.2f} "
             f"({'matched' if m.matched else 'NOT matched'} after {len(m.history)} rounds); "
             f"sweep {sweeps[arch]}", start)
     return record
 
 
 def calibration_table(calibrations: dict[str, dict[str, Any]]) -> str:
-    """The ``--calibrate-l0`` result of each kind: coefficient found, its L0, every value
-    tried, and the sweep built around it."""
+    """The ``--calibrate-l0`` result of each kind (or each kind and seed): coefficient found,
+    its L0, every value tried, and the sweep built around it."""
     if not calibrations:
         return ""
     target = next(iter(calibrations.values()))["target_l0"]
-    lines = [f"Calibration (`--calibrate-l0`, seed 0, L0 on the evaluation's training games): "
+    per_seed = any("_seed" in label for label in calibrations)
+    lines = [f"Calibration (`--calibrate-l0`, "
+             f"{'each seed its own' if per_seed else 'seed 0'}, L0 on the evaluation's "
+             "training games): "
              f"each penalty architecture's coefficient searched to L0 {target:g} by "
              "saelab.search.match_l0, then a sweep placed at the L0s "
              f"{calibrations[next(iter(calibrations))]['sweep_l0_targets']} from the measured "
              "(coefficient, L0) pairs (guesses; the sweep table shows where each landed).", "",
              "| model | SAE | coefficient | L0 | matched? | tried (coefficient → L0) | sweep |",
              "|---|---|---|---|---|---|---|"]
-    for kind in sorted(calibrations, key=lambda k: k != "trained"):
-        record = calibrations[kind]
+    for label in sorted(calibrations, key=lambda k: (not k.startswith("trained"), k)):
+        record = calibrations[label]
         for arch, m in record["matches"].items():
             tried = ", ".join(f"{v:.3g} → {l0:.1f}" for v, l0 in m["history"])
-            lines.append(f"| {kind} | {comparison.PAPER_NAMES.get(arch, arch)} | "
+            lines.append(f"| {label.replace('_seed', ', seed ')} | "
+                         f"{comparison.PAPER_NAMES.get(arch, arch)} | "
                          f"{m['value']:.4g} | {m['l0']:.2f} | "
                          f"{'yes' if m['matched'] else 'NO'} | {tried} | "
                          f"{', '.join(f'{v:g}' for v in record['sweeps'][arch])} |")
@@ -467,6 +489,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--calibrate-l0 sets the sweeps of {list(PENALTY)}, and --sweep "
                           f"sets {sorted(explicit_archs(args.sweep) & set(PENALTY))} too; drop "
                           "one of them (a TopK --sweep is fine)")
+    if args.calibrate_each_seed and not args.calibrate_l0:
+        raise ConfigError("--calibrate-each-seed calibrates per seed what --calibrate-l0 "
+                          "calibrates; add --calibrate-l0")
     if args.calibrate_l0 and not all(f > 0 for f in args.calibration_spread):
         raise ConfigError(f"--calibration-spread {args.calibration_spread}: give positive "
                           "multiples of --target-l0, e.g. 0.5 1 2 4")
@@ -494,21 +519,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prepared[kind] = with_sae_acts(args, kind, prepared[kind], start)
         return prepared[kind]
 
-    def kind_sweeps(kind: str, need: bool) -> dict[str, tuple[float, ...]] | None:
-        """The kind's sweeps; with --calibrate-l0 the penalty ones come from its calibration
-        (run now when ``need``, else None when none is saved yet)."""
+    def kind_sweeps(kind: str, need: bool, seed: int) -> dict[str, tuple[float, ...]] | None:
+        """The sweeps of the kind's job with ``seed``; with --calibrate-l0 the penalty ones
+        come from the kind's (or with --calibrate-each-seed the kind and seed's) calibration,
+        run now when ``need``, else None when none is saved yet."""
         if not args.calibrate_l0:
             return sweeps[kind]
-        if kind not in calibrations:
-            saved = read_calibration(args, kind, sha, start)
+        cal_seed = calibration_seed(args, seed)
+        label = calibration_label(kind, cal_seed)
+        if label not in calibrations:
+            saved = read_calibration(args, kind, sha, start, cal_seed)
             if saved is None and not need:
                 return None
             if saved is None:
                 _, data, acts_path = prepare(kind)
                 assert acts_path is not None
-                saved = calibrate(args, kind, acts_path, data.train.acts_PD, sha, start)
-            calibrations[kind] = saved
-        found = calibrations[kind]["sweeps"]
+                saved = calibrate(args, kind, acts_path, data.train.acts_PD, sha, start,
+                                  cal_seed)
+            calibrations[label] = saved
+        found = calibrations[label]["sweeps"]
         return {a: tuple(found[a]) if a in PENALTY else v for a, v in sweeps[kind].items()}
 
     session_start, ran = time.perf_counter(), 0
@@ -520,7 +549,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             record = json.loads(path.read_text()) if path.exists() else None
             if record is not None:
                 check_job_model(record, path, sha, args.model)
-            my_sweeps = kind_sweeps(kind, need=record is None and not args.report_only)
+            my_sweeps = kind_sweeps(kind, need=record is None and not args.report_only,
+                                    seed=seed)
             if record is not None and my_sweeps is not None:
                 check_job_sweeps(record, path, my_sweeps)
             if (record is not None and args.rescore
@@ -561,9 +591,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             per_job = (time.perf_counter() - session_start) / ran
             say(f"{done}/{n_jobs} (model, seed) runs done, written to {path}; "
                 f"ETA {per_job * (n_jobs - done):.0f} s", start)
-    for kind in KINDS:  # a kind calibrated by another process sharing --out
-        if args.calibrate_l0 and kind not in calibrations:
-            kind_sweeps(kind, need=False)
+    for kind in KINDS:  # a kind (or seed) calibrated by another process sharing --out
+        for seed in args.seeds if args.calibrate_l0 else []:
+            kind_sweeps(kind, need=False, seed=seed)
     cmp = comparison.compare(points, game, comparison.ComparisonConfig(
         headline_property=prop, target_l0=args.target_l0))
     by_group = {g: comparison.compare(ps, game, comparison.ComparisonConfig(
@@ -580,8 +610,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "groups": {g: c.to_dict() for g, c in by_group.items()},
             "seconds": round(time.perf_counter() - start, 1),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "sweeps": {k: {a: list(v) for a, v in (kind_sweeps(k, need=False) or {}).items()}
-                       for k in KINDS},
+            "sweeps": {calibration_label(k, calibration_seed(args, s)):
+                       {a: list(v) for a, v in (kind_sweeps(k, need=False, seed=s) or {}).items()}
+                       for k in KINDS for s in args.seeds},
             "calibration": calibrations, "results": results}
 
 
@@ -608,6 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "and gated coefficients for --target-l0 per model kind with "
                         "saelab.search.match_l0 (seed 0, --tokens rows) and sweep around them; "
                         "saved to OUT/calibration_KIND.json and reused on resume")
+    parser.add_argument("--calibrate-each-seed", action="store_true", help="with "
+                        "--calibrate-l0: calibrate every (model kind, seed) with that seed, so "
+                        "each seed's sweep surrounds its own matched coefficient (one "
+                        "calibration per job instead of per kind)")
     parser.add_argument("--calibration-tolerance", type=float, default=0.1,
                         help="calibration: matched when |L0 - target| <= this x target")
     parser.add_argument("--calibration-rounds", type=int, default=5,

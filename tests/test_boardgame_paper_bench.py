@@ -211,6 +211,31 @@ def test_calibrated_run_records_its_sweep_and_a_changed_calibration_is_refused(
     assert "--calibrate-l0 sets the sweeps" in capsys.readouterr().err
 
 
+def test_each_seed_is_calibrated_with_its_own_seed_and_its_job_uses_that_sweep(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench()
+    out = tmp_path / "run"
+    args = [*_args(out)[:_args(out).index("--sweep") + 2], "--kind", "trained",
+            "--calibrate-l0", "--calibration-rounds", "1", "--calibrate-each-seed"]
+    args[args.index("--seeds") + 1:args.index("--seeds") + 2] = ["0", "1"]
+    assert bench.main(args) == 0
+    cal = {s: json.loads((out / f"calibration_trained_seed{s}.json").read_text()) for s in (0, 1)}
+    assert not (out / "calibration_trained.json").exists()
+    assert [cal[s]["inputs"]["seed"] for s in (0, 1)] == [0, 1]
+    # the same start coefficients trained with another seed land on other L0s
+    assert any(cal[0]["matches"][a]["l0"] != cal[1]["matches"][a]["l0"] for a in cal[0]["matches"])
+    for s in (0, 1):
+        job = json.loads((out / "jobs" / f"trained_seed{s}.json").read_text())
+        assert job["sweeps"] == {"topk": [4], **cal[s]["sweeps"]}
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["calibration"]) == {"trained_seed0", "trained_seed1"}
+    assert "each seed its own" in report["table"] and "| trained, seed 1 |" in report["table"]
+    # without --calibrate-l0 the option has nothing to calibrate: refused
+    plain = [a for a in args if a != "--calibrate-l0"]
+    assert bench.main(plain) == 2
+    assert "add --calibrate-l0" in capsys.readouterr().err
+
+
 def test_rescore_then_a_new_job_of_the_same_kind_gets_its_activations(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
