@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from typing import Any
 
 import numpy as np
 
 from saelab.boardgame import lm
+from saelab.training.logging import StageProgress
 
 
 def paired_interval(a: lm.GameHits, b: lm.GameHits, resamples: int, seed: int = 0
@@ -51,14 +50,15 @@ def main() -> None:
                          "model; compare two models of the same game")
     seed = lm.held_out_seed(args.seed)
     max_chars = int(lm.model_config(model_a).n_positions)  # lm-eval's: the model's context
-    start = time.time()
+    stage = StageProgress("game_lm_paired")
     hits = []
     for label, model in (("a", model_a), ("b", model_b)):
-        print(f"[{time.time() - start:6.0f} s] model {label}: scoring {args.games} held-out "
-              f"{game} games ...", file=sys.stderr, flush=True)
-        hits.append(lm.legal_move_hits(model, game, args.games, seed, args.greedy_games,
-                                       max_chars))
-    print(f"[{time.time() - start:6.0f} s] done", file=sys.stderr, flush=True)
+        stage.say(f"model {label}: scoring {args.games} held-out {game} games ...")
+        hits.append(lm.legal_move_hits(
+            model, game, args.games, seed, args.greedy_games, max_chars,
+            progress=lambda metric, label=label: stage.counter(f"model {label}, {metric}",
+                                                               "games", interval=15)))
+    stage.say("done")
     a, b = hits
     result: dict[str, Any] = {"game": game, "games": args.games, "model_a": args.model_a,
                               "model_b": args.model_b}

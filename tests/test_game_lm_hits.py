@@ -187,3 +187,24 @@ def test_greedy_decoding_passes_the_cache_under_either_keyword() -> None:
         pytest.skip("this transformers takes past_key_values itself")
     prefixes = [torch.from_numpy(chess_games.encode(t)) for t in (";1.", ";1.e4 ", ";1.e4 e5 2.")]
     assert lm.greedy_moves(_PastKeyValuesApi(model), prefixes) == lm.greedy_moves(model, prefixes)
+
+
+def test_chess_scoring_reports_progress_per_game(capsys: pytest.CaptureFixture[str]) -> None:
+    from saelab.cli import main
+
+    model, _ = lm.load_game_lm("chess")
+    seen: dict[str, list[tuple[int, int]]] = {}
+
+    def counter(metric: str):
+        return lambda done, total: seen.setdefault(metric, []).append((done, total))
+
+    hits = lm.legal_move_hits(model, "chess", 3, seed=5, greedy_games=2, max_chars=64,
+                              progress=counter)
+    assert seen == {"first_char_legal": [(1, 3), (2, 3), (3, 3)],
+                    "greedy_move_legal": [(1, 2), (2, 2)]}
+    assert len(hits["first_char_legal"].scored) == 3
+    capsys.readouterr()
+    assert main(["boardgame", "lm-eval", "chess", "--games", "2", "--greedy-games", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "first_char_legal: 2/2 games" in err and "greedy_move_legal: 1/1 games" in err
+    assert "ETA" in err

@@ -17,7 +17,7 @@ import inspect
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -550,7 +550,12 @@ def othello_legal_accuracy(model: nn.Module, games: othello.OthelloGames) -> flo
     return othello_legal_hits(model, games).accuracy
 
 
-def chess_first_char_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHits:
+#: ``report(done, total)``, called after each game of a slow scoring loop (chess)
+GameCounter = Callable[[int, int], None]
+
+
+def chess_first_char_hits(model: nn.Module, games: chess_games.ChessGames,
+                          progress: GameCounter | None = None) -> GameHits:
     """Per game: move starts where the top-1 next character begins the SAN of a legal move."""
     logits = _logits(model, torch.from_numpy(games.tokens))
     top = logits.argmax(-1).numpy()
@@ -563,6 +568,8 @@ def chess_first_char_hits(model: nn.Module, games: chess_games.ChessGames) -> Ga
             firsts = {chess_games.san_first_char(board, m) for m in board.legal_moves}
             hits[g] += chess_games.ALPHABET[top[g, i]] in firsts
             total[g] += 1
+        if progress is not None:
+            progress(g + 1, games.n_games)
     return GameHits(hits, total)
 
 
@@ -627,7 +634,8 @@ def _n_positions(model: nn.Module) -> int:
     return int(model_config(model).n_positions)
 
 
-def chess_greedy_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHits:
+def chess_greedy_hits(model: nn.Module, games: chess_games.ChessGames,
+                      progress: GameCounter | None = None) -> GameHits:
     """Per game: move starts where the greedily decoded move is exactly the SAN of a legal move
     in the position (check marks included)."""
     hits, total = np.zeros(games.n_games, np.int64), np.zeros(games.n_games, np.int64)
@@ -639,6 +647,8 @@ def chess_greedy_hits(model: nn.Module, games: chess_games.ChessGames) -> GameHi
         for move, board in zip(greedy_moves(model, prefixes), boards, strict=True):
             hits[g] += move in {board.san(m) for m in board.legal_moves}
             total[g] += 1
+        if progress is not None:
+            progress(g + 1, games.n_games)
     return GameHits(hits, total)
 
 
@@ -648,23 +658,30 @@ def chess_greedy_accuracy(model: nn.Module, games: chess_games.ChessGames) -> fl
 
 
 def legal_move_hits(model: nn.Module, game: str, n_games: int, seed: int,
-                    greedy_games: int = 30, max_chars: int = 256,
-                    greedy_prob: float = 0.8) -> dict[str, GameHits]:
+                    greedy_games: int = 30, max_chars: int = 256, greedy_prob: float = 0.8,
+                    progress: Callable[[str], GameCounter] | None = None
+                    ) -> dict[str, GameHits]:
     """Per-game counts of every legal-move metric of ``game`` on ``n_games`` seeded held-out
     games; chess's greedy decoding runs on the first ``greedy_games`` of them (see
-    docs/boardgame.md for the definitions)."""
+    docs/boardgame.md for the definitions). ``progress(metric)`` gives the counter each slow
+    (per-game) loop reports to, e.g. ``StageProgress.counter``."""
     model.eval()
     if game == "othello":
         return {"top1_legal": othello_legal_hits(model, othello.random_games(n_games, seed))}
     games = chess_games.random_games(n_games, seed, max_chars, greedy_prob)
     few = chess_games.random_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)
-    return {"first_char_legal": chess_first_char_hits(model, games),
-            "greedy_move_legal": chess_greedy_hits(model, few)}
+    def counter(metric: str) -> GameCounter | None:
+        return progress(metric) if progress is not None else None
+
+    return {"first_char_legal": chess_first_char_hits(model, games, counter("first_char_legal")),
+            "greedy_move_legal": chess_greedy_hits(model, few, counter("greedy_move_legal"))}
 
 
 def legal_move_accuracy(model: nn.Module, game: str, n_games: int, seed: int,
-                        greedy_games: int = 30, max_chars: int = 256,
-                        greedy_prob: float = 0.8) -> dict[str, float]:
+                        greedy_games: int = 30, max_chars: int = 256, greedy_prob: float = 0.8,
+                        progress: Callable[[str], GameCounter] | None = None
+                        ) -> dict[str, float]:
     """The accuracies of :func:`legal_move_hits`."""
-    hits = legal_move_hits(model, game, n_games, seed, greedy_games, max_chars, greedy_prob)
+    hits = legal_move_hits(model, game, n_games, seed, greedy_games, max_chars, greedy_prob,
+                           progress)
     return {name: counts.accuracy for name, counts in hits.items()}

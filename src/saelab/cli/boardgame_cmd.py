@@ -123,15 +123,17 @@ def _lm_eval(args: argparse.Namespace) -> int:
         load_game_lm,
         model_config,
     )
+    from saelab.training.logging import StageProgress
 
     model, game = load_game_lm(args.model, random_init=args.random_init)
     print(f"lm-eval: legal moves on {args.games} held-out {game} games ...", file=sys.stderr,
           flush=True)
     start = time.time()
-    scores: dict[str, Any] = legal_move_accuracy(model, game, args.games,
-                                                 held_out_seed(args.seed),
-                                                 greedy_games=args.greedy_games,
-                                                 max_chars=int(model_config(model).n_positions))
+    stage = StageProgress("lm-eval")
+    scores: dict[str, Any] = legal_move_accuracy(
+        model, game, args.games, held_out_seed(args.seed), greedy_games=args.greedy_games,
+        max_chars=int(model_config(model).n_positions),
+        progress=lambda metric: stage.counter(metric, "games", interval=10))
     print(f"lm-eval: done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     if game == "othello" and not args.no_probe:
         from saelab.pipelines.board_probe import othello_board_probe
