@@ -87,6 +87,32 @@ def test_othello_hits_per_game_and_paired_interval() -> None:
     assert bench.paired_interval(good, good, resamples=200) == (0.0, 0.0)
 
 
+def test_othello_legal_mass_counts_the_softmax_on_legal_squares() -> None:
+    """One-hot logits of 1 give the marked square e/(e + 59) and every other square 1/(e + 59)
+    (the pad's logit dropped): the oracle marks the played move, which is legal, so a position
+    with n legal moves gets (e + n - 1)/(e + 59); marking the occupied square just played gets
+    n/(e + 59). A misaligned token-to-square map or a kept pad logit would change both."""
+    games = othello.random_games(6, seed=8)
+    tokens = games.tokens()
+    oracle = _Oracle([[int(x) for x in row if x] for row in tokens], othello.VOCAB_SIZE,
+                     othello.MAX_MOVES)
+    n_legal = othello.unpack_bits(games.next_legal[:, :-1]).sum(-1)
+    scored = games.moves[:, 1:] >= 0
+    e = np.e
+    for model, numerator in ((oracle, e + n_legal - 1), (_Repeat(othello.VOCAB_SIZE), n_legal)):
+        mass = lm.othello_scores(model, games)["legal_mass"]
+        expected = np.where(scored, numerator / (e + 59), 0.0).sum(1)
+        np.testing.assert_allclose(mass.hits, expected, rtol=1e-5)
+        np.testing.assert_array_equal(mass.scored, scored.sum(1))
+    # zero logits everywhere (an oracle that knows no game): the mass is n/60 per position
+    blank = _Oracle([], othello.VOCAB_SIZE, othello.MAX_MOVES)
+    other = othello.random_games(4, seed=lm.held_out_seed(1))
+    n_other = othello.unpack_bits(other.next_legal[:, :-1]).sum(-1)[other.moves[:, 1:] >= 0]
+    accuracies = lm.legal_move_accuracy(blank, "othello", 4, seed=lm.held_out_seed(1))
+    assert set(accuracies) == {"top1_legal", "legal_mass"}
+    assert accuracies["legal_mass"] == pytest.approx(float(np.mean(n_other / 60)), rel=1e-5)
+
+
 def test_paired_interval_resamples_whole_games() -> None:
     # game 0: 10 of 10 for a, 0 for b; game 1: 0 of 30 for both. Resampling positions would
     # centre near 0.25; resampling games gives differences of 0, 0.25 or 1 only.

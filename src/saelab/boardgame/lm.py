@@ -521,11 +521,12 @@ def _logits(model: nn.Module, tokens_GT: Tensor, batch_size: int = 256) -> Tenso
 
 @dataclass
 class GameHits:
-    """Per-game counts behind a legal-move accuracy: ``hits[g]`` of ``scored[g]`` predictions
-    in game g were legal. Kept per game so that comparisons can resample whole games (positions
-    of one game are not independent)."""
+    """Per-game sums behind a legal-move score: in game g, ``scored[g]`` positions were scored
+    and their scores (1 for a legal top-1 prediction, else 0; or the probability put on legal
+    moves) sum to ``hits[g]``. Kept per game so that comparisons can resample whole games
+    (positions of one game are not independent)."""
 
-    hits: np.ndarray  # (G,) int
+    hits: np.ndarray  # (G,) int, or float for a probability
     scored: np.ndarray  # (G,) int
 
     @property
@@ -533,16 +534,32 @@ class GameHits:
         return float(self.hits.sum() / max(int(self.scored.sum()), 1))
 
 
-def othello_legal_hits(model: nn.Module, games: othello.OthelloGames) -> GameHits:
-    """Per game: positions (every move but the last) where the top-1 predicted square is legal
-    for the player who moves next, of those scored. The pad token is never a prediction."""
+def othello_scores(model: nn.Module, games: othello.OthelloGames) -> dict[str, GameHits]:
+    """Per game, over the positions scored (every move but the last), from one forward pass:
+
+    - ``top1_legal``: positions where the top-1 predicted square is legal for the player who
+      moves next;
+    - ``legal_mass``: the probability the model puts on legal squares, summed over positions
+      (1 per position for a perfect model of random play; far more sensitive than top-1).
+
+    The pad token is never a prediction: its logit is dropped before the arg-max and softmax.
+    """
     tokens = torch.from_numpy(games.tokens())[:, :-1]
-    logits = _logits(model, tokens)[..., 1:]  # drop the pad logit
+    logits = _logits(model, tokens)[..., 1:].float()  # drop the pad logit
     top_square = othello.tokens_to_squares(logits.argmax(-1).numpy() + 1)
     legal = othello.unpack_bits(games.next_legal[:, :-1])
     hit = np.take_along_axis(legal, top_square[..., None], axis=-1)[..., 0]
+    legal_tokens = legal[..., list(othello.PLAYABLE_SQUARES)]  # token t + 1 is square PLAYABLE[t]
+    mass = (logits.softmax(-1).numpy() * legal_tokens).sum(-1)
     scored = games.moves[:, 1:] >= 0  # a next move exists
-    return GameHits((hit & scored).sum(axis=1), scored.sum(axis=1))
+    n = scored.sum(axis=1)
+    return {"top1_legal": GameHits((hit & scored).sum(axis=1), n),
+            "legal_mass": GameHits(np.where(scored, mass, 0.0).sum(axis=1), n)}
+
+
+def othello_legal_hits(model: nn.Module, games: othello.OthelloGames) -> GameHits:
+    """Per game: positions where the top-1 predicted square is legal (:func:`othello_scores`)."""
+    return othello_scores(model, games)["top1_legal"]
 
 
 def othello_legal_accuracy(model: nn.Module, games: othello.OthelloGames) -> float:
@@ -667,7 +684,7 @@ def legal_move_hits(model: nn.Module, game: str, n_games: int, seed: int,
     (per-game) loop reports to, e.g. ``StageProgress.counter``."""
     model.eval()
     if game == "othello":
-        return {"top1_legal": othello_legal_hits(model, othello.random_games(n_games, seed))}
+        return othello_scores(model, othello.random_games(n_games, seed))
     games = chess_games.random_games(n_games, seed, max_chars, greedy_prob)
     few = chess_games.random_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)
     def counter(metric: str) -> GameCounter | None:

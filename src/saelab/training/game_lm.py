@@ -327,7 +327,7 @@ def write_checkpoint(out: Path, model: nn.Module, opt: torch.optim.Optimizer,
     atomic_write_dir(path, fill)
     print(f"checkpoint: step {state.step} ({entry['games']:,} games, "
           f"{_fmt(state.train_seconds)} training) -> {path}"
-          + (f" | held-out top1_legal {quick['top1_legal']:.4f}" if quick else ""),
+          + "".join(f" | held-out {name} {value:.4f}" for name, value in quick.items()),
           file=sys.stderr, flush=True)
     if log is not None:
         log.write({"checkpoint": str(path), **entry})
@@ -340,9 +340,9 @@ def _quick_eval(model: nn.Module, cfg: lm.LMTrainConfig) -> dict[str, float]:
     was_training = model.training
     model.eval()
     games = othello.random_games(min(QUICK_EVAL_GAMES, cfg.eval_games), lm.held_out_seed(cfg.seed))
-    score = lm.othello_legal_accuracy(model, games)
+    scores = {name: hits.accuracy for name, hits in lm.othello_scores(model, games).items()}
     model.train(was_training)
-    return {"top1_legal": score}
+    return scores
 
 
 def _read_state(path: Path) -> dict[str, Any]:
