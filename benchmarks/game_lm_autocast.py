@@ -4,9 +4,10 @@ Two copies of one model (random weights, or ``--from`` a trained game LM, e.g. t
 ``checkpoints/othello-8x256``) take the same training batches with the same step function as
 ``train-lm`` (``saelab.training.game_lm.train_step``), one with ``--autocast off`` and one with
 ``--autocast bf16``. Their steps alternate in one process, so both see the same machine load.
-Reported: median seconds per step and tokens/s of each, the bf16/fp32 speed ratio, and the mean
-training loss of each over the last half of the steps (same batches, so a bf16 cost would show
-as a higher loss). Expect bf16 to be faster only on GPUs and on CPUs with native bf16
+Reported: median seconds per step and tokens/s of each, the bf16/fp32 speed ratio, the mean
+training loss of each over the last half of the steps (same batches; the bf16 one is computed
+from bf16 logits, so it also carries their rounding), and each copy's loss in float32 on 64
+held-out games after training (what the bf16 steps cost the weights themselves). Expect bf16 to be faster only on GPUs and on CPUs with native bf16
 (avx512_bf16 or AMX); on AVX2-only CPUs it is slower.
 
 Usage:
@@ -76,6 +77,13 @@ def main() -> None:
         if (i + 1) % 10 == 0:
             print(f"  step {i + 1}/{args.steps + 3}, {time.time() - start:.0f} s",
                   file=sys.stderr, flush=True)
+    held_out = lm.training_data(cfg, 64, lm.held_out_seed(0))
+    rows = torch.arange(64)
+    for m in models.values():
+        m.eval()
+    with torch.no_grad():
+        held_out_loss = {mode: float(held_out.loss(m(input_ids=held_out.inputs).logits.float(),
+                                                   rows)) for mode, m in models.items()}
     tokens = args.batch_size * game_lm.context_positions(cfg)
     half = args.steps // 2
     result = {"game": game, **shape, "batch_size": args.batch_size, "steps": args.steps,
@@ -84,7 +92,8 @@ def main() -> None:
     for mode in models:
         step = statistics.median(times[mode])
         result[mode] = {"median_step_s": round(step, 4), "tokens_per_s": round(tokens / step),
-                        "mean_loss_last_half": round(statistics.fmean(losses[mode][half:]), 5)}
+                        "mean_loss_last_half": round(statistics.fmean(losses[mode][half:]), 5),
+                        "held_out_loss_fp32": round(held_out_loss[mode], 5)}
     result["bf16_speedup"] = round(result["off"]["median_step_s"]
                                    / result["bf16"]["median_step_s"], 2)
     print(json.dumps(result))
