@@ -193,3 +193,22 @@ def test_segments_of_checkpoints_older_than_autocast_read_as_off() -> None:
     commands = game_lm.reproduce_commands(tiny(autocast="bf16"), segments)
     assert "--autocast off" in commands[0] and "--stop-at-step 5" in commands[0]
     assert commands[1].endswith("--train-games 200 --autocast off")
+
+
+def test_a_thread_count_changed_on_resume_is_retraced(tmp_path: Path) -> None:
+    from saelab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["boardgame", "train-lm", "--out", str(out), "--n-layer", "1", "--d-model", "16",
+                 "--n-head", "2", "--batch-size", "8", "--eval-games", "4", "--warmup-steps", "1",
+                 "--train-games", "32", "--stop-at-step", "2"]) == 130
+    assert main(["boardgame", "train-lm", "--resume", str(out), "--threads", "2"]) == 0
+    meta = json.loads((out / "training.json").read_text())
+    assert [(s["from_step"], s["threads"]) for s in meta["schedule_segments"]] == [(0, 1), (2, 2)]
+    first, second = meta["command"].split(" && ")
+    assert "--threads 1 " in first and second.endswith("--threads 2")
+    again = tmp_path / "again"
+    for command in (first, second):
+        assert main(command.replace("OUT", str(again)).split()[1:]) in (0, 130)
+    a, b = _weights(out), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -131,10 +131,9 @@ def train_lm(cfg: lm.LMTrainConfig, out_dir: str | Path, command: str = "",
         state = _load_checkpoint(checkpoint_path(out), model, opt) if resume else RunState()
         if not resume and cfg.grow_from:
             state.grown_from = _grow(model, cfg)
-        if not state.segments or _segment_settings(state.segments[-1]) != _segment_settings(
-                {"train_games": cfg.train_games, "autocast": cfg.autocast}):
-            state.segments.append({"from_step": state.step, "train_games": cfg.train_games,
-                                   "autocast": cfg.autocast})
+        now = {"train_games": cfg.train_games, "autocast": cfg.autocast, "threads": cfg.threads}
+        if not state.segments or _segment_settings(state.segments[-1]) != _segment_settings(now):
+            state.segments.append({"from_step": state.step, **now})
         if resume:
             print(f"resuming from {checkpoint_path(out)}: step {state.step}/"
                   f"{lm.total_steps(cfg)}, {_fmt(state.train_seconds)} trained so far",
@@ -382,24 +381,30 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
     return state
 
 
-def _segment_settings(segment: dict[str, Any]) -> tuple[int, Literal["off", "bf16"]]:
-    return segment["train_games"], segment.get("autocast", "off")
+def _segment_settings(segment: dict[str, Any]
+                      ) -> tuple[int, Literal["off", "bf16"], int | None]:
+    """What a schedule segment ran with: ``--train-games``, ``--autocast`` and ``--threads``
+    (segments written before autocast or threads were recorded: off, and None = unknown)."""
+    return segment["train_games"], segment.get("autocast", "off"), segment.get("threads")
 
 
 def reproduce_commands(cfg: lm.LMTrainConfig, segments: list[dict[str, Any]]) -> list[str]:
-    """The commands that retrace a run whose ``--train-games`` or ``--autocast`` changed on
-    resume: each part stops where the next one changed (``--stop-at-step``), so they give the
-    same weights as the run itself (same torch build and thread count)."""
+    """The commands that retrace a run whose ``--train-games``, ``--autocast`` or ``--threads``
+    changed on resume: each part stops where the next one changed (``--stop-at-step``), so they
+    give the same weights as the run itself (same torch build; a segment that did not record
+    its thread count is given the run's current one)."""
     if len(segments) <= 1:
         return [lm.reproduce_command(cfg)]
-    games, autocast = _segment_settings(segments[0])
-    first = dataclasses.replace(cfg, train_games=games, autocast=autocast)
+    games, autocast, threads = _segment_settings(segments[0])
+    first = dataclasses.replace(cfg, train_games=games, autocast=autocast,
+                                threads=cfg.threads if threads is None else threads)
     commands = [lm.reproduce_command(first)]
     for seg in segments[1:]:
         commands[-1] += f" --stop-at-step {seg['from_step']}"
-        games, autocast = _segment_settings(seg)
+        games, autocast, threads = _segment_settings(seg)
         commands.append(f"saelab boardgame train-lm --resume OUT --train-games {games} "
-                        f"--autocast {autocast}")
+                        f"--autocast {autocast}"
+                        + ("" if threads is None else f" --threads {threads}"))
     return commands
 
 
