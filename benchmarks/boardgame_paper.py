@@ -251,7 +251,7 @@ def calibrate(args: argparse.Namespace, kind: str, acts_path: Path, eval_acts: t
     falls with training length, so a shorter calibration would land the jobs below the
     target), then place a sweep at the L0s ``target × spread`` from the measured (coefficient,
     L0) pairs. L0 is measured on the evaluation's training games (never the test games). The
-    result goes to ``calibration_KIND.json`` at once, and a rerun with the same inputs reuses
+    result goes to ``calibration_KIND.json`` (``calibration_KIND_seedS.json`` per seed) at once, and a rerun with the same inputs reuses
     it; other inputs are refused."""
     saved = read_calibration(args, kind, sha, start, seed)
     if saved is not None:

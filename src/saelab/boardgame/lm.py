@@ -65,8 +65,8 @@ class LMTrainConfig:
     device: str = option("cpu", "where to train: cpu, cuda, cuda:N or mps")
     autocast: Literal["off", "bf16"] = option(
         "off", "bf16: run the model's matrix products in bfloat16 (weights, gradients, AdamW "
-        "state and the loss stay float32); about 1.8x faster on CPUs with native bf16 "
-        "(avx512_bf16, AMX) and on GPUs")
+        "state and the loss stay float32); pays on GPUs and CPUs with native bf16 (1.6-1.7x "
+        "per step for 8x256 on an avx512_bf16 CPU: benchmarks/game_lm_autocast.py)")
     checkpoint_minutes: float = option(10.0, "minutes between resumable checkpoints in "
                                        "OUT/checkpoint/ (also written when stopped)")
     grow_from: str = option("", "start from this trained game LM (a folder, or a game name for "
@@ -91,8 +91,8 @@ class LMTrainConfig:
 
 
 #: Settings that only say where and how fast a run goes; a resumed run may change them. Device
-#: and autocast change the rounding, so such a run is no longer bit-identical to a straight one
-#: (the run's schedule segments record each autocast change).
+#: autocast and threads change the rounding, so such a run is no longer bit-identical to a
+#: straight one (the run's schedule segments record each autocast and thread-count change).
 RUN_ONLY_SETTINGS = ("device", "threads", "checkpoint_minutes", "eval_games", "greedy_eval_games",
                      "autocast")
 
@@ -687,6 +687,7 @@ def legal_move_hits(model: nn.Module, game: str, n_games: int, seed: int,
         return othello_scores(model, othello.random_games(n_games, seed))
     games = chess_games.random_games(n_games, seed, max_chars, greedy_prob)
     few = chess_games.random_games(min(greedy_games, n_games), seed, max_chars, greedy_prob)
+
     def counter(metric: str) -> GameCounter | None:
         return progress(metric) if progress is not None else None
 

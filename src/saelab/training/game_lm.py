@@ -73,7 +73,7 @@ class RunState:
     recent_losses: deque[float] = field(default_factory=lambda: deque(maxlen=20))
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per checkpoint
     # the schedule's history: from step s on the run aimed at train_games with the given
-    # autocast (either may change on resume; segments written before autocast existed lack it)
+    # autocast and threads (each may change on resume; older segments lack the last two)
     segments: list[dict[str, Any]] = field(default_factory=list)
     # where the weights started when grown from a smaller model (``grow_from``); None: random
     grown_from: dict[str, Any] | None = None
